@@ -1,0 +1,1 @@
+"""Key issuers: the Momento key API client and the local emulator."""

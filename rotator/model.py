@@ -1,0 +1,258 @@
+"""The values a pass passes around: what the issuer and the stores hold, and what to do about it.
+
+All are frozen dataclasses. Times are timezone-aware UTC ``datetime``s. Plaintext keys only ever travel
+inside :class:`SecretText`, whose ``repr``/``str`` never show the value.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import weakref
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+MARKER_RE = re.compile(r"\[rotator:([a-z0-9][a-z0-9-]{0,62})\]\s*$")
+
+
+def marker(policy: str) -> str:
+    """The marker rotator appends to the description of every key it creates for ``policy``."""
+    return f"[rotator:{policy}]"
+
+
+def policy_of(description: str | None) -> str | None:
+    """The policy name in a key description's marker, or ``None`` for a key rotator did not create."""
+    if not description:
+        return None
+    m = MARKER_RE.search(description)
+    return m.group(1) if m else None
+
+
+class _SecretRegistry:
+    """Plaintexts alive in this process, so the log redactor can scrub them as a last line of defence."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: weakref.WeakSet[SecretText] = weakref.WeakSet()
+
+    def add(self, s: SecretText) -> None:
+        with self._lock:
+            self._values.add(s)
+
+    def values(self) -> list[str]:
+        with self._lock:
+            return [s.reveal() for s in list(self._values)]
+
+
+SECRETS = _SecretRegistry()
+
+
+class SecretText:
+    """A plaintext secret (an API key or a payload holding one). Never shown by ``repr``, ``str`` or ``format``.
+
+    Call :meth:`reveal` at the one place that must hand the value to a client library.
+    """
+
+    __slots__ = ("__value", "__weakref__")
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError("SecretText wraps a str")
+        self.__value = value
+        if len(value) >= 8:
+            SECRETS.add(self)
+
+    def reveal(self) -> str:
+        return self.__value
+
+    def __repr__(self) -> str:
+        return "SecretText('***')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SecretText) and other.__value == self.__value
+
+    def __hash__(self) -> int:
+        return hash(self.__value)
+
+    def __len__(self) -> int:
+        return len(self.__value)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("SecretText cannot be pickled")
+
+
+@dataclass(frozen=True)
+class Role:
+    role_id: str
+    role_name: str
+    role_type: str = "system"
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A key as the issuer lists it (never the plaintext)."""
+
+    key_id: str
+    role_id: str
+    description: str
+    issued_at: datetime
+    expires_at: datetime | None
+
+    @property
+    def policy(self) -> str | None:
+        return policy_of(self.description)
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """A key just created: its metadata and its plaintext, which exists only in memory until written."""
+
+    info: KeyInfo
+    api_key: SecretText = field(repr=False)
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """One version of a secret, as a store lists it, without its value.
+
+    ``key_id`` is the Momento key id the version holds (from the store's metadata), or ``None`` when the
+    version was not written by rotator.
+    """
+
+    version: str
+    key_id: str | None
+    created_at: datetime | None
+    current: bool
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class SecretState:
+    """What one target holds now.
+
+    ``current_since`` is when the current version became current (for grace). ``foreign`` is true when the
+    secret holds a current value that rotator did not write.
+    """
+
+    exists: bool
+    versions: tuple[StoredVersion, ...] = ()
+    current_key_id: str | None = None
+    current_since: datetime | None = None
+    foreign: bool = False
+
+    def holds(self, key_id: str) -> bool:
+        """Whether any version (current or not, enabled or not) holds ``key_id``."""
+        return any(v.key_id == key_id for v in self.versions)
+
+    def enabled_key_ids(self) -> set[str]:
+        return {v.key_id for v in self.versions if v.enabled and v.key_id is not None}
+
+
+@dataclass(frozen=True)
+class TargetObservation:
+    """A target's state, or the error that stopped us reading it."""
+
+    target: str
+    state: SecretState | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PickupVerdict:
+    """What a pickup check said about a key: ``ok`` when every consumer it knows uses ``key_id``."""
+
+    check: str
+    key_id: str
+    ok: bool
+    lagging: tuple[str, ...] = ()
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the planner may know about one policy at one moment.
+
+    ``targets`` is ``None`` when the stores were not read (a steady-state pass); then the planner may only
+    conclude "nothing to do" or "read the stores".
+    """
+
+    keys: tuple[KeyInfo, ...]
+    targets: dict[str, TargetObservation] | None = None
+    pickup: tuple[PickupVerdict, ...] | None = None
+
+
+# ---- actions -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CreateKey:
+    """Create a new key for the policy and publish it to every target."""
+
+    policy: str
+    reason: str
+    kind: Literal["create"] = "create"
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Copy ``key_id`` from ``source`` (a target that holds it as current) to ``target``."""
+
+    policy: str
+    key_id: str
+    target: str
+    source: str
+    kind: Literal["publish"] = "publish"
+
+
+@dataclass(frozen=True)
+class Retire:
+    """Mark the versions of ``key_id`` in ``target`` as retired (disabled where the store can)."""
+
+    policy: str
+    key_id: str
+    target: str
+    reason: str
+    kind: Literal["retire"] = "retire"
+
+
+@dataclass(frozen=True)
+class Revoke:
+    """Retire the key's versions in ``retire_in``, then revoke it at the issuer."""
+
+    policy: str
+    key_id: str
+    reason: str
+    retire_in: tuple[str, ...] = ()
+    kind: Literal["revoke"] = "revoke"
+
+
+Action = CreateKey | Publish | Retire | Revoke
+
+Phase = Literal[
+    "steady", "due", "no-key", "expired", "publishing", "awaiting-pickup", "revoking", "blocked", "unknown"
+]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the planner decided for one policy.
+
+    ``phase`` names where the lifecycle stands; ``wake_at`` is the next moment the plan could change on its
+    own (a due time, the end of grace, an orphan deadline); ``needs_targets`` asks the engine to read the
+    stores and plan again; ``notes`` are human explanations (warnings start with ``"!"``).
+    """
+
+    policy: str
+    phase: Phase
+    actions: tuple[Action, ...] = ()
+    wake_at: datetime | None = None
+    needs_targets: bool = False
+    needs_pickup: str | None = None
+    current_key: str | None = None
+    notes: tuple[str, ...] = ()

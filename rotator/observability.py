@@ -1,0 +1,134 @@
+"""Logging (structlog) with redaction, and API-call accounting.
+
+Logs are JSON lines when stderr is not a TTY and readable on a TTY, with ``policy``, ``target``, ``key_id``
+and ``action`` bound as context. The redaction processor is the last line of defence, not the first: it
+replaces every plaintext key alive in this process (see :data:`rotator.model.SECRETS`) and anything shaped
+like a JWT or a v1 key, wherever it appears in an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+from rotator.model import SECRETS
+
+REDACTED = "[REDACTED]"
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
+# a v1 key is base64 of '{"endpoint"...' or '{"api_key"...': it starts with eyJ too, without dots
+_B64_JSON_RE = re.compile(r"eyJ[A-Za-z0-9+/]{40,}={0,2}")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every known plaintext and every key-shaped token replaced by ``[REDACTED]``."""
+    for value in SECRETS.values():
+        if value and value in text:
+            text = text.replace(value, REDACTED)
+    text = _JWT_RE.sub(REDACTED, text)
+    return _B64_JSON_RE.sub(REDACTED, text)
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redact(v) for v in value)
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return redact_text(str(value))
+
+
+def redaction_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: scrub key material from every value, including rendered exceptions."""
+    return {k: _redact(v) for k, v in event_dict.items()}
+
+
+def configure_logging(level: str = "info", *, stream: TextIO | None = None, json: bool | None = None) -> None:
+    """Set up structlog (and the stdlib root logger, for libraries) once per process."""
+    stream = stream or sys.stderr
+    if json is None:
+        json = not stream.isatty()
+    renderer: Callable[..., Any] = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redaction_processor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    # libraries (httpx, botocore, azure) log through the stdlib: keep them quiet and redacted
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_RedactingFilter())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
+
+
+class _RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact_text(record.getMessage())
+        record.args = ()
+        return True
+
+
+def get_logger(**bound: Any) -> Any:
+    return structlog.get_logger("rotator").bind(**bound)
+
+
+class CallCounter:
+    """Counts API calls by (service, operation, status), for metrics and for the benchmarks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, str, str]] = Counter()
+        self._listeners: list[Callable[[str, str, str], None]] = []
+
+    def record(self, service: str, operation: str, status: str | int) -> None:
+        key = (service, operation, str(status))
+        with self._lock:
+            self._counts[key] += 1
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(*key)
+
+    def add_listener(self, listener: Callable[[str, str, str], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def snapshot(self) -> Counter[tuple[str, str, str]]:
+        with self._lock:
+            return Counter(self._counts)
+
+    def total(self, service: str | None = None) -> int:
+        with self._lock:
+            return sum(n for (s, _, _), n in self._counts.items() if service is None or s == service)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts.clear()
+
+
+#: process-wide API call accounting; every backend and the issuer client record here
+API_CALLS = CallCounter()
+
+
+def record_call(service: str, operation: str, status: str | int) -> None:
+    """Record one API call (one HTTP request, retries included) made to ``service``."""
+    API_CALLS.record(service, operation, status)

@@ -1,0 +1,1 @@
+"""Secret-store backends. See :mod:`rotator.stores.base` for the contract."""
