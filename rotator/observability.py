@@ -112,6 +112,11 @@ class CallCounter:
         with self._lock:
             self._listeners.append(listener)
 
+    def remove_listener(self, listener: Callable[[str, str, str], None]) -> None:
+        with self._lock:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
     def snapshot(self) -> Counter[tuple[str, str, str]]:
         with self._lock:
             return Counter(self._counts)
