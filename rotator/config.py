@@ -1,0 +1,631 @@
+"""Typed configuration: the issuer, named stores, defaults and policies. Every error is reported at once.
+
+Loading goes in two steps so that a config is fully checked before anything is touched:
+1. the YAML shape, with pydantic (``RawConfig``); store and target mappings are kept as plain dicts;
+2. each store is checked by its backend's ``StoreConfig``, each target by its store's ``TargetOptions``
+   (this imports the backend module but never its cloud SDK), and the timing rules of DESIGN section 5.
+All problems are gathered into one :class:`ConfigError` whose lines read ``<path>: <what is wrong and the fix>``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from rotator.errors import ConfigError, ConfigIssue, KeyFormatError
+from rotator.keys import check_endpoint
+from rotator.stores import base as store_base
+
+# ---- durations and fractions ------------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(w|d|h|m|s|ms)")
+_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``"30d"``, ``"6h"``, ``"90s"``, ``"1h30m"``, ``"2w"`` or a number of seconds, as a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30d, 6h, 15m or 90s")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        pos, total = 0, 0.0
+        for m in _DURATION_RE.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if text and pos == len(text):
+            return timedelta(seconds=total)
+    raise ValueError(f"{value!r} is not a duration: write it like 30d, 6h, 15m, 90s or 1h30m")
+
+
+def format_duration(td: timedelta) -> str:
+    """The shortest human form of a duration: ``30d``, ``1h2m``, ``90s`` -> ``1m30s``."""
+    secs = int(td.total_seconds())
+    if secs == 0:
+        return "0s"
+    sign = "-" if secs < 0 else ""
+    secs = abs(secs)
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if secs >= size:
+            n, secs = divmod(secs, size)
+            out.append(f"{n}{unit}")
+    return sign + "".join(out)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _parse_before(value: Any) -> timedelta | float:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            pct = float(value.strip()[:-1])
+        except ValueError:
+            raise ValueError(f"{value!r} is not a percentage: write it like 25%") from None
+        if not 0 < pct < 100:
+            raise ValueError("a percentage of the lifetime must be between 0% and 100%, e.g. 25%")
+        return pct / 100
+    if isinstance(value, float) and 0 < value < 1:
+        return value
+    return parse_duration(value)
+
+
+RotateBefore = Annotated[timedelta | float, BeforeValidator(_parse_before)]
+
+# ---- the raw shape ------------------------------------------------------------------------------------------
+
+POLICY_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+FORMATS = ("json", "env", "key")
+
+
+class SecretSource(BaseModel):
+    """Where a secret (the management key) comes from: an env var, a file, or a configured store."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: str | None = None
+    file: str | None = None
+    store: str | None = None
+    secret: str | None = None
+    format: Literal["json", "env", "key"] = "json"
+
+    @field_validator("env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
+            raise ValueError(f"{v!r} is not an environment variable name")
+        return v
+
+    def model_post_init(self, __context: Any) -> None:
+        given = [k for k in ("env", "file", "store") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of env, file or store (with secret), e.g. {env: MOMENTO_API_KEY}")
+        if self.store and not self.secret:
+            raise ValueError("a management key read from a store needs `secret:` too")
+
+    def describe(self) -> str:
+        if self.env:
+            return f"env var {self.env}"
+        if self.file:
+            return f"file {self.file}"
+        return f"store {self.store} secret {self.secret}"
+
+
+class EmulatorSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    db: str = "./.rotator/emulator.db"
+    bootstrap_key_file: str = "./.rotator/emulator-owner.key"
+    port: int = Field(0, ge=0, le=65535)
+    latency: Duration = timedelta(0)
+    failure_rate: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class IssuerConfig(BaseModel):
+    """``issuer``: the Momento key API (``type: momento``) or the local emulator (``type: emulator``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["momento", "emulator"] = "momento"
+    url: str | None = None
+    management_key: SecretSource | None = None
+    endpoint: str | None = None
+    key_version: Literal["auto", "v1", "v2"] = "auto"
+    private_endpoints: list[str] = []
+    timeout: Duration = timedelta(seconds=10)
+    max_attempts: int = Field(5, ge=1, le=20)
+    emulator: EmulatorSettings = EmulatorSettings()
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        m = re.match(r"^(https?)://([^/:]+)(:\d+)?/?$", v)
+        if not m:
+            raise ValueError(f"{v!r} is not a base URL like https://mga.registry.prod.a.momentohq.com")
+        if m.group(1) == "http" and m.group(2) not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError("plain http is only allowed for a local emulator (127.0.0.1); use https")
+        return v.rstrip("/")
+
+    @field_validator("private_endpoints")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"{p!r} is not a regular expression: {exc}") from None
+        return v
+
+    @property
+    def base_url(self) -> str:
+        return self.url or "https://mga.registry.prod.a.momentohq.com"
+
+
+class Defaults(BaseModel):
+    """``defaults``: values every policy takes unless it sets its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lifetime: Duration | Literal["never"] = timedelta(days=30)
+    rotate_before: RotateBefore = 0.25
+    rotate_every: Duration | None = None
+    grace: Duration = timedelta(hours=1)
+    orphan_after: Duration = timedelta(minutes=15)
+    format: Literal["json", "env", "key"] = "json"
+
+
+class RawPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    role: str
+    description: str = ""
+    lifetime: Duration | Literal["never"] | None = None
+    rotate_before: RotateBefore | None = None
+    rotate_every: Duration | None = None
+    grace: Duration | None = None
+    orphan_after: Duration | None = None
+    format: Literal["json", "env", "key"] | None = None
+    targets: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not POLICY_NAME_RE.match(v):
+            suggestion = re.sub(r"[^a-z0-9-]+", "-", v.lower()).strip("-")[:63] or "my-policy"
+            raise ValueError(
+                f"{v!r} is not a valid policy name: use 1-63 lowercase letters, digits and '-', e.g. {suggestion!r}"
+            )
+        return v
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("name a role: owner, operator, viewer, or a role id")
+        return v.strip()
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, v: str) -> str:
+        if "[rotator:" in v:
+            raise ValueError("must not contain '[rotator:': rotator appends its own marker")
+        return v
+
+
+class RawConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    issuer: IssuerConfig
+    interval: Duration = timedelta(minutes=1)
+    jitter: Duration = timedelta(seconds=10)
+    concurrency: int = Field(8, ge=1, le=64)
+    pass_timeout: Duration = timedelta(minutes=5)
+    drift_check_every: Duration | Literal["never"] = timedelta(hours=6)
+    clock_skew: Duration = timedelta(minutes=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    defaults: Defaults = Defaults()
+    stores: dict[str, dict[str, Any]] = {}
+    policies: list[dict[str, Any]] = Field(min_length=1)
+
+
+# ---- the resolved config ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved target: which store, which secret, which payload format."""
+
+    store: str
+    secret: str
+    format: str
+    endpoint_secret: str | None
+    options: BaseModel
+
+    @property
+    def id(self) -> str:
+        return f"{self.store}:{self.secret}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A resolved policy: defaults applied, rotate_before turned into a duration where the lifetime is known."""
+
+    name: str
+    role: str
+    description: str
+    lifetime: timedelta | None  # None: keys never expire
+    rotate_before: timedelta | float | None
+    rotate_every: timedelta | None
+    grace: timedelta
+    orphan_after: timedelta
+    format: str
+    targets: tuple[Target, ...]
+
+    @property
+    def key_description(self) -> str:
+        from rotator.model import marker
+
+        return f"{self.description} {marker(self.name)}".strip()
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    name: str
+    type: str
+    config: BaseModel
+
+
+@dataclass(frozen=True)
+class Config:
+    issuer: IssuerConfig
+    interval: timedelta
+    jitter: timedelta
+    concurrency: int
+    pass_timeout: timedelta
+    drift_check_every: timedelta | None
+    clock_skew: timedelta
+    log_level: str
+    stores: dict[str, StoreSpec]
+    policies: tuple[Policy, ...]
+    source: str | None = None
+
+    def policy(self, name: str) -> Policy:
+        for p in self.policies:
+            if p.name == name:
+                return p
+        raise ConfigError([ConfigIssue("policy", f"no policy named {name!r}; known: {', '.join(self.names())}")])
+
+    def names(self) -> list[str]:
+        return [p.name for p in self.policies]
+
+
+def _loc(loc: tuple[int | str, ...], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before", "function-plain") or "[" in str(part):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _issues(exc: ValidationError, prefix: str = "") -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and ("function" in p or p in _UNION_TAGS)))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        msg = msg.removeprefix("Value error, ")
+        issues.append(ConfigIssue(_loc(loc, prefix), msg))
+    # a union reports one error per branch; keep the first per path
+    seen: dict[str, ConfigIssue] = {}
+    for i in issues:
+        seen.setdefault(i.path, i)
+    return list(seen.values())
+
+
+_UNION_TAGS = {"timedelta", "float", "literal['never']", "union[timedelta,float]", "constrained-float"}
+
+
+def _store_specs(raw: RawConfig, issues: list[ConfigIssue]) -> dict[str, StoreSpec]:
+    specs: dict[str, StoreSpec] = {}
+    known = ", ".join(sorted(store_base.REGISTRY))
+    for name, body in raw.stores.items():
+        path = f"stores.{name}"
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$", name):
+            issues.append(ConfigIssue(path, "store names use letters, digits, '-' and '_'"))
+        kind = body.get("type") if isinstance(body, dict) else None
+        if kind not in store_base.REGISTRY:
+            issues.append(ConfigIssue(f"{path}.type", f"unknown store type {kind!r}; use one of: {known}"))
+            continue
+        try:
+            cfg = store_base.backend(kind).StoreConfig.model_validate(body)
+        except ValidationError as exc:
+            issues.extend(_issues(exc, path))
+            continue
+        specs[name] = StoreSpec(name, kind, cfg)
+    return specs
+
+
+def _resolve_policy(
+    i: int, body: dict[str, Any], raw: RawConfig, specs: dict[str, StoreSpec], issues: list[ConfigIssue]
+) -> Policy | None:
+    d = raw.defaults
+    path = f"policies[{i}]"
+    partial = False
+    try:
+        p = RawPolicy.model_validate(body)
+    except ValidationError as exc:
+        issues.extend(_issues(exc, path))
+        # check what can still be checked, so every error is reported at once: the targets, and the
+        # timing rules with the broken fields left out
+        targets = body.get("targets")
+        if isinstance(targets, list):
+            _resolve_targets(path, targets, str(body.get("format") or d.format), raw, specs, issues)
+        bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+        rest = {k: v for k, v in body.items() if k not in bad and k in RawPolicy.model_fields}
+        rest.update({"name": "x", "role": "x", "targets": [{}]})
+        try:
+            p = RawPolicy.model_validate(rest)
+        except ValidationError:
+            return None
+        partial = True
+    lifetime_raw = p.lifetime if p.lifetime is not None else d.lifetime
+    lifetime = None if lifetime_raw == "never" else lifetime_raw
+    assert lifetime is None or isinstance(lifetime, timedelta)
+    grace = p.grace if p.grace is not None else d.grace
+    orphan_after = p.orphan_after if p.orphan_after is not None else d.orphan_after
+    fmt = p.format or d.format
+    rotate_every = p.rotate_every if p.rotate_every is not None else d.rotate_every
+    rotate_before: timedelta | float | None = p.rotate_before if p.rotate_before is not None else d.rotate_before
+    start = len(issues)
+
+    if lifetime is None:
+        if rotate_every is None:
+            issues.append(
+                ConfigIssue(
+                    f"{path}.rotate_every",
+                    "keys that never expire need rotate_every (e.g. 30d), or set a lifetime such as 30d",
+                )
+            )
+        rotate_before = None
+    else:
+        if p.rotate_every is not None:
+            issues.append(
+                ConfigIssue(
+                    f"{path}.rotate_every", "only for keys that never expire (lifetime: never); use rotate_before"
+                )
+            )
+        before = lifetime * rotate_before if isinstance(rotate_before, float) else rotate_before
+        assert isinstance(before, timedelta)
+        if lifetime <= timedelta(0):
+            issues.append(ConfigIssue(f"{path}.lifetime", "must be longer than 0s, e.g. 30d"))
+        elif before >= lifetime:
+            issues.append(
+                ConfigIssue(
+                    f"{path}.rotate_before",
+                    f"must be shorter than lifetime ({format_duration(lifetime)})",
+                )
+            )
+        margin = grace + raw.interval + raw.clock_skew
+        if before <= margin:
+            issues.append(
+                ConfigIssue(
+                    f"{path}.rotate_before",
+                    f"{format_duration(before)} is too short: it must exceed grace ({format_duration(grace)}) + "
+                    f"interval ({format_duration(raw.interval)}) + clock_skew ({format_duration(raw.clock_skew)}) "
+                    f"= {format_duration(margin)}, or the old key can expire while consumers still use it; "
+                    "raise rotate_before or the lifetime, or shorten grace",
+                )
+            )
+    if rotate_every is not None and rotate_every <= timedelta(0):
+        issues.append(ConfigIssue(f"{path}.rotate_every", "must be longer than 0s, e.g. 30d"))
+    if orphan_after <= raw.pass_timeout:
+        issues.append(
+            ConfigIssue(
+                f"{path}.orphan_after",
+                f"{format_duration(orphan_after)} must exceed pass_timeout ({format_duration(raw.pass_timeout)}), "
+                "or a key still being published by a slow pass could be swept as an orphan",
+            )
+        )
+
+    if partial:
+        return None
+    targets = _resolve_targets(path, p.targets, fmt, raw, specs, issues)
+    if len(issues) > start:
+        return None
+    return Policy(
+        name=p.name,
+        role=p.role,
+        description=p.description,
+        lifetime=lifetime,
+        rotate_before=rotate_before,
+        rotate_every=rotate_every,
+        grace=grace,
+        orphan_after=orphan_after,
+        format=fmt,
+        targets=tuple(targets),
+    )
+
+
+def _resolve_targets(
+    path: str, raw_targets: list[Any], fmt: str, raw: RawConfig, specs: dict[str, StoreSpec], issues: list[ConfigIssue]
+) -> list[Target]:
+    targets: list[Target] = []
+    for j, t in enumerate(raw_targets):
+        tpath = f"{path}.targets[{j}]"
+        if not isinstance(t, dict):
+            issues.append(ConfigIssue(tpath, "a target is a mapping like {store: local, secret: momento/demo}"))
+            continue
+        store = t.get("store")
+        if not isinstance(store, str) or not store:
+            issues.append(ConfigIssue(f"{tpath}.store", "required: the name of a store under `stores:`"))
+            continue
+        if store not in specs:
+            if store not in raw.stores:
+                known = ", ".join(raw.stores) or "none defined"
+                issues.append(ConfigIssue(f"{tpath}.store", f"no store named {store!r} (stores: {known})"))
+            continue
+        spec = specs[store]
+        body = dict(t)
+        body.setdefault("format", fmt)
+        try:
+            opts = store_base.backend(spec.type).TargetOptions.model_validate(body)
+        except ValidationError as exc:
+            issues.extend(_issues(exc, tpath))
+            continue
+        tfmt = str(getattr(opts, "format", fmt))
+        endpoint_secret = getattr(opts, "endpoint_secret", None)
+        if tfmt not in FORMATS:
+            issues.append(ConfigIssue(f"{tpath}.format", f"unknown format {tfmt!r}; use json, env or key"))
+        if tfmt == "key" and not endpoint_secret:
+            issues.append(
+                ConfigIssue(
+                    f"{tpath}.endpoint_secret",
+                    "format `key` stores the raw key only: name a second secret for the endpoint, "
+                    "e.g. endpoint_secret: momento-endpoint",
+                )
+            )
+        targets.append(Target(store, str(getattr(opts, "secret", "")), tfmt, endpoint_secret, opts))
+    return targets
+
+
+def from_mapping(data: Any, *, source: str | None = None) -> Config:
+    """Validate a parsed config mapping. Raises ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [ConfigIssue("", "the config must be a YAML mapping with issuer, stores and policies")], source=source
+        )
+    issues: list[ConfigIssue] = []
+    try:
+        raw = RawConfig.model_validate(data)
+    except ValidationError as exc:
+        issues = _issues(exc)
+        # go on with what can be checked without a valid top level: the stores
+        stores = data.get("stores")
+        if isinstance(stores, dict):
+            fake = RawConfig.model_construct(
+                issuer=IssuerConfig(), policies=[], stores={k: v for k, v in stores.items() if isinstance(v, dict)}
+            )
+            _store_specs(fake, issues)
+        raise ConfigError(_dedupe(issues), source=source) from None
+
+    specs = _store_specs(raw, issues)
+    if raw.issuer.endpoint is not None:
+        try:
+            check_endpoint(raw.issuer.endpoint, private=raw.issuer.private_endpoints)
+        except KeyFormatError as exc:
+            issues.append(ConfigIssue("issuer.endpoint", str(exc)))
+    if raw.issuer.type == "momento" and raw.issuer.management_key is None:
+        issues.append(
+            ConfigIssue("issuer.management_key", "required for type momento, e.g. {env: MOMENTO_MANAGEMENT_KEY}")
+        )
+    if raw.issuer.type == "momento" and raw.issuer.endpoint is None and raw.issuer.key_version == "v2":
+        issues.append(ConfigIssue("issuer.endpoint", "Missing required property: endpoint"))
+    mk = raw.issuer.management_key
+    if mk is not None and mk.store is not None and mk.store not in raw.stores:
+        issues.append(ConfigIssue("issuer.management_key.store", f"no store named {mk.store!r}"))
+
+    policies: list[Policy] = []
+    seen_names: dict[str, int] = {}
+    seen_targets: dict[str, str] = {}
+    for i, body in enumerate(raw.policies):
+        policy = _resolve_policy(i, body, raw, specs, issues)
+        if policy is None:
+            continue
+        if policy.name in seen_names:
+            issues.append(
+                ConfigIssue(
+                    f"policies[{i}].name", f"{policy.name!r} is already used by policies[{seen_names[policy.name]}]"
+                )
+            )
+        seen_names.setdefault(policy.name, i)
+        for j, t in enumerate(policy.targets):
+            for sid in filter(None, (t.secret, t.endpoint_secret)):
+                tid = f"{t.store}:{sid}"
+                owner = f"policies[{i}].targets[{j}]"
+                if tid in seen_targets and not (sid == t.endpoint_secret and seen_targets[tid].endswith("(endpoint)")):
+                    issues.append(
+                        ConfigIssue(
+                            owner, f"secret {sid!r} in store {t.store!r} is already written by {seen_targets[tid]}"
+                        )
+                    )
+                seen_targets.setdefault(tid, owner + (" (endpoint)" if sid == t.endpoint_secret else ""))
+        policies.append(policy)
+
+    if issues:
+        raise ConfigError(_dedupe(issues), source=source)
+    drift = None if raw.drift_check_every == "never" else raw.drift_check_every
+    assert drift is None or isinstance(drift, timedelta)
+    return Config(
+        issuer=raw.issuer,
+        interval=raw.interval,
+        jitter=raw.jitter,
+        concurrency=raw.concurrency,
+        pass_timeout=raw.pass_timeout,
+        drift_check_every=drift,
+        clock_skew=raw.clock_skew,
+        log_level=raw.log_level,
+        stores=specs,
+        policies=tuple(policies),
+        source=source,
+    )
+
+
+def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    out: list[ConfigIssue] = []
+    for i in issues:
+        if i not in out:
+            out.append(i)
+    return out
+
+
+def _expand_env(text: str) -> str:
+    # ${VAR} and ${VAR:-default} in the YAML text (not for secrets: those use {env: ...} sources)
+    def sub(m: re.Match[str]) -> str:
+        name, _, default = m.group(1).partition(":-")
+        return os.environ.get(name, default)
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?)\}", sub, text)
+
+
+def load(path: str | Path) -> Config:
+    """Read and validate a YAML config file. Raises ConfigError (exit code 2) for every problem at once."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(
+            [ConfigIssue("", f"cannot read {p}: {exc.strerror}; pass --config PATH")], source=str(p)
+        ) from None
+    try:
+        data = yaml.safe_load(_expand_env(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise ConfigError(
+            [ConfigIssue("", f"not valid YAML at {where}: {getattr(exc, 'problem', exc)}")], source=str(p)
+        ) from None
+    return from_mapping(data, source=str(p))

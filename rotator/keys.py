@@ -1,0 +1,210 @@
+"""Momento key formats: which kind of key a string is, the endpoint's shape, and the payloads rotator stores.
+
+All parsing is local and never checks signatures (neither do Momento's SDKs). Error messages use the
+wording Momento's SDKs use, adapted to rotator's option names, and never include the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from rotator.errors import KeyFormatError
+from rotator.model import SecretText
+
+KeyKind = Literal["v2", "v1", "legacy", "unknown"]
+PayloadFormat = Literal["json", "env", "key"]
+
+#: public cells: cell-[<n>-]<aws-region>-<n>.<domain>, e.g. cell-4-us-west-2-1.prod.a.momentohq.com
+CELL_RE = re.compile(r"^cell-(?:\d+-)?[a-z]{2}(?:-gov)?-[a-z]+-\d+-\d+(?:\.[a-z0-9-]+)+$")
+_HOST_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+V2_WHERE_V1 = (
+    "Received a v2 API key. Are you using the correct key? Or did you mean to use "
+    "`key_version: v2` (with `endpoint`) instead?"
+)
+MISSING_ENDPOINT = "Missing required property: endpoint"
+
+
+def _b64url_json(segment: str) -> dict[str, Any] | None:
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        data = json.loads(raw)
+    except (binascii.Error, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def jwt_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a JWT, unverified, or ``None`` when ``token`` is not a JWT."""
+    parts = token.split(".")
+    if len(parts) != 3 or not all(parts[:2]):
+        return None
+    if _b64url_json(parts[0]) is None:
+        return None
+    return _b64url_json(parts[1])
+
+
+def _is_canonical_base64(s: str) -> bool:
+    try:
+        return base64.b64encode(base64.b64decode(s, validate=True)).decode() == s
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _v1_fields(s: str) -> dict[str, Any] | None:
+    if not _is_canonical_base64(s):
+        return None
+    try:
+        data = json.loads(base64.b64decode(s))
+    except ValueError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("endpoint"), str) and isinstance(data.get("api_key"), str):
+        return data
+    return None
+
+
+def key_kind(key: SecretText | str) -> KeyKind:
+    """Which Momento key format ``key`` is: ``v2`` (JWT with ``t == "g"``), ``v1`` (base64 JSON with
+    ``endpoint`` and ``api_key``), ``legacy`` (JWT with ``c`` and ``cp``) or ``unknown``."""
+    s = key.reveal() if isinstance(key, SecretText) else key
+    s = s.strip()
+    if not s:
+        return "unknown"
+    if _v1_fields(s) is not None:
+        return "v1"
+    claims = jwt_claims(s)
+    if claims is None:
+        return "unknown"
+    if claims.get("t") == "g":
+        return "v2"
+    if "c" in claims and "cp" in claims:
+        return "legacy"
+    return "unknown"
+
+
+def v1_endpoint(key: SecretText) -> str | None:
+    """The endpoint embedded in a v1 key, else ``None``."""
+    fields = _v1_fields(key.reveal().strip())
+    return None if fields is None else str(fields["endpoint"])
+
+
+def key_id_of(key: SecretText) -> str | None:
+    """The key id a key carries, when it carries one (a v2 key's ``jti``), else ``None``."""
+    claims = jwt_claims(key.reveal().strip())
+    jti = claims.get("jti") if claims else None
+    return jti if isinstance(jti, str) else None
+
+
+def check_endpoint(endpoint: str, *, private: list[str] | tuple[str, ...] = ()) -> str:
+    """``endpoint`` if it is a Momento cell host, else raise KeyFormatError saying what a cell looks like.
+
+    ``private`` holds regular expressions for private cells (``issuer.private_endpoints``), matched in full.
+    """
+    host = endpoint.strip().lower()
+    if host.startswith(("https://", "http://")) or "/" in host or ":" in host:
+        raise KeyFormatError(
+            f"endpoint {endpoint!r} must be a bare cell host without scheme, port or path, "
+            "e.g. cell-4-us-west-2-1.prod.a.momentohq.com"
+        )
+    if not _HOST_RE.match(host):
+        raise KeyFormatError(f"endpoint {endpoint!r} is not a valid host name")
+    if CELL_RE.match(host) or any(re.fullmatch(p, host) for p in private):
+        return host
+    raise KeyFormatError(
+        f"endpoint {endpoint!r} does not look like a Momento cell host "
+        "(cell-[<n>-]<region>-<n>.<domain>, e.g. cell-4-us-west-2-1.prod.a.momentohq.com); "
+        "for a private cell add a pattern to issuer.private_endpoints"
+    )
+
+
+def require_endpoint(key: SecretText, endpoint: str | None, *, expect: Literal["auto", "v1", "v2"] = "auto") -> str:
+    """The endpoint to pair with ``key``: the configured one, or the one a v1 key embeds.
+
+    Raises KeyFormatError with Momento's wording: a v2 key without an endpoint is
+    ``Missing required property: endpoint``; a v2 key where a v1 key is expected is the "Received a v2 API
+    key" message.
+    """
+    kind = key_kind(key)
+    if kind == "unknown":
+        raise KeyFormatError("the key is not a Momento API key (neither a v2 key, a v1 key nor a legacy token)")
+    if expect == "v1" and kind == "v2":
+        raise KeyFormatError(V2_WHERE_V1)
+    if expect == "v2" and kind != "v2":
+        raise KeyFormatError(f"expected a v2 API key but received a {kind} key; set `key_version: {kind}`")
+    if kind == "v1" and not endpoint:
+        found = v1_endpoint(key)
+        assert found is not None
+        return found
+    if not endpoint:
+        raise KeyFormatError(MISSING_ENDPOINT)
+    return endpoint
+
+
+# ---- stored payloads -------------------------------------------------------------------------------------
+
+CONTENT_TYPES: dict[str, str] = {"json": "application/json", "env": "text/plain", "key": "text/plain"}
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What one target stores for one key, and its content type."""
+
+    value: SecretText
+    content_type: str
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render(fmt: str, api_key: SecretText, *, endpoint: str, key_id: str, expires_at: datetime | None) -> Payload:
+    """The payload for format ``fmt``. Deterministic: the same key always renders the same bytes.
+
+    - ``json``: ``{"apiKey", "endpoint", "keyId", "expiresAt"}`` (expiresAt ISO 8601 UTC, or null)
+    - ``env``: ``MOMENTO_API_KEY=``, ``MOMENTO_ENDPOINT=``, ``MOMENTO_KEY_ID=``, ``MOMENTO_KEY_EXPIRES_AT=`` lines
+    - ``key``: the raw key (the endpoint goes to the target's ``endpoint_secret``)
+    """
+    key = api_key.reveal()
+    if fmt == "json":
+        body = json.dumps(
+            {"apiKey": key, "endpoint": endpoint, "keyId": key_id, "expiresAt": _iso(expires_at)},
+            separators=(",", ":"),
+        )
+    elif fmt == "env":
+        body = (
+            f"MOMENTO_API_KEY={key}\nMOMENTO_ENDPOINT={endpoint}\nMOMENTO_KEY_ID={key_id}\n"
+            f"MOMENTO_KEY_EXPIRES_AT={_iso(expires_at) or 'never'}\n"
+        )
+    elif fmt == "key":
+        body = key
+    else:
+        raise KeyFormatError(f"unknown payload format {fmt!r}: use json, env or key")
+    return Payload(SecretText(body), CONTENT_TYPES[fmt])
+
+
+def parse_api_key(fmt: str, payload: SecretText) -> SecretText:
+    """The API key inside a stored payload of format ``fmt``. Raises KeyFormatError (without the payload)."""
+    text = payload.reveal()
+    if fmt == "json":
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise KeyFormatError("the stored value is not JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("apiKey"), str):
+            raise KeyFormatError("the stored JSON has no string field 'apiKey'")
+        return SecretText(data["apiKey"])
+    if fmt == "env":
+        for line in text.splitlines():
+            name, sep, value = line.partition("=")
+            if sep and name.strip() == "MOMENTO_API_KEY":
+                return SecretText(value.strip())
+        raise KeyFormatError("the stored value has no MOMENTO_API_KEY= line")
+    if fmt == "key":
+        return SecretText(text.strip())
+    raise KeyFormatError(f"unknown payload format {fmt!r}: use json, env or key")

@@ -1,0 +1,274 @@
+"""The lifecycle rules: a pure function from (policy, observation, now) to a plan.
+
+No I/O, no clock reads, no logging: everything the rules need arrives as arguments, so the property tests
+can drive it through crashes, races and clock jumps. The lifecycle (DESIGN section 2):
+
+- the **active** key is the newest key at the issuer that some target holds (as any enabled version);
+- **publish**: every target that does not hold the active key as current gets it, copied from a target that
+  holds it (a key's plaintext lives only in memory and in the stores);
+- **due**: the active key's remaining life is within ``rotate_before`` (less the allowed clock skew), or for
+  keys that never expire its age reached ``rotate_every``; no key at all, an expired key, or targets holding
+  a key the issuer no longer lists are due now, with a warning;
+- **create**: a new key, published to every target in the same pass; while a younger key that no target
+  holds exists (a pass that crashed after creating, or a concurrent pass now publishing it), no second key is
+  created until ``orphan_after`` has passed;
+- **revoke**: an older key goes once every target holds the active key as current, the last of them for at
+  least ``grace``, and every pickup check agrees; its versions are retired first, then it is revoked, so a
+  crash in between leaves it listed and the next pass finishes the job;
+- **sweep**: a key no target ever held is revoked ``orphan_after`` after it was issued;
+- **retire**: enabled, non-current versions holding keys the issuer no longer lists are retired.
+
+While any target cannot be read, nothing is revoked and nothing is published to that target.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from rotator.config import Policy, format_duration
+from rotator.model import (
+    Action,
+    CreateKey,
+    KeyInfo,
+    Observation,
+    Phase,
+    Plan,
+    Publish,
+    Retire,
+    Revoke,
+    SecretState,
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a pass asks the planner to behave beyond the policy."""
+
+    clock_skew: timedelta = timedelta(0)
+    drift_check: bool = False  # read the stores even in steady state
+    force: bool = False  # rotate now (``rotator rotate``) unless a rotation is already under way
+    emergency: bool = False  # revoke replaced keys as soon as every target holds the new one
+
+
+def due_at(policy: Policy, key: KeyInfo, skew: timedelta = timedelta(0)) -> datetime | None:
+    """When ``key`` is due for replacement under ``policy``, or ``None`` if never."""
+    if key.expires_at is not None:
+        lifetime = key.expires_at - key.issued_at
+        before = policy.rotate_before
+        if isinstance(before, float):
+            margin = lifetime * before
+        elif isinstance(before, timedelta):
+            margin = before
+        else:  # policy says never-expiring but the key expires: rotate at the default quarter of its life
+            margin = lifetime * 0.25
+        return key.expires_at - margin - skew
+    if policy.rotate_every is not None:
+        return key.issued_at + policy.rotate_every
+    return None
+
+
+def expired(key: KeyInfo, now: datetime, skew: timedelta = timedelta(0)) -> bool:
+    return key.expires_at is not None and key.expires_at - skew <= now
+
+
+def _order(keys: tuple[KeyInfo, ...]) -> list[KeyInfo]:
+    return sorted(keys, key=lambda k: (k.issued_at, k.key_id))
+
+
+def _min(*times: datetime | None) -> datetime | None:
+    present = [t for t in times if t is not None]
+    return min(present) if present else None
+
+
+def _fmt_time(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Options()) -> Plan:
+    """Decide what to do for one policy. Pure: the same inputs always give the same plan."""
+    keys = _order(tuple(k for k in obs.keys if k.policy == policy.name))
+    skew = opts.clock_skew
+
+    if obs.targets is None:
+        return _plan_without_targets(policy, keys, now, opts)
+
+    notes: list[str] = []
+    states: dict[str, SecretState] = {}
+    unknown: list[str] = []
+    for t in policy.targets:
+        o = obs.targets.get(t.id)
+        if o is None or o.state is None:
+            unknown.append(t.id)
+            notes.append(f"! target {t.id} could not be read: {o.error if o else 'not observed'}")
+        else:
+            states[t.id] = o.state
+
+    by_id = {k.key_id: k for k in keys}
+    live_ids = set(by_id)
+
+    def holders(key_id: str, *, current_only: bool = False, enabled_only: bool = True) -> list[str]:
+        out = []
+        for tid, s in states.items():
+            if current_only:
+                if s.current_key_id == key_id:
+                    out.append(tid)
+            elif any(v.key_id == key_id and (v.enabled or not enabled_only or v.current) for v in s.versions):
+                out.append(tid)
+        return out
+
+    # the active key: the newest key that some target holds
+    active: KeyInfo | None = None
+    for k in reversed(keys):
+        if holders(k.key_id):
+            active = k
+            break
+
+    for tid, s in states.items():
+        if s.current_key_id is not None and s.current_key_id not in live_ids:
+            notes.append(
+                f"! target {tid} holds key {s.current_key_id}, which the issuer no longer lists "
+                "(revoked or expired outside rotator): replacing it now"
+            )
+        elif s.foreign:
+            notes.append(f"! target {tid} holds a value rotator did not write")
+
+    # keys younger than the active one that no target holds: created by a pass that died before publishing,
+    # or by a concurrent pass that is publishing them right now
+    newer = [k for k in keys if active is None or (k.issued_at, k.key_id) > (active.issued_at, active.key_id)]
+    ever_held = {k.key_id for k in keys if holders(k.key_id, enabled_only=False)}
+    pending = [k for k in newer if k.key_id not in ever_held]
+    fresh_pending = [k for k in pending if now - k.issued_at < policy.orphan_after]
+
+    actions: list[Action] = []
+    wake: datetime | None = None
+    phase: Phase = "steady"
+
+    # orphans: keys no target ever held, older than orphan_after
+    for k in keys:
+        if k.key_id not in ever_held and (active is None or k.key_id != active.key_id):
+            if now - k.issued_at >= policy.orphan_after:
+                actions.append(Revoke(policy.name, k.key_id, "orphan: created but never stored", ()))
+            else:
+                wake = _min(wake, k.issued_at + policy.orphan_after)
+
+    # is a new key needed?
+    create_reason: str | None = None
+    if active is None:
+        create_reason = "no key: no target holds a key the issuer lists"
+        phase = "no-key"
+    elif expired(active, now, skew):
+        create_reason = f"key {active.key_id} expired at {_fmt_time(active.expires_at)}"  # type: ignore[arg-type]
+        notes.append(f"! {create_reason}")
+        phase = "expired"
+    else:
+        d = due_at(policy, active, skew)
+        if d is not None and now >= d:
+            create_reason = f"key {active.key_id} is due (due at {_fmt_time(d)})"
+            phase = "due"
+        elif opts.force and len([k for k in keys if k.key_id != active.key_id]) == 0:
+            create_reason = "rotation requested"
+            phase = "due"
+        else:
+            wake = _min(wake, d)
+
+    if create_reason is not None:
+        if fresh_pending:
+            p = fresh_pending[-1]
+            until = p.issued_at + policy.orphan_after
+            notes.append(
+                f"waiting for key {p.key_id} (created {_fmt_time(p.issued_at)}, held by no target yet; a pass "
+                f"may be publishing it) until {_fmt_time(until)} before creating another"
+            )
+            wake = _min(wake, until)
+            phase = "publishing"
+            create_reason = None
+        else:
+            actions.append(CreateKey(policy.name, create_reason))
+
+    # finish publishing the active key (unless a newer one is being created now)
+    publishing = False
+    if active is not None and create_reason is None:
+        sources = holders(active.key_id)
+        # prefer a target where it is current (read-back verified) as the copy source
+        current_sources = [t for t in sources if states[t].current_key_id == active.key_id]
+        source = (current_sources or sources)[0]
+        for t in policy.targets:
+            if t.id in states and states[t.id].current_key_id != active.key_id:
+                actions.append(Publish(policy.name, active.key_id, t.id, source))
+                publishing = True
+        if publishing:
+            phase = "publishing"
+
+    # retire versions holding keys the issuer no longer lists
+    for tid, s in states.items():
+        for v in s.versions:
+            if v.enabled and not v.current and v.key_id is not None and v.key_id not in live_ids:
+                actions.append(Retire(policy.name, v.key_id, tid, "the issuer no longer lists this key"))
+
+    # revoke replaced keys once grace (and pickup) allow
+    old = [k for k in keys if active is not None and k.key_id != active.key_id and k.key_id in ever_held]
+    needs_pickup: str | None = None
+    if old and active is not None:
+        blocked: str | None = None
+        if unknown:
+            blocked = "some targets could not be read"
+        elif publishing or create_reason is not None:
+            blocked = f"key {active.key_id} is not yet current in every target"
+        else:
+            sinces = [states[t.id].current_since for t in policy.targets]
+            if any(s is None for s in sinces):
+                blocked = "a target does not say since when it holds the new key"
+            else:
+                last = max(s for s in sinces if s is not None)
+                grace_end = last + policy.grace
+                if now < grace_end and not opts.emergency:
+                    blocked = (
+                        f"grace: the last target took key {active.key_id} at {_fmt_time(last)}; "
+                        f"old keys stay valid until {_fmt_time(grace_end)} ({format_duration(policy.grace)} grace)"
+                    )
+                    wake = _min(wake, grace_end)
+                elif obs.pickup is None and _has_pickup_checks(policy) and not opts.emergency:
+                    needs_pickup = active.key_id
+                    blocked = "pickup checks have not been asked yet"
+                elif obs.pickup is not None and not opts.emergency:
+                    lagging = [v for v in obs.pickup if v.key_id == active.key_id and not v.ok]
+                    if lagging:
+                        who = "; ".join(f"{v.check}: {', '.join(v.lagging) or v.detail}" for v in lagging)
+                        blocked = f"pickup: consumers still use an older key ({who})"
+        if blocked is not None:
+            phase = "awaiting-pickup" if phase == "steady" else phase
+            notes.append(f"{len(old)} old key(s) kept: {blocked}")
+        else:
+            for k in old:
+                retire_in = tuple(tid for tid in holders(k.key_id) if states[tid].current_key_id != k.key_id)
+                why = "emergency: replaced" if opts.emergency else "replaced"
+                actions.append(Revoke(policy.name, k.key_id, why, retire_in))
+            if phase == "steady":
+                phase = "revoking"
+
+    if phase == "steady" and any(isinstance(a, Revoke | Retire) for a in actions):
+        phase = "revoking"
+    return Plan(
+        policy=policy.name,
+        phase=phase,
+        actions=tuple(actions),
+        wake_at=wake,
+        needs_pickup=needs_pickup,
+        current_key=active.key_id if active else None,
+        notes=tuple(notes),
+    )
+
+
+def _has_pickup_checks(policy: Policy) -> bool:
+    return bool(getattr(policy, "pickup", ()))
+
+
+def _plan_without_targets(policy: Policy, keys: list[KeyInfo], now: datetime, opts: Options) -> Plan:
+    """Steady state needs no store reads: one live key, not due, not expired, no drift check due."""
+    if len(keys) == 1 and not opts.drift_check and not opts.force and not opts.emergency:
+        k = keys[0]
+        d = due_at(policy, k, opts.clock_skew)
+        if not expired(k, now, opts.clock_skew) and (d is None or now < d):
+            return Plan(policy=policy.name, phase="steady", wake_at=d, current_key=k.key_id)
+    return Plan(policy=policy.name, phase="unknown", needs_targets=True, current_key=keys[-1].key_id if keys else None)

@@ -1,0 +1,1 @@
+"""Entry points: the CLI, the daemon and the Lambda handlers, and the wiring they share."""

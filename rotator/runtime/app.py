@@ -1,0 +1,182 @@
+"""Wiring: from a validated config to an engine with its issuer and stores.
+
+Only what the config names is opened, and a store's SDK is imported only when that store is opened, so a
+Lambda configured for AWS loads neither Azure nor Google code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from rotator import keys as keyfmt
+from rotator.config import Config, SecretSource
+from rotator.engine import Clock, Engine, system_clock
+from rotator.errors import ConfigError, ConfigIssue, KeyFormatError, RotatorError
+from rotator.issuers.base import KeyIssuer
+from rotator.model import SecretText
+from rotator.stores.base import SecretStore, TargetRef, open_store
+
+
+@dataclass
+class App:
+    """An engine and everything it owns; :meth:`close` releases it all."""
+
+    config: Config
+    engine: Engine
+    issuer: KeyIssuer
+    stores: dict[str, SecretStore]
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            try:
+                close()
+            except Exception:  # noqa: S110, BLE001 - closing must not mask the real outcome
+                pass
+        self.closers.clear()
+
+    def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_source(source: SecretSource, stores: dict[str, SecretStore], what: str) -> SecretText:
+    """Read a secret from an env var, a file, or the current version of a configured store's secret."""
+    path = f"issuer.{what}"
+    if source.env:
+        value = os.environ.get(source.env, "").strip()
+        if not value:
+            raise ConfigError([ConfigIssue(path, f"environment variable {source.env} is empty or not set; "
+                                                 "export it with a Momento API key that has the Owner role")])
+        return SecretText(value)
+    if source.file:
+        p = Path(source.file).expanduser()
+        try:
+            value = p.read_text().strip()
+        except OSError as exc:
+            raise ConfigError([ConfigIssue(path, f"cannot read {p}: {exc.strerror}; put the key in that file "
+                                                 "(mode 0600) or use {env: VAR}")]) from None
+        if not value:
+            raise ConfigError([ConfigIssue(path, f"{p} is empty; put a Momento API key with the Owner role in it")])
+        return SecretText(value)
+    assert source.store and source.secret
+    store = stores[source.store]
+    ref = TargetRef(source.store, source.secret, "rotator-management")
+    state = store.inspect(ref)
+    if not state.exists:
+        raise ConfigError([ConfigIssue(path, f"secret {source.secret!r} does not exist in store {source.store!r}")])
+    if state.current_key_id is None:
+        raise ConfigError([ConfigIssue(path, f"secret {source.secret!r} in store {source.store!r} has no "
+                                             "version written by rotator; write the key there or use {env: VAR}")])
+    return keyfmt.parse_api_key(source.format, store.read(ref, state.current_key_id))
+
+
+def open_stores(config: Config, *, clock: Clock = system_clock, **injected: Any) -> dict[str, SecretStore]:
+    """Open every store a policy or the management key uses. Raises MissingExtraError with the pip command."""
+    used = {t.store for p in config.policies for t in p.targets}
+    mk = config.issuer.management_key
+    if mk is not None and mk.store:
+        used.add(mk.store)
+    stores: dict[str, SecretStore] = {}
+    for name in sorted(used):
+        spec = config.stores[name]
+        extra = dict(injected.get(name, {}))
+        if spec.type == "file":
+            extra.setdefault("clock", clock)
+        stores[name] = open_store(spec.type, name, spec.config, **extra)
+    return stores
+
+
+def build(
+    config: Config,
+    *,
+    clock: Clock = system_clock,
+    store_options: dict[str, dict[str, Any]] | None = None,
+) -> App:
+    """Open the issuer and the stores named by ``config`` and return the engine over them.
+
+    Raises ConfigError (exit 2) for a missing management key or endpoint, MissingExtraError for a missing
+    extra; nothing is changed anywhere before that.
+    """
+    from rotator.issuers.momento import MomentoIssuer
+
+    closers: list[Callable[[], None]] = []
+    stores = open_stores(config, clock=clock, **(store_options or {}))
+    closers.extend(s.close for s in stores.values())
+    ic = config.issuer
+    try:
+        url = ic.base_url
+        if ic.type == "emulator" and ic.url is None:
+            from rotator.issuers.emulator import Emulator
+
+            def emulator_clock() -> float:
+                return clock().timestamp()
+
+            emu = Emulator(
+                ic.emulator.db,
+                port=ic.emulator.port,
+                clock=emulator_clock,
+                latency=ic.emulator.latency.total_seconds(),
+                failure_rate=ic.emulator.failure_rate,
+                bootstrap_key_file=ic.emulator.bootstrap_key_file,
+            )
+            url = emu.start()
+            closers.append(emu.stop)
+            management_key = emu.bootstrap_key
+        elif ic.management_key is not None:
+            management_key = _read_source(ic.management_key, stores, "management_key")
+        else:  # an external emulator: its bootstrap key file
+            management_key = _read_source(SecretSource(file=ic.emulator.bootstrap_key_file), stores, "management_key")
+        try:
+            endpoint = keyfmt.require_endpoint(management_key, ic.endpoint, expect=ic.key_version)
+        except KeyFormatError as exc:
+            field_ = "endpoint" if str(exc) == keyfmt.MISSING_ENDPOINT else "management_key"
+            raise ConfigError([ConfigIssue(f"issuer.{field_}", str(exc))]) from None
+        issuer = MomentoIssuer(
+            url, management_key, timeout=ic.timeout.total_seconds(), max_attempts=ic.max_attempts
+        )
+        closers.append(issuer.close)
+    except (RotatorError, OSError):
+        for c in reversed(closers):
+            c()
+        raise
+    engine = Engine(config, issuer, stores, endpoint=endpoint, clock=clock)
+    return App(config, engine, issuer, stores, closers)
+
+
+def parse_now(text: str, base: datetime | None = None) -> Clock:
+    """``--now``: an ISO 8601 time (``2026-12-01T00:00:00Z``) or an offset from now (``+7d``, ``-1h``).
+
+    The clock it returns advances with real time from that instant, so a long-running command still sees
+    time pass."""
+    import time
+
+    from rotator.config import parse_duration
+
+    start_real = time.monotonic()
+    base = base or system_clock()
+    text = text.strip()
+    try:
+        if text[:1] in "+-":
+            delta = parse_duration(text[1:])
+            fixed = base + delta if text[0] == "+" else base - delta
+        else:
+            fixed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if fixed.tzinfo is None:
+                raise ValueError("no time zone")
+    except ValueError:
+        raise ConfigError([ConfigIssue("--now", f"{text!r} is not a time: use 2026-12-01T00:00:00Z or +7d")]) from None
+
+    def clock() -> datetime:
+        from datetime import timedelta
+
+        return fixed + timedelta(seconds=time.monotonic() - start_real)
+
+    return clock

@@ -1,0 +1,249 @@
+"""The ``rotator`` command.
+
+Exit codes: 0 ok; 1 a rotation (or a service) failed; 2 bad config or bad input, and nothing was changed.
+Logs go to stderr (JSON lines when stderr is not a terminal); results go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from rotator import __version__
+from rotator.config import Config, format_duration, load
+from rotator.engine import Clock, PassReport, system_clock
+from rotator.errors import ConfigError, IssuerAuthError, IssuerPermissionError, MissingExtraError, RotatorError
+from rotator.observability import configure_logging
+
+DEFAULT_CONFIGS = ("rotator.yaml", "config/local.yaml")
+
+
+def _config_path(arg: str | None) -> str:
+    if arg:
+        return arg
+    env = os.environ.get("ROTATOR_CONFIG")
+    if env:
+        return env
+    for p in DEFAULT_CONFIGS:
+        if Path(p).exists():
+            return p
+    return DEFAULT_CONFIGS[0]
+
+
+def _parser() -> argparse.ArgumentParser:
+    # the common options are accepted before or after the command; SUPPRESS keeps a subcommand's absent
+    # option from overwriting one given before it
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("-c", "--config", help="config file (default: $ROTATOR_CONFIG, rotator.yaml, config/local.yaml)")
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log_level")
+    common.add_argument("--now", help="act as if it were this time (2026-12-01T00:00:00Z or +7d): for what-if and tests")
+    select = argparse.ArgumentParser(add_help=False)
+    select.add_argument("-p", "--policy", action="append", metavar="NAME",
+                        help="only these policies (repeatable), e.g. to split a fleet between jobs")
+
+    parser = argparse.ArgumentParser(
+        prog="rotator", description="Rotates Momento API keys before they expire.", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"rotator {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", parents=[common, select], help="run as a daemon: a pass every interval, and at due times")
+    sub.add_parser("once", parents=[common, select], help="run one pass and exit (CronJob, cron)")
+    p = sub.add_parser("plan", parents=[common, select], help="show what a pass would do, changing nothing")
+    p.add_argument("--all", action="store_true", help="read every target, not only those with work to do")
+    p.add_argument("--json", action="store_true", help="JSON lines, even on a terminal")
+    s = sub.add_parser("status", parents=[common, select], help="show each policy's key, expiry, phase and targets")
+    s.add_argument("--json", action="store_true", help="one JSON document")
+    sub.add_parser("validate", parents=[common], help="check a config file, touching nothing")
+    e = sub.add_parser("emulator", help="serve the local Momento key API emulator")
+    e.add_argument("args", nargs=argparse.REMAINDER, help="options for the emulator (see rotator emulator -- --help)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for name in ("config", "log_level", "now", "policy"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    if args.command == "emulator":
+        from rotator.issuers.emulator import main as emulator_main
+
+        rest = [a for a in args.args if a != "--"]
+        return emulator_main(rest)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"rotator: {exc}", file=sys.stderr)
+        return 2
+    except MissingExtraError as exc:
+        print(f"rotator: {exc}", file=sys.stderr)
+        return 2
+    except (IssuerAuthError, IssuerPermissionError) as exc:
+        print(f"rotator: the management key was refused: {exc}", file=sys.stderr)
+        return 2
+    except RotatorError as exc:
+        print(f"rotator: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    path = _config_path(args.config)
+    config = load(path)
+    configure_logging(args.log_level or config.log_level)
+    if args.command == "validate":
+        return _validate(config, path)
+    clock: Clock = system_clock
+    if args.now:
+        from rotator.runtime.app import parse_now
+
+        clock = parse_now(args.now)
+    if args.policy:
+        unknown = [n for n in args.policy if n not in config.names()]
+        if unknown:
+            raise ConfigError(f"--policy: no policy named {', '.join(unknown)}; known: {', '.join(config.names())}")
+    if args.command == "run":
+        from rotator.runtime.daemon import run_daemon
+
+        return run_daemon(config, clock=clock, only=args.policy)
+
+    from rotator.runtime.app import build
+
+    with build(config, clock=clock) as app:
+        if args.command == "once":
+            report = app.engine.run_pass(only=args.policy)
+            print(json.dumps({"summary": report.to_json()}, default=str), flush=True)
+            return report.exit_code
+        if args.command == "plan":
+            report = app.engine.run_pass(dry_run=True, only=args.policy, read_targets=args.all)
+            _print_plan(report, config, clock(), as_json=args.json or not sys.stdout.isatty())
+            return 0 if report.error is None else 1
+        if args.command == "status":
+            report = app.engine.run_pass(dry_run=True, only=args.policy, read_targets=True)
+            _print_status(report, config, clock(), as_json=args.json or not sys.stdout.isatty())
+            return 0 if report.error is None else 1
+    raise AssertionError(args.command)
+
+
+def _validate(config: Config, path: str) -> int:
+    from rotator.stores.base import require_extra
+
+    warnings = []
+    for spec in config.stores.values():
+        try:
+            require_extra(spec.type)
+        except MissingExtraError as exc:
+            warnings.append(str(exc))
+    targets = sum(len(p.targets) for p in config.policies)
+    print(f"{path}: OK: {len(config.policies)} policies, {len(config.stores)} stores, {targets} targets")
+    for w in warnings:
+        print(f"  warning: {w}")
+
+    return 0
+
+
+# ---- output ---------------------------------------------------------------------------------------------
+
+
+def human_delta(delta: timedelta) -> str:
+    if delta.total_seconds() < 0:
+        return f"{format_duration(-delta)} ago"
+    return format_duration(timedelta(seconds=int(delta.total_seconds())))
+
+
+def _table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=out)
+
+
+def _describe(a: dict[str, Any]) -> str:
+    kind = a["action"]
+    if kind == "create":
+        return f"create key ({a['reason']})"
+    if kind == "publish":
+        return f"publish {a['key_id']} to {a['target']}"
+    if kind == "retire":
+        return f"retire {a['key_id']} in {a['target']}"
+    return f"revoke {a['key_id']} ({a['reason']})"
+
+
+def _print_plan(report: PassReport, config: Config, now: datetime, *, as_json: bool, out: TextIO = sys.stdout) -> None:
+    if as_json:
+        for p in report.policies:
+            print(json.dumps(p.to_json(), default=str), file=out)
+        if report.error:
+            print(json.dumps({"error": report.error}), file=out)
+        return
+    if report.error:
+        print(f"issuer unavailable: {report.error}", file=out)
+    rows = [["POLICY", "PHASE", "CURRENT KEY", "NEXT", "WOULD DO"]]
+    for p in report.policies:
+        j = p.to_json()
+        nxt = human_delta(p.plan.wake_at - now) if p.plan and p.plan.wake_at else "-"
+        actions = [_describe(a) for a in j["planned"]] or ["nothing"]
+        rows.append([p.policy, j["phase"], j["current_key"] or "-", nxt, actions[0]])
+        rows.extend(["", "", "", "", a] for a in actions[1:])
+        rows.extend(["", "", "", "", f"note: {n.lstrip('! ')}"] for n in j["notes"])
+    _table(rows, out)
+
+
+def _print_status(report: PassReport, config: Config, now: datetime, *, as_json: bool, out: TextIO = sys.stdout) -> None:
+    entries: list[dict[str, Any]] = []
+    for p in report.policies:
+        policy = config.policy(p.policy)
+        current = p.plan.current_key if p.plan else None
+        key = next((k for k in p.keys if k.key_id == current), None)
+        in_sync = 0
+        targets: dict[str, Any] = {}
+        for t in policy.targets:
+            state = (p.targets or {}).get(t.id)
+            err = p.target_errors.get(t.id)
+            held = state.current_key_id if state else None
+            in_sync += int(held is not None and held == current)
+            targets[t.id] = {"current_key": held, "since": state.current_since if state else None, "error": err}
+        entries.append({
+            "policy": p.policy,
+            "key_id": current,
+            "role": policy.role,
+            "issued_at": key.issued_at if key else None,
+            "expires_at": key.expires_at if key else None,
+            "expires_in_s": int((key.expires_at - now).total_seconds()) if key and key.expires_at else None,
+            "phase": p.plan.phase if p.plan else "error",
+            "keys_at_issuer": len(p.keys),
+            "targets_in_sync": in_sync,
+            "targets_total": len(policy.targets),
+            "targets": targets,
+            "notes": list(p.plan.notes) if p.plan else [],
+            "error": p.error,
+        })
+    if as_json:
+        print(json.dumps({"now": now, "issuer_ok": report.issuer_ok, "error": report.error, "policies": entries},
+                         default=str), file=out)
+        return
+    if report.error:
+        print(f"issuer unavailable: {report.error}", file=out)
+    rows = [["POLICY", "KEY ID", "ROLE", "ISSUED", "EXPIRES IN", "PHASE", "TARGETS IN SYNC"]]
+    for e in entries:
+        issued = e["issued_at"].strftime("%Y-%m-%d %H:%M") if e["issued_at"] else "-"
+        exp = "never" if e["key_id"] and e["expires_at"] is None else (
+            human_delta(e["expires_at"] - now) if e["expires_at"] else "-")
+        rows.append([e["policy"], e["key_id"] or "-", e["role"], issued, exp, e["phase"],
+                     f"{e['targets_in_sync']}/{e['targets_total']}"])
+    _table(rows, out)
+    for e in entries:
+        for n in e["notes"]:
+            print(f"  {e['policy']}: {n.lstrip('! ')}", file=out)
+        if e["error"]:
+            print(f"  {e['policy']}: error: {e['error']}", file=out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

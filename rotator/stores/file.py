@@ -1,0 +1,283 @@
+"""The local file store: the embedded default target, for trying rotator out and for single hosts.
+
+Layout under ``path`` (directories 0700, files 0600)::
+
+    <secret>/versions/<version>.value   the payload of one version
+    <secret>/versions/<version>.json    its metadata: key id, policy, created, promoted, expires, enabled
+    <secret>/current                    symlink to the current version's .value (what consumers read)
+
+Every write is atomic (temp file in the same directory, fsync, rename, fsync of the directory), so a
+reader or a crash never sees half a file. The version name is derived from the key id, so staging the same
+key twice rewrites the same file. Retiring a version marks it disabled in its metadata; nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from rotator.errors import StoreConflict, StoreError, StoreNotFound, StorePermissionError
+from rotator.model import SecretState, SecretText, StoredVersion
+from rotator.stores.base import SecretStore, TargetRef, VersionMeta
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_VERSION_NS = uuid.UUID("6f1b2a4e-6c1e-4c8e-9d1e-2f6a7c0b9e31")
+_SAFE_KEY_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+
+
+class StoreConfig(BaseModel):
+    """``stores.<name>`` for ``type: file``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["file"]
+    path: str = "./.rotator/secrets"
+
+
+def _check_secret_name(value: str) -> str:
+    parts = value.split("/")
+    if not value or any(p in ("", ".", "..") or not _SEGMENT.match(p) for p in parts):
+        raise ValueError(
+            f"{value!r} is not a valid file-store secret name: use path segments of letters, digits, "
+            "'.', '_' and '-', separated by '/', e.g. 'momento/checkout-api'"
+        )
+    return value
+
+
+class TargetOptions(BaseModel):
+    """What a target on a file store may set: only the common fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str
+    secret: str
+    format: str = "json"
+    endpoint_secret: str | None = None
+
+    _secret = field_validator("secret")(classmethod(lambda cls, v: _check_secret_name(v)))
+
+    @field_validator("endpoint_secret")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        return None if v is None else _check_secret_name(v)
+
+
+def version_name(key_id: str) -> str:
+    """The file name (without suffix) of the version that holds ``key_id``."""
+    return key_id if _SAFE_KEY_ID.match(key_id) else uuid.uuid5(_VERSION_NS, key_id).hex
+
+
+def _iso(t: datetime | None) -> str | None:
+    return None if t is None else t.astimezone(UTC).isoformat()
+
+
+def _parse(t: Any) -> datetime | None:
+    return datetime.fromisoformat(t) if isinstance(t, str) else None
+
+
+class FileStore:
+    """A :class:`~rotator.stores.base.SecretStore` on a local directory."""
+
+    def __init__(self, name: str, root: Path, *, clock: Callable[[], datetime] | None = None) -> None:
+        self.name = name
+        self.root = root
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    def __repr__(self) -> str:
+        return f"FileStore(name={self.name!r}, root={str(self.root)!r})"
+
+    # -- paths and atomic writes -----------------------------------------------------------------------
+
+    def _dir(self, ref: TargetRef) -> Path:
+        _check_secret_name(ref.secret)
+        return self.root / ref.secret
+
+    def _wrap(self, exc: OSError, ref: TargetRef, what: str) -> StoreError:
+        cls = StorePermissionError if isinstance(exc, PermissionError) else StoreError
+        return cls(f"could not {what}: {exc.strerror or type(exc).__name__}", store=self.name, secret=ref.secret)
+
+    def _mkdirs(self, path: Path) -> None:
+        # every directory we create is 0700, parents included (mkdir(parents=True) would use the umask)
+        missing = []
+        p = path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for p in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                p.mkdir(mode=0o700)
+
+    @staticmethod
+    def _fsync_dir(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, path)
+            self._fsync_dir(path.parent)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _read_meta(self, path: Path) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    def _current_version(self, d: Path) -> str | None:
+        try:
+            target = os.readlink(d / "current")
+        except FileNotFoundError:
+            return None
+        return Path(target).name.removesuffix(".value")
+
+    # -- the protocol ----------------------------------------------------------------------------------
+
+    def inspect(self, ref: TargetRef) -> SecretState:
+        d = self._dir(ref)
+        try:
+            if not d.is_dir():
+                return SecretState(exists=False)
+            current = self._current_version(d)
+            versions: list[StoredVersion] = []
+            current_key: str | None = None
+            current_since: datetime | None = None
+            foreign = False
+            vdir = d / "versions"
+            names = sorted(p.name.removesuffix(".value") for p in vdir.glob("*.value")) if vdir.is_dir() else []
+            for name in names:
+                meta_path = vdir / f"{name}.json"
+                meta = self._read_meta(meta_path) if meta_path.exists() else {}
+                is_current = name == current
+                key_id = meta.get("key_id")
+                versions.append(
+                    StoredVersion(
+                        version=name,
+                        key_id=key_id,
+                        created_at=_parse(meta.get("created_at")),
+                        current=is_current,
+                        enabled=bool(meta.get("enabled", True)),
+                    )
+                )
+                if is_current:
+                    current_key = key_id
+                    current_since = _parse(meta.get("promoted_at"))
+                    foreign = key_id is None
+            if current is None and (d / "value").exists():
+                foreign = True  # a plain file someone put there by hand
+            versions.sort(key=lambda v: (v.created_at or datetime.min.replace(tzinfo=UTC), v.version))
+            return SecretState(
+                exists=True,
+                versions=tuple(versions),
+                current_key_id=current_key,
+                current_since=current_since,
+                foreign=foreign,
+            )
+        except OSError as exc:
+            raise self._wrap(exc, ref, "inspect the secret") from exc
+
+    def stage(self, ref: TargetRef, value: SecretText, meta: VersionMeta) -> None:
+        d = self._dir(ref)
+        name = version_name(meta.key_id)
+        try:
+            self._mkdirs(d / "versions")
+            value_path = d / "versions" / f"{name}.value"
+            meta_path = d / "versions" / f"{name}.json"
+            if meta_path.exists() and value_path.exists():
+                return  # staged already (by us, or by a concurrent pass): a no-op
+            self._atomic_write(value_path, value.reveal().encode())
+            record = {
+                "key_id": meta.key_id,
+                "policy": meta.policy,
+                "content_type": meta.content_type,
+                "created_at": _iso(self._clock()),
+                "expires_at": _iso(meta.expires_at),
+                "enabled": True,
+                "promoted_at": None,
+            }
+            self._atomic_write(meta_path, json.dumps(record, indent=1).encode())
+        except OSError as exc:
+            raise self._wrap(exc, ref, "write the new version") from exc
+
+    def _version_paths(self, ref: TargetRef, key_id: str) -> tuple[Path, Path]:
+        vdir = self._dir(ref) / "versions"
+        name = version_name(key_id)
+        value_path, meta_path = vdir / f"{name}.value", vdir / f"{name}.json"
+        if not (value_path.exists() and meta_path.exists()):
+            raise StoreNotFound(f"no version holds key {key_id}", store=self.name, secret=ref.secret)
+        return value_path, meta_path
+
+    def read(self, ref: TargetRef, key_id: str) -> SecretText:
+        value_path, meta_path = self._version_paths(ref, key_id)
+        try:
+            if not self._read_meta(meta_path).get("enabled", True):
+                raise StoreNotFound(f"the version holding key {key_id} is retired", store=self.name, secret=ref.secret)
+            return SecretText(value_path.read_text())
+        except OSError as exc:
+            raise self._wrap(exc, ref, "read the version") from exc
+
+    def promote(self, ref: TargetRef, key_id: str) -> None:
+        value_path, meta_path = self._version_paths(ref, key_id)
+        d = self._dir(ref)
+        try:
+            if self._current_version(d) == value_path.name.removesuffix(".value"):
+                return
+            meta = self._read_meta(meta_path)
+            meta["promoted_at"] = _iso(self._clock())
+            meta["enabled"] = True
+            self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+            tmp = d / f".current-{uuid.uuid4().hex}"
+            os.symlink(f"versions/{value_path.name}", tmp)
+            os.replace(tmp, d / "current")
+            self._fsync_dir(d)
+        except OSError as exc:
+            raise self._wrap(exc, ref, "make the new version current") from exc
+
+    def retire(self, ref: TargetRef, key_id: str) -> None:
+        d = self._dir(ref)
+        name = version_name(key_id)
+        meta_path = d / "versions" / f"{name}.json"
+        try:
+            if not meta_path.exists():
+                return
+            if self._current_version(d) == name:
+                raise StoreConflict(
+                    f"refusing to retire key {key_id}: it is current", store=self.name, secret=ref.secret
+                )
+            meta = self._read_meta(meta_path)
+            if meta.get("enabled", True):
+                meta["enabled"] = False
+                meta["retired_at"] = _iso(self._clock())
+                self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+        except OSError as exc:
+            raise self._wrap(exc, ref, "retire the version") from exc
+
+    def close(self) -> None:
+        return None
+
+
+def open_store(name: str, config: StoreConfig, *, clock: Callable[[], datetime] | None = None, **_: Any) -> SecretStore:
+    """Open a file store rooted at ``config.path`` (created 0700 on first write)."""
+    return FileStore(name, Path(config.path).expanduser(), clock=clock)
