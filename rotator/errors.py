@@ -63,8 +63,7 @@ class MissingExtraError(RotatorError):
     def __init__(self, extra: str, module: str) -> None:
         self.extra = extra
         super().__init__(
-            f"the {extra!r} backend needs {module!r}, which is not installed: "
-            f"run  pip install 'rotator[{extra}]'"
+            f"the {extra!r} backend needs {module!r}, which is not installed: run  pip install 'rotator[{extra}]'"
         )
 
 

@@ -234,9 +234,7 @@ class Revoke:
 
 Action = CreateKey | Publish | Retire | Revoke
 
-Phase = Literal[
-    "steady", "due", "no-key", "expired", "publishing", "awaiting-pickup", "revoking", "blocked", "unknown"
-]
+Phase = Literal["steady", "due", "no-key", "expired", "publishing", "awaiting-pickup", "revoking", "blocked", "unknown"]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from rotator.observability import API_CALLS
 
 
-class SimulatedCrash(BaseException):  # noqa: N818 - it stands for a process death, not an error
+class SimulatedCrash(BaseException):
     """The process died here."""
 
 
