@@ -237,7 +237,8 @@ class RawConfig(BaseModel):
     jitter: Duration = timedelta(seconds=10)
     concurrency: int = Field(8, ge=1, le=64)
     pass_timeout: Duration = timedelta(minutes=5)
-    drift_check_every: Duration | Literal["never"] = timedelta(hours=6)
+    drift_check_every: Duration | Literal["never"] = timedelta(hours=1)
+    verify_for: Duration = timedelta(hours=1)
     clock_skew: Duration = timedelta(minutes=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     defaults: Defaults = Defaults()
@@ -300,6 +301,7 @@ class Config:
     concurrency: int
     pass_timeout: timedelta
     drift_check_every: timedelta | None
+    verify_for: timedelta
     clock_skew: timedelta
     log_level: str
     stores: dict[str, StoreSpec]
@@ -586,6 +588,7 @@ def from_mapping(data: Any, *, source: str | None = None) -> Config:
         concurrency=raw.concurrency,
         pass_timeout=raw.pass_timeout,
         drift_check_every=drift,
+        verify_for=raw.verify_for,
         clock_skew=raw.clock_skew,
         log_level=raw.log_level,
         stores=specs,

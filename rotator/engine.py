@@ -318,9 +318,37 @@ class Engine:
         every target even in steady state (status and drift checks). When ``stop`` is set, the action in
         flight finishes and the remaining actions are skipped (the next pass picks them up).
         """
+        report = self.observe(dry_run=dry_run, only=only, force=force, emergency=emergency, read_targets=read_targets)
+        if not dry_run and report.error is None:
+            self.execute(report, stop=stop)
+        report.finished = self.clock()
+        c = report.counts()
+        log.info("pass finished", ok=report.ok, dry_run=dry_run, policies=len(report.policies), **c)
+        return report
+
+    def _views(self, dry_run: bool) -> tuple[KeyIssuer, dict[str, Any]]:
+        if dry_run:
+            return ReadOnlyIssuer(self.issuer), {n: ReadOnlyStore(s) for n, s in self.stores.items()}
+        return self.issuer, dict(self.stores)
+
+    def _each(self, items: list[Any], fn: Callable[[Any], PolicyReport]) -> list[PolicyReport]:
+        if len(items) <= 1 or self.config.concurrency == 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    def observe(
+        self,
+        *,
+        dry_run: bool = False,
+        only: Iterable[str] | None = None,
+        force: Iterable[str] = (),
+        emergency: Iterable[str] = (),
+        read_targets: bool = False,
+    ) -> PassReport:
+        """The observe and plan half of a pass: reads only, and returns each policy's plan."""
         started = self.clock()
-        issuer: KeyIssuer = ReadOnlyIssuer(self.issuer) if dry_run else self.issuer
-        stores: dict[str, Any] = {n: ReadOnlyStore(s) for n, s in self.stores.items()} if dry_run else dict(self.stores)
+        issuer, stores = self._views(dry_run)
         selected = set(only) if only is not None else None
         policies = [p for p in self.config.policies if selected is None or p.name in selected]
         force_set, emergency_set = set(force), set(emergency)
@@ -334,43 +362,50 @@ class Engine:
         def one(policy: Policy) -> PolicyReport:
             with structlog.contextvars.bound_contextvars(policy=policy.name):
                 try:
-                    return self._run_policy(
+                    return self._plan_policy(
                         policy,
                         all_keys,
-                        issuer,
                         stores,
-                        dry_run,
                         force=policy.name in force_set or policy.name in emergency_set,
                         emergency=policy.name in emergency_set,
                         read_targets=read_targets,
-                        stop=stop,
                     )
                 except RotatorError as exc:
                     log.error("policy failed", error=_error_text(exc))
                     return PolicyReport(policy.name, None, error=_error_text(exc))
 
-        if len(policies) <= 1 or self.config.concurrency == 1:
-            reports = [one(p) for p in policies]
-        else:
-            with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(policies))) as pool:
-                reports = list(pool.map(one, policies))
-        report = PassReport(started, self.clock(), dry_run, reports)
-        c = report.counts()
-        log.info("pass finished", ok=report.ok, dry_run=dry_run, policies=len(reports), **c)
+        return PassReport(started, self.clock(), dry_run, self._each(policies, one))
+
+    def execute(self, report: PassReport, *, stop: threading.Event | None = None) -> PassReport:
+        """The act half of a pass: carry out each policy's planned actions, recording the results."""
+        issuer, stores = self._views(report.dry_run)
+
+        def one(pr: PolicyReport) -> PolicyReport:
+            with structlog.contextvars.bound_contextvars(policy=pr.policy):
+                if pr.plan is None or not pr.plan.actions:
+                    return pr
+                policy = self.config.policy(pr.policy)
+                by_id = {k.key_id: k for k in pr.keys}
+                order = {"create": 0, "publish": 1, "retire": 2, "revoke": 3}
+                for action in sorted(pr.plan.actions, key=lambda a: order[a.kind]):
+                    if stop is not None and stop.is_set():
+                        log.info("stopping: remaining actions left to the next pass")
+                        break
+                    pr.results.append(self._act(policy, action, by_id, issuer, stores))
+                return pr
+
+        self._each(report.policies, one)
         return report
 
-    def _run_policy(
+    def _plan_policy(
         self,
         policy: Policy,
         all_keys: list[KeyInfo],
-        issuer: KeyIssuer,
         stores: dict[str, Any],
-        dry_run: bool,
         *,
         force: bool,
         emergency: bool,
         read_targets: bool,
-        stop: threading.Event | None = None,
     ) -> PolicyReport:
         now = self.clock()
         mine = tuple(k for k in all_keys if k.policy == policy.name)
@@ -379,6 +414,7 @@ class Engine:
             drift_check=read_targets or drift_check_due(self.config, policy.name, now),
             force=force,
             emergency=emergency,
+            verify_for=self.config.verify_for,
         )
         p = plan(policy, Observation(mine), now, opts)
         targets: dict[str, TargetObservation] | None = None
@@ -395,15 +431,6 @@ class Engine:
             report.target_errors = {tid: o.error for tid, o in targets.items() if o.error}
         for note in p.notes:
             (log.warning if note.startswith("!") else log.info)(note.lstrip("! "), phase=p.phase)
-        if dry_run or not p.actions:
-            return report
-        by_id = {k.key_id: k for k in mine}
-        order = {"create": 0, "publish": 1, "retire": 2, "revoke": 3}
-        for action in sorted(p.actions, key=lambda a: order[a.kind]):
-            if stop is not None and stop.is_set():
-                log.info("stopping: remaining actions left to the next pass")
-                break
-            report.results.append(self._act(policy, action, by_id, issuer, stores))
         return report
 
     # -- actions -------------------------------------------------------------------------------------

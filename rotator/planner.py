@@ -49,6 +49,7 @@ class Options:
     drift_check: bool = False  # read the stores even in steady state
     force: bool = False  # rotate now (``rotator rotate``) unless a rotation is already under way
     emergency: bool = False  # revoke replaced keys as soon as every target holds the new one
+    verify_for: timedelta = timedelta(0)  # read the stores while the newest key is younger than this
 
 
 def due_at(policy: Policy, key: KeyInfo, skew: timedelta = timedelta(0)) -> datetime | None:
@@ -173,9 +174,12 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
             wake = _min(wake, d)
 
     if create_reason is not None:
-        if fresh_pending:
-            p = fresh_pending[-1]
-            until = p.issued_at + policy.orphan_after
+        # wait for a fresh pending key only while the active key outlives the wait: an expired key is an
+        # outage, and a pass that died holding the pending key's plaintext will never publish it
+        p = fresh_pending[-1] if fresh_pending else None
+        until = p.issued_at + policy.orphan_after if p else now
+        outlives = active is not None and (active.expires_at is None or active.expires_at - skew > until)
+        if p is not None and outlives:
             notes.append(
                 f"waiting for key {p.key_id} (created {_fmt_time(p.issued_at)}, held by no target yet; a pass "
                 f"may be publishing it) until {_fmt_time(until)} before creating another"
@@ -265,9 +269,12 @@ def _has_pickup_checks(policy: Policy) -> bool:
 
 
 def _plan_without_targets(policy: Policy, keys: list[KeyInfo], now: datetime, opts: Options) -> Plan:
-    """Steady state needs no store reads: one live key, not due, not expired, no drift check due."""
+    """Steady state needs no store reads: one live key, not due, not expired, older than ``verify_for`` (so
+    a target that missed a new key is retried on the next passes), and no drift check due."""
     if len(keys) == 1 and not opts.drift_check and not opts.force and not opts.emergency:
         k = keys[0]
+        if now - k.issued_at < opts.verify_for:
+            return Plan(policy=policy.name, phase="unknown", needs_targets=True, current_key=k.key_id)
         d = due_at(policy, k, opts.clock_skew)
         if not expired(k, now, opts.clock_skew) and (d is None or now < d):
             return Plan(policy=policy.name, phase="steady", wake_at=d, current_key=k.key_id)

@@ -53,16 +53,29 @@ def _read_source(source: SecretSource, stores: dict[str, SecretStore], what: str
     if source.env:
         value = os.environ.get(source.env, "").strip()
         if not value:
-            raise ConfigError([ConfigIssue(path, f"environment variable {source.env} is empty or not set; "
-                                                 "export it with a Momento API key that has the Owner role")])
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        path,
+                        f"environment variable {source.env} is empty or not set; "
+                        "export it with a Momento API key that has the Owner role",
+                    )
+                ]
+            )
         return SecretText(value)
     if source.file:
         p = Path(source.file).expanduser()
         try:
             value = p.read_text().strip()
         except OSError as exc:
-            raise ConfigError([ConfigIssue(path, f"cannot read {p}: {exc.strerror}; put the key in that file "
-                                                 "(mode 0600) or use {env: VAR}")]) from None
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        path,
+                        f"cannot read {p}: {exc.strerror}; put the key in that file (mode 0600) or use {{env: VAR}}",
+                    )
+                ]
+            ) from None
         if not value:
             raise ConfigError([ConfigIssue(path, f"{p} is empty; put a Momento API key with the Owner role in it")])
         return SecretText(value)
@@ -73,8 +86,15 @@ def _read_source(source: SecretSource, stores: dict[str, SecretStore], what: str
     if not state.exists:
         raise ConfigError([ConfigIssue(path, f"secret {source.secret!r} does not exist in store {source.store!r}")])
     if state.current_key_id is None:
-        raise ConfigError([ConfigIssue(path, f"secret {source.secret!r} in store {source.store!r} has no "
-                                             "version written by rotator; write the key there or use {env: VAR}")])
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    path,
+                    f"secret {source.secret!r} in store {source.store!r} has no "
+                    "version written by rotator; write the key there or use {env: VAR}",
+                )
+            ]
+        )
     return keyfmt.parse_api_key(source.format, store.read(ref, state.current_key_id))
 
 
@@ -139,9 +159,7 @@ def build(
         except KeyFormatError as exc:
             field_ = "endpoint" if str(exc) == keyfmt.MISSING_ENDPOINT else "management_key"
             raise ConfigError([ConfigIssue(f"issuer.{field_}", str(exc))]) from None
-        issuer = MomentoIssuer(
-            url, management_key, timeout=ic.timeout.total_seconds(), max_attempts=ic.max_attempts
-        )
+        issuer = MomentoIssuer(url, management_key, timeout=ic.timeout.total_seconds(), max_attempts=ic.max_attempts)
         closers.append(issuer.close)
     except (RotatorError, OSError):
         for c in reversed(closers):

@@ -40,12 +40,21 @@ def _parser() -> argparse.ArgumentParser:
     # the common options are accepted before or after the command; SUPPRESS keeps a subcommand's absent
     # option from overwriting one given before it
     common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
-    common.add_argument("-c", "--config", help="config file (default: $ROTATOR_CONFIG, rotator.yaml, config/local.yaml)")
+    common.add_argument(
+        "-c", "--config", help="config file (default: $ROTATOR_CONFIG, rotator.yaml, config/local.yaml)"
+    )
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log_level")
-    common.add_argument("--now", help="act as if it were this time (2026-12-01T00:00:00Z or +7d): for what-if and tests")
+    common.add_argument(
+        "--now", help="act as if it were this time (2026-12-01T00:00:00Z or +7d): for what-if and tests"
+    )
     select = argparse.ArgumentParser(add_help=False)
-    select.add_argument("-p", "--policy", action="append", metavar="NAME",
-                        help="only these policies (repeatable), e.g. to split a fleet between jobs")
+    select.add_argument(
+        "-p",
+        "--policy",
+        action="append",
+        metavar="NAME",
+        help="only these policies (repeatable), e.g. to split a fleet between jobs",
+    )
 
     parser = argparse.ArgumentParser(
         prog="rotator", description="Rotates Momento API keys before they expire.", parents=[common]
@@ -194,7 +203,9 @@ def _print_plan(report: PassReport, config: Config, now: datetime, *, as_json: b
     _table(rows, out)
 
 
-def _print_status(report: PassReport, config: Config, now: datetime, *, as_json: bool, out: TextIO = sys.stdout) -> None:
+def _print_status(
+    report: PassReport, config: Config, now: datetime, *, as_json: bool, out: TextIO = sys.stdout
+) -> None:
     entries: list[dict[str, Any]] = []
     for p in report.policies:
         policy = config.policy(p.policy)
@@ -208,34 +219,52 @@ def _print_status(report: PassReport, config: Config, now: datetime, *, as_json:
             held = state.current_key_id if state else None
             in_sync += int(held is not None and held == current)
             targets[t.id] = {"current_key": held, "since": state.current_since if state else None, "error": err}
-        entries.append({
-            "policy": p.policy,
-            "key_id": current,
-            "role": policy.role,
-            "issued_at": key.issued_at if key else None,
-            "expires_at": key.expires_at if key else None,
-            "expires_in_s": int((key.expires_at - now).total_seconds()) if key and key.expires_at else None,
-            "phase": p.plan.phase if p.plan else "error",
-            "keys_at_issuer": len(p.keys),
-            "targets_in_sync": in_sync,
-            "targets_total": len(policy.targets),
-            "targets": targets,
-            "notes": list(p.plan.notes) if p.plan else [],
-            "error": p.error,
-        })
+        entries.append(
+            {
+                "policy": p.policy,
+                "key_id": current,
+                "role": policy.role,
+                "issued_at": key.issued_at if key else None,
+                "expires_at": key.expires_at if key else None,
+                "expires_in_s": int((key.expires_at - now).total_seconds()) if key and key.expires_at else None,
+                "phase": p.plan.phase if p.plan else "error",
+                "keys_at_issuer": len(p.keys),
+                "targets_in_sync": in_sync,
+                "targets_total": len(policy.targets),
+                "targets": targets,
+                "notes": list(p.plan.notes) if p.plan else [],
+                "error": p.error,
+            }
+        )
     if as_json:
-        print(json.dumps({"now": now, "issuer_ok": report.issuer_ok, "error": report.error, "policies": entries},
-                         default=str), file=out)
+        print(
+            json.dumps(
+                {"now": now, "issuer_ok": report.issuer_ok, "error": report.error, "policies": entries}, default=str
+            ),
+            file=out,
+        )
         return
     if report.error:
         print(f"issuer unavailable: {report.error}", file=out)
     rows = [["POLICY", "KEY ID", "ROLE", "ISSUED", "EXPIRES IN", "PHASE", "TARGETS IN SYNC"]]
     for e in entries:
         issued = e["issued_at"].strftime("%Y-%m-%d %H:%M") if e["issued_at"] else "-"
-        exp = "never" if e["key_id"] and e["expires_at"] is None else (
-            human_delta(e["expires_at"] - now) if e["expires_at"] else "-")
-        rows.append([e["policy"], e["key_id"] or "-", e["role"], issued, exp, e["phase"],
-                     f"{e['targets_in_sync']}/{e['targets_total']}"])
+        exp = (
+            "never"
+            if e["key_id"] and e["expires_at"] is None
+            else (human_delta(e["expires_at"] - now) if e["expires_at"] else "-")
+        )
+        rows.append(
+            [
+                e["policy"],
+                e["key_id"] or "-",
+                e["role"],
+                issued,
+                exp,
+                e["phase"],
+                f"{e['targets_in_sync']}/{e['targets_total']}",
+            ]
+        )
     _table(rows, out)
     for e in entries:
         for n in e["notes"]:
@@ -246,4 +275,3 @@ def _print_status(report: PassReport, config: Config, now: datetime, *, as_json:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
-

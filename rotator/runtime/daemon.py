@@ -51,7 +51,9 @@ class Daemon:
         if self.stopping.is_set() or not self._pass_lock.acquire(blocking=False):
             return None
         try:
-            report = self.app.engine.run_pass(only=self.only, stop=self.stopping)
+            # the first pass reads every target: a restart (e.g. after a config change that added a target)
+            # catches up at once instead of at the next drift check
+            report = self.app.engine.run_pass(only=self.only, stop=self.stopping, read_targets=self.passes == 0)
             self.last_report = report
             self.last_finished = datetime.now(UTC)
             self.passes += 1
@@ -74,8 +76,11 @@ class Daemon:
 
     def start(self) -> None:
         self.scheduler.start()
-        log.info("rotator started", interval_s=self.app.config.interval.total_seconds(),
-                 policies=len(self.app.config.policies))
+        log.info(
+            "rotator started",
+            interval_s=self.app.config.interval.total_seconds(),
+            policies=len(self.app.config.policies),
+        )
 
     def stop(self) -> None:
         self.stopping.set()

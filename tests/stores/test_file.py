@@ -62,3 +62,15 @@ def test_hand_written_value_is_foreign(store: FileStore, tmp_path: Path) -> None
 def test_bad_secret_names_are_rejected(bad: str) -> None:
     with pytest.raises(ValueError, match="not a valid file-store secret name"):
         TargetOptions(store="local", secret=bad)
+
+
+class TestMemoryStoreContract(StoreContract):
+    """The simulation's store keeps the same contract, so the property tests mean something."""
+
+    @pytest.fixture
+    def store(self) -> object:
+        from datetime import UTC, datetime
+
+        from tests.support.memory import MemoryStore
+
+        return MemoryStore("mem", lambda: datetime.now(UTC))
