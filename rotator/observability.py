@@ -89,7 +89,7 @@ class _RedactingFilter(logging.Filter):
 
 
 def get_logger(**bound: Any) -> Any:
-    return structlog.get_logger("rotator").bind(**bound)
+    return structlog.get_logger("rotator", **bound)
 
 
 class CallCounter:

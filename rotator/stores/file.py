@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from rotator.errors import StoreConflict, StoreError, StoreNotFound, StorePermissionError
 from rotator.model import SecretState, SecretText, StoredVersion
+from rotator.observability import record_call
 from rotator.stores.base import SecretStore, TargetRef, VersionMeta
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -155,7 +156,7 @@ class FileStore:
 
     # -- the protocol ----------------------------------------------------------------------------------
 
-    def inspect(self, ref: TargetRef) -> SecretState:
+    def _inspect(self, ref: TargetRef) -> SecretState:
         d = self._dir(ref)
         try:
             if not d.is_dir():
@@ -198,7 +199,7 @@ class FileStore:
         except OSError as exc:
             raise self._wrap(exc, ref, "inspect the secret") from exc
 
-    def stage(self, ref: TargetRef, value: SecretText, meta: VersionMeta) -> None:
+    def _stage(self, ref: TargetRef, value: SecretText, meta: VersionMeta) -> None:
         d = self._dir(ref)
         name = version_name(meta.key_id)
         try:
@@ -229,7 +230,7 @@ class FileStore:
             raise StoreNotFound(f"no version holds key {key_id}", store=self.name, secret=ref.secret)
         return value_path, meta_path
 
-    def read(self, ref: TargetRef, key_id: str) -> SecretText:
+    def _read(self, ref: TargetRef, key_id: str) -> SecretText:
         value_path, meta_path = self._version_paths(ref, key_id)
         try:
             if not self._read_meta(meta_path).get("enabled", True):
@@ -238,7 +239,7 @@ class FileStore:
         except OSError as exc:
             raise self._wrap(exc, ref, "read the version") from exc
 
-    def promote(self, ref: TargetRef, key_id: str) -> None:
+    def _promote(self, ref: TargetRef, key_id: str) -> None:
         value_path, meta_path = self._version_paths(ref, key_id)
         d = self._dir(ref)
         try:
@@ -255,7 +256,7 @@ class FileStore:
         except OSError as exc:
             raise self._wrap(exc, ref, "make the new version current") from exc
 
-    def retire(self, ref: TargetRef, key_id: str) -> None:
+    def _retire(self, ref: TargetRef, key_id: str) -> None:
         d = self._dir(ref)
         name = version_name(key_id)
         meta_path = d / "versions" / f"{name}.json"
@@ -273,6 +274,33 @@ class FileStore:
                 self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
         except OSError as exc:
             raise self._wrap(exc, ref, "retire the version") from exc
+
+    # every operation is recorded once, like a cloud store's API call (metrics, benchmarks, crash tests)
+    def _counted(self, op: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            result = fn(*args)
+        except StoreError as exc:
+            record_call("file", op, type(exc).__name__)
+            raise
+        record_call("file", op, "ok")
+        return result
+
+    def inspect(self, ref: TargetRef) -> SecretState:
+        state: SecretState = self._counted("inspect", self._inspect, ref)
+        return state
+
+    def stage(self, ref: TargetRef, value: SecretText, meta: VersionMeta) -> None:
+        self._counted("stage", self._stage, ref, value, meta)
+
+    def read(self, ref: TargetRef, key_id: str) -> SecretText:
+        value: SecretText = self._counted("read", self._read, ref, key_id)
+        return value
+
+    def promote(self, ref: TargetRef, key_id: str) -> None:
+        self._counted("promote", self._promote, ref, key_id)
+
+    def retire(self, ref: TargetRef, key_id: str) -> None:
+        self._counted("retire", self._retire, ref, key_id)
 
     def close(self) -> None:
         return None

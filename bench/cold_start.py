@@ -1,0 +1,60 @@
+"""Cold start: whole Python processes, timed from outside, with their peak memory (ru_maxrss).
+
+Each case is a fresh interpreter that runs a snippet and prints its peak RSS; the wall time is the median of
+several runs. Usage: python bench/cold_start.py [--runs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TAIL = "\nimport resource, json; print(json.dumps({'rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))"
+
+LOCAL_CONFIG = str(ROOT / "config" / "local.yaml")
+
+CASES: dict[str, str] = {
+    "python -c pass (interpreter alone)": "pass",
+    "import rotator.runtime.cli": "import rotator.runtime.cli",
+    "load + validate config/local.yaml": f"from rotator.config import load; load({LOCAL_CONFIG!r})",
+    "build engine (emulator + file store)": (
+        "import os, tempfile; os.chdir(tempfile.mkdtemp());"
+        f"from rotator.config import load; from rotator.runtime.app import build; build(load({LOCAL_CONFIG!r})).close()"
+    ),
+}
+
+
+def measure(snippet: str, runs: int) -> tuple[float, int]:
+    times, rss = [], []
+    env = dict(os.environ, AWS_DEFAULT_REGION=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", snippet + TAIL], capture_output=True, text=True, check=True,
+                             env=env, cwd=tempfile.gettempdir())
+        times.append(time.perf_counter() - t0)
+        rss.append(json.loads(out.stdout.strip().splitlines()[-1])["rss_kb"])
+    return statistics.median(times), int(statistics.median(rss))
+
+
+def main(cases: dict[str, str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=7)
+    args = ap.parse_args()
+    cases = cases or CASES
+    width = max(len(k) for k in cases)
+    print(f"{'case'.ljust(width)}  wall (median, ms)  peak RSS (MiB)")
+    for name, snippet in cases.items():
+        wall, rss = measure(snippet, args.runs)
+        print(f"{name.ljust(width)}  {wall * 1000:17.0f}  {rss / 1024:14.1f}")
+
+
+if __name__ == "__main__":
+    main()
