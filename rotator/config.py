@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -229,6 +229,33 @@ class RawPolicy(BaseModel):
         return v
 
 
+class HttpConfig(BaseModel):
+    """``http``: the health and metrics listener of ``rotator run``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    listen: str | None = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
+            raise ValueError(f"{v!r} is not host:port, e.g. 127.0.0.1:9464 or 0.0.0.0:9464 (or null to disable)")
+        return v
+
+
+class MetricsConfig(BaseModel):
+    """``metrics``: where ``rotator once`` pushes its figures (a Prometheus Pushgateway), if anywhere."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pushgateway: str | None = None
+    job: str = "rotator"
+
+
 class RawConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -241,6 +268,9 @@ class RawConfig(BaseModel):
     verify_for: Duration = timedelta(hours=1)
     clock_skew: Duration = timedelta(minutes=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    http: HttpConfig = HttpConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    alerts: dict[str, Any] = {}
     defaults: Defaults = Defaults()
     stores: dict[str, dict[str, Any]] = {}
     policies: list[dict[str, Any]] = Field(min_length=1)
@@ -307,6 +337,9 @@ class Config:
     stores: dict[str, StoreSpec]
     policies: tuple[Policy, ...]
     source: str | None = None
+    http: HttpConfig = field(default_factory=HttpConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    alerts: Any = None  # rotator.notify.AlertsConfig (validated here, defined there)
 
     def policy(self, name: str) -> Policy:
         for p in self.policies:
@@ -577,6 +610,14 @@ def from_mapping(data: Any, *, source: str | None = None) -> Config:
                 seen_targets.setdefault(tid, owner + (" (endpoint)" if sid == t.endpoint_secret else ""))
         policies.append(policy)
 
+    from rotator.notify import AlertsConfig
+
+    alerts = AlertsConfig()
+    try:
+        alerts = AlertsConfig.model_validate(raw.alerts)
+    except ValidationError as exc:
+        issues.extend(_issues(exc, "alerts"))
+
     if issues:
         raise ConfigError(_dedupe(issues), source=source)
     drift = None if raw.drift_check_every == "never" else raw.drift_check_every
@@ -594,6 +635,9 @@ def from_mapping(data: Any, *, source: str | None = None) -> Config:
         stores=specs,
         policies=tuple(policies),
         source=source,
+        http=raw.http,
+        metrics=raw.metrics,
+        alerts=alerts,
     )
 
 

@@ -10,6 +10,7 @@ so a plan provably changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import zlib
 from collections.abc import Callable, Iterable
@@ -50,6 +51,8 @@ from rotator.stores.base import SecretStore, TargetRef, VersionMeta
 
 Clock = Callable[[], datetime]
 PickupRunner = Callable[[Policy, str, dict[str, SecretState]], tuple[PickupVerdict, ...]]
+#: progress(stage, done, total): called after each policy is planned ("plan") or carried out ("act")
+Progress = Callable[[str, int, int], None]
 
 log = structlog.get_logger("rotator")
 
@@ -90,10 +93,25 @@ class PolicyReport:
     targets: dict[str, SecretState | None] | None = None
     target_errors: dict[str, str] = field(default_factory=dict)
     keys: tuple[KeyInfo, ...] = ()
+    target_ids: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.error is None and all(r.ok for r in self.results)
+
+    def held_keys(self) -> dict[str, KeyInfo | None]:
+        """The key each target holds as current, as far as this pass knows (target id -> key, or None).
+
+        Targets that were not read hold the policy's one live key (that is what steady state means).
+        """
+        by_id = {k.key_id: k for k in self.keys}
+        out: dict[str, KeyInfo | None] = {}
+        if self.targets is not None:
+            for tid, state in self.targets.items():
+                out[tid] = by_id.get(state.current_key_id) if state and state.current_key_id else None
+        elif self.plan is not None and self.plan.phase == "steady" and self.plan.current_key:
+            out = {tid: by_id.get(self.plan.current_key) for tid in self.target_ids}
+        return out
 
     def to_json(self) -> dict[str, Any]:
         p = self.plan
@@ -222,6 +240,26 @@ class ReadOnlyStore:
         self._inner.close()
 
 
+class _Counter:
+    """Counts finished policies for a progress callback (thread-safe; a context manager per policy)."""
+
+    def __init__(self, progress: Progress | None, stage: str, total: int) -> None:
+        self.progress, self.stage, self.total, self.done = progress, stage, total, 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is None:
+            return
+        with self._lock:
+            self.done += 1
+            done = self.done
+        with contextlib.suppress(Exception):  # a progress display must never break a pass
+            self.progress(self.stage, done, self.total)
+
+
 def drift_check_due(config: Config, policy: str, now: datetime) -> bool:
     """Whether this pass should re-read a steady policy's stores: once per ``drift_check_every``, at a time
     of the period derived from the policy name, so that checks spread over time and need no state."""
@@ -263,6 +301,7 @@ class Engine:
         self.clock = clock
         self.pickup = pickup
         self._roles: dict[str, str] | None = None
+        self._roles_lock = threading.Lock()
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -277,6 +316,10 @@ class Engine:
 
     def resolve_role(self, role: str) -> str:
         """A role name (owner, operator, viewer, or a custom role's name) or id, as the issuer's role id."""
+        with self._roles_lock:
+            return self._resolve_role(role)
+
+    def _resolve_role(self, role: str) -> str:
         if self._roles is None:
             roles = self.issuer.list_roles()
             table: dict[str, str] = {}
@@ -311,6 +354,7 @@ class Engine:
         emergency: Iterable[str] = (),
         read_targets: bool = False,
         stop: threading.Event | None = None,
+        progress: Progress | None = None,
     ) -> PassReport:
         """Observe, plan and (unless ``dry_run``) act on every policy, or on those named in ``only``.
 
@@ -345,6 +389,7 @@ class Engine:
         force: Iterable[str] = (),
         emergency: Iterable[str] = (),
         read_targets: bool = False,
+        progress: Progress | None = None,
     ) -> PassReport:
         """The observe and plan half of a pass: reads only, and returns each policy's plan."""
         started = self.clock()
@@ -359,8 +404,10 @@ class Engine:
             reports = [PolicyReport(p.name, None, error=f"issuer: {_error_text(exc)}") for p in policies]
             return PassReport(started, self.clock(), dry_run, reports, error=_error_text(exc), issuer_ok=False)
 
+        counter = _Counter(progress, "plan", len(policies))
+
         def one(policy: Policy) -> PolicyReport:
-            with structlog.contextvars.bound_contextvars(policy=policy.name):
+            with structlog.contextvars.bound_contextvars(policy=policy.name), counter:
                 try:
                     return self._plan_policy(
                         policy,
@@ -376,12 +423,15 @@ class Engine:
 
         return PassReport(started, self.clock(), dry_run, self._each(policies, one))
 
-    def execute(self, report: PassReport, *, stop: threading.Event | None = None) -> PassReport:
+    def execute(
+        self, report: PassReport, *, stop: threading.Event | None = None, progress: Progress | None = None
+    ) -> PassReport:
         """The act half of a pass: carry out each policy's planned actions, recording the results."""
         issuer, stores = self._views(report.dry_run)
+        counter = _Counter(progress, "act", len(report.policies))
 
         def one(pr: PolicyReport) -> PolicyReport:
-            with structlog.contextvars.bound_contextvars(policy=pr.policy):
+            with structlog.contextvars.bound_contextvars(policy=pr.policy), counter:
                 if pr.plan is None or not pr.plan.actions:
                     return pr
                 policy = self.config.policy(pr.policy)
@@ -425,7 +475,7 @@ class Engine:
                 states = {tid: o.state for tid, o in targets.items() if o.state is not None}
                 verdicts = self.pickup(policy, p.needs_pickup, states)
                 p = plan(policy, Observation(mine, targets, verdicts), now, opts)
-        report = PolicyReport(policy.name, p, keys=mine)
+        report = PolicyReport(policy.name, p, keys=mine, target_ids=tuple(t.id for t in policy.targets))
         if targets is not None:
             report.targets = {tid: o.state for tid, o in targets.items()}
             report.target_errors = {tid: o.error for tid, o in targets.items() if o.error}

@@ -6,6 +6,7 @@ Lambda configured for AWS loads neither Azure nor Google code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,10 +35,8 @@ class App:
 
     def close(self) -> None:
         for close in reversed(self.closers):
-            try:
+            with contextlib.suppress(Exception):  # closing must not mask the real outcome
                 close()
-            except Exception:  # noqa: S110, BLE001 - closing must not mask the real outcome
-                pass
         self.closers.clear()
 
     def __enter__(self) -> App:

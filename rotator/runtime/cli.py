@@ -126,18 +126,60 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     with build(config, clock=clock) as app:
         if args.command == "once":
-            report = app.engine.run_pass(only=args.policy)
-            print(json.dumps({"summary": report.to_json()}, default=str), flush=True)
-            return report.exit_code
+            return _once(app, args.policy, clock)
         if args.command == "plan":
-            report = app.engine.run_pass(dry_run=True, only=args.policy, read_targets=args.all)
-            _print_plan(report, config, clock(), as_json=args.json or not sys.stdout.isatty())
+            tty = sys.stdout.isatty() and not args.json
+            report = app.engine.run_pass(
+                dry_run=True, only=args.policy, read_targets=args.all, progress=ProgressBar() if tty else None
+            )
+            _print_plan(report, config, clock(), as_json=not tty)
             return 0 if report.error is None else 1
         if args.command == "status":
             report = app.engine.run_pass(dry_run=True, only=args.policy, read_targets=True)
             _print_status(report, config, clock(), as_json=args.json or not sys.stdout.isatty())
             return 0 if report.error is None else 1
     raise AssertionError(args.command)
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, for people at a terminal."""
+
+    def __init__(self, out: TextIO | None = None, width: int = 30) -> None:
+        self.out = out or sys.stderr
+        self.width = width
+        self.enabled = self.out.isatty()
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled or total == 0:
+            return
+        filled = int(self.width * done / total)
+        label = "planning" if stage == "plan" else "rotating"
+        end = "\n" if done == total else ""
+        self.out.write(f"\r{label:9} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} policies{end}")
+        self.out.flush()
+
+
+def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
+    from rotator.metrics import Metrics
+    from rotator.notify import AlertHub
+
+    tty = sys.stdout.isatty()
+    metrics = Metrics()
+    try:
+        report = app.engine.run_pass(only=only, progress=ProgressBar() if tty else None)
+        metrics.observe(report)
+        AlertHub(app.config.alerts, clock=clock).handle(report)
+        if app.config.metrics.pushgateway:
+            try:
+                metrics.push(app.config.metrics.pushgateway, app.config.metrics.job)
+            except OSError as exc:
+                print(f"rotator: could not push metrics to {app.config.metrics.pushgateway}: {exc}", file=sys.stderr)
+    finally:
+        metrics.close()
+    if tty:
+        _print_plan(report, app.config, clock(), as_json=False, results=True)
+    print(json.dumps({"summary": report.to_json()}, default=str), flush=True)
+    return int(report.exit_code)
 
 
 def _validate(config: Config, path: str) -> int:
@@ -175,7 +217,7 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 def _describe(a: dict[str, Any]) -> str:
     kind = a["action"]
     if kind == "create":
-        return f"create key ({a['reason']})"
+        return f"create key {a['new_key_id']} ({a['reason']})" if a.get("new_key_id") else f"create key ({a['reason']})"
     if kind == "publish":
         return f"publish {a['key_id']} to {a['target']}"
     if kind == "retire":
@@ -183,7 +225,16 @@ def _describe(a: dict[str, Any]) -> str:
     return f"revoke {a['key_id']} ({a['reason']})"
 
 
-def _print_plan(report: PassReport, config: Config, now: datetime, *, as_json: bool, out: TextIO = sys.stdout) -> None:
+def _print_plan(
+    report: PassReport,
+    config: Config,
+    now: datetime,
+    *,
+    as_json: bool,
+    out: TextIO | None = None,
+    results: bool = False,
+) -> None:
+    out = out or sys.stdout
     if as_json:
         for p in report.policies:
             print(json.dumps(p.to_json(), default=str), file=out)
@@ -192,11 +243,19 @@ def _print_plan(report: PassReport, config: Config, now: datetime, *, as_json: b
         return
     if report.error:
         print(f"issuer unavailable: {report.error}", file=out)
-    rows = [["POLICY", "PHASE", "CURRENT KEY", "NEXT", "WOULD DO"]]
+    rows = [["POLICY", "PHASE", "CURRENT KEY", "NEXT", "DID" if results else "WOULD DO"]]
     for p in report.policies:
         j = p.to_json()
         nxt = human_delta(p.plan.wake_at - now) if p.plan and p.plan.wake_at else "-"
-        actions = [_describe(a) for a in j["planned"]] or ["nothing"]
+        if results:
+            actions = [
+                ("ok: " if r["ok"] else "FAILED: ") + _describe(r) + (f" -> {r['error']}" if r.get("error") else "")
+                for r in j["results"]
+            ] or ["nothing"]
+        else:
+            actions = [_describe(a) for a in j["planned"]] or ["nothing"]
+        if p.error:
+            actions = [f"FAILED: {p.error}"]
         rows.append([p.policy, j["phase"], j["current_key"] or "-", nxt, actions[0]])
         rows.extend(["", "", "", "", a] for a in actions[1:])
         rows.extend(["", "", "", "", f"note: {n.lstrip('! ')}"] for n in j["notes"])

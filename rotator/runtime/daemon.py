@@ -21,7 +21,10 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from rotator.config import Config
 from rotator.engine import Clock, PassReport, system_clock
+from rotator.metrics import Metrics
+from rotator.notify import AlertHub
 from rotator.runtime.app import App, build
+from rotator.runtime.http import HealthServer
 
 log = structlog.get_logger("rotator")
 
@@ -29,8 +32,18 @@ log = structlog.get_logger("rotator")
 class Daemon:
     """Schedules passes of ``app.engine``. Thread-safe; :meth:`stop` may be called from a signal handler."""
 
-    def __init__(self, app: App, *, only: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        *,
+        only: Iterable[str] | None = None,
+        alerts: AlertHub | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.app = app
+        self.metrics = metrics or Metrics()
+        self.alerts = alerts if alerts is not None else AlertHub(app.config.alerts, clock=app.engine.clock)
+        self.http: HealthServer | None = None
         self.only = list(only) if only is not None else None
         self.stopping = threading.Event()
         self._pass_lock = threading.Lock()
@@ -57,6 +70,8 @@ class Daemon:
             self.last_report = report
             self.last_finished = datetime.now(UTC)
             self.passes += 1
+            self.metrics.observe(report)
+            self.alerts.handle(report)
             self._schedule_wake(report)
             return report
         finally:
@@ -74,7 +89,28 @@ class Daemon:
         self.scheduler.add_job(self.run_pass, DateTrigger(run_date=run_at), id="wake", replace_existing=True)
         log.debug("next pass scheduled", at=run_at.isoformat())
 
+    def healthy(self) -> tuple[bool, str]:
+        if self.scheduler.running and not self.stopping.is_set():
+            return True, "ok: scheduler running"
+        return False, "scheduler stopped"
+
+    def ready(self) -> tuple[bool, str]:
+        if self.last_report is None or self.last_finished is None:
+            return False, "no pass has finished yet"
+        age = datetime.now(UTC) - self.last_finished
+        limit = 2 * self.app.config.interval
+        if age > limit:
+            return False, f"last pass finished {int(age.total_seconds())}s ago (more than twice the interval)"
+        if not self.last_report.issuer_ok:
+            return False, f"the issuer did not answer the last pass: {self.last_report.error}"
+        return True, f"ok: last pass finished {int(age.total_seconds())}s ago"
+
     def start(self) -> None:
+        listen = self.app.config.http.listen
+        if listen:
+            self.http = HealthServer(listen, health=self.healthy, ready=self.ready, metrics=self.metrics.render)
+            self.http.start()
+            log.info("serving /healthz, /readyz and /metrics", listen=self.http.address)
         self.scheduler.start()
         log.info(
             "rotator started",
@@ -89,6 +125,9 @@ class Daemon:
         self.stopping.wait()
         log.info("stopping: finishing the action in flight")
         self.scheduler.shutdown(wait=True)
+        if self.http is not None:
+            self.http.stop()
+        self.metrics.close()
         log.info("rotator stopped")
 
 

@@ -1,0 +1,315 @@
+"""Alerts: what a pass should tell people, and the notifiers that tell them.
+
+Events (derived from a pass report by the pure :func:`alerts_for`):
+- ``rotation_failed``: a policy's pass failed (an action, a store, or the issuer);
+- ``expiring``: a key a target holds expires within ``alert_before`` and no rotation succeeded in the pass;
+- ``pickup_overdue``: consumers have not moved to the new key within ``max_wait``;
+- ``rotation_completed`` (only with ``on_success: true``): an old key was revoked after its replacement.
+
+The same alert for the same policy is sent at most once per ``alert_every``; a policy that recovers can alert
+again at once. A notifier that fails is logged and never breaks a rotation. In a long-running process the
+dedup state is kept in memory; ``state_file`` keeps it across ``rotator once`` runs (CronJob, cron).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+import httpx
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from rotator.config import Duration, SecretSource
+from rotator.engine import PassReport
+from rotator.model import CreateKey, Revoke
+from rotator.observability import record_call, redact_text
+
+log = structlog.get_logger("rotator")
+
+EventKind = Literal["rotation_failed", "expiring", "pickup_overdue", "rotation_completed"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: EventKind
+    policy: str
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+# ---- config ---------------------------------------------------------------------------------------------
+
+
+def _value(v: str | SecretSource) -> str:
+    if isinstance(v, str):
+        return v
+    if v.env:
+        return os.environ.get(v.env, "")
+    if v.file:
+        return Path(v.file).read_text().strip()
+    raise ValueError("notifier settings come from a literal, {env: VAR} or {file: path}")
+
+
+class WebhookConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["webhook"]
+    url: str | SecretSource
+    headers: dict[str, str | SecretSource] = {}
+    timeout: Duration = timedelta(seconds=5)
+
+
+class SlackConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["slack"]
+    url: str | SecretSource
+    timeout: Duration = timedelta(seconds=5)
+
+
+class SnsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["sns"]
+    topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
+    region: str | None = None
+    endpoint_url: str | None = None
+
+
+NotifierConfig = Annotated[WebhookConfig | SlackConfig | SnsConfig, Field(discriminator="type")]
+
+
+class AlertsConfig(BaseModel):
+    """``alerts:`` in the config."""
+
+    model_config = ConfigDict(extra="forbid")
+    notifiers: list[NotifierConfig] = []
+    alert_before: Duration = timedelta(days=3)
+    alert_every: Duration = timedelta(hours=1)
+    on_success: bool = False
+    state_file: str | None = None
+
+
+# ---- deciding ---------------------------------------------------------------------------------------------
+
+
+def alerts_for(report: PassReport, cfg: AlertsConfig, now: datetime) -> list[Alert]:
+    """The alerts a finished pass calls for (before dedup). Pure."""
+    out: list[Alert] = []
+    if report.error is not None:
+        for p in report.policies:
+            out.append(Alert("rotation_failed", p.policy, f"issuer unavailable: {report.error}", {}))
+    for p in report.policies:
+        if report.error is not None:
+            break
+        failures = [r.error for r in p.results if not r.ok and r.error]
+        if p.error:
+            failures.insert(0, p.error)
+        if failures:
+            out.append(
+                Alert(
+                    "rotation_failed",
+                    p.policy,
+                    f"rotation of {p.policy} failed: " + "; ".join(failures),
+                    {"errors": failures},
+                )
+            )
+        rotated = any(isinstance(r.action, CreateKey) and r.ok for r in p.results)
+        if not rotated:
+            for target, key in p.held_keys().items():
+                if key is None or key.expires_at is None:
+                    continue
+                left = key.expires_at - now
+                if left <= cfg.alert_before:
+                    when = "expired" if left.total_seconds() <= 0 else f"expires in {_human(left)}"
+                    out.append(
+                        Alert(
+                            "expiring",
+                            p.policy,
+                            f"key {key.key_id} held by {target} {when} and no rotation has succeeded",
+                            {"target": target, "key_id": key.key_id, "expires_at": key.expires_at.isoformat()},
+                        )
+                    )
+        if p.plan is not None and any(n.startswith("! pickup overdue") for n in p.plan.notes):
+            note = next(n for n in p.plan.notes if n.startswith("! pickup overdue"))
+            out.append(Alert("pickup_overdue", p.policy, note.removeprefix("! "), {}))
+        if cfg.on_success:
+            for r in p.results:
+                if isinstance(r.action, Revoke) and r.ok and r.action.reason.endswith("replaced"):
+                    out.append(
+                        Alert(
+                            "rotation_completed",
+                            p.policy,
+                            f"rotation of {p.policy} completed: old key {r.action.key_id} revoked",
+                            {
+                                "revoked_key_id": r.action.key_id,
+                                "current_key_id": p.plan.current_key if p.plan else None,
+                            },
+                        )
+                    )
+    return out
+
+
+def _human(td: timedelta) -> str:
+    from rotator.config import format_duration
+
+    return format_duration(timedelta(seconds=int(td.total_seconds())))
+
+
+# ---- sending ----------------------------------------------------------------------------------------------
+
+
+class Notifier(Protocol):
+    name: str
+
+    def send(self, alert: Alert, now: datetime) -> None: ...
+
+
+def _payload(alert: Alert, now: datetime) -> dict[str, Any]:
+    return {
+        "source": "rotator",
+        "event": alert.kind,
+        "policy": alert.policy,
+        "message": alert.message,
+        "details": alert.details,
+        "time": now.astimezone(UTC).isoformat(),
+    }
+
+
+class WebhookNotifier:
+    def __init__(self, cfg: WebhookConfig, transport: httpx.BaseTransport | None = None) -> None:
+        self.name = "webhook"
+        self.cfg = cfg
+        self._transport = transport
+
+    def _post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> None:
+        with httpx.Client(timeout=self.cfg.timeout.total_seconds(), transport=self._transport) as c:
+            r = c.post(
+                url,
+                content=redact_text(json.dumps(body, default=str)),
+                headers={"Content-Type": "application/json", **headers},
+            )
+        record_call(f"notify-{self.name}", "post", r.status_code)
+        r.raise_for_status()
+
+    def send(self, alert: Alert, now: datetime) -> None:
+        headers = {k: _value(v) for k, v in self.cfg.headers.items()}
+        self._post(_value(self.cfg.url), _payload(alert, now), headers)
+
+
+class SlackNotifier(WebhookNotifier):
+    def __init__(self, cfg: SlackConfig, transport: httpx.BaseTransport | None = None) -> None:
+        self.name = "slack"
+        self.slack = cfg
+        self._transport = transport
+        self.cfg = WebhookConfig(type="webhook", url=cfg.url, timeout=cfg.timeout)
+
+    def send(self, alert: Alert, now: datetime) -> None:
+        icon = {
+            "rotation_failed": ":rotating_light:",
+            "expiring": ":hourglass:",
+            "pickup_overdue": ":warning:",
+            "rotation_completed": ":white_check_mark:",
+        }[alert.kind]
+        self._post(_value(self.slack.url), {"text": f"{icon} rotator: {alert.message}"}, {})
+
+
+class SnsNotifier:
+    def __init__(self, cfg: SnsConfig) -> None:
+        from rotator.stores.base import require_extra
+
+        require_extra("aws")
+        import boto3
+
+        self.name = "sns"
+        self.cfg = cfg
+        self._client = boto3.client("sns", region_name=cfg.region, endpoint_url=cfg.endpoint_url)
+
+    def send(self, alert: Alert, now: datetime) -> None:
+        body = redact_text(json.dumps(_payload(alert, now), default=str))
+        self._client.publish(
+            TopicArn=self.cfg.topic_arn, Subject=f"rotator: {alert.kind} {alert.policy}"[:100], Message=body
+        )
+        record_call("notify-sns", "publish", 200)
+
+
+def open_notifier(cfg: WebhookConfig | SlackConfig | SnsConfig, **injected: Any) -> Notifier:
+    if isinstance(cfg, WebhookConfig):
+        return WebhookNotifier(cfg, injected.get("transport"))
+    if isinstance(cfg, SlackConfig):
+        return SlackNotifier(cfg, injected.get("transport"))
+    return SnsNotifier(cfg)
+
+
+class AlertHub:
+    """Sends each due alert to every notifier, once per ``alert_every`` per (policy, kind)."""
+
+    def __init__(
+        self, cfg: AlertsConfig, notifiers: list[Notifier] | None = None, clock: Callable[[], datetime] | None = None
+    ) -> None:
+        self.cfg = cfg
+        self.notifiers = notifiers if notifiers is not None else [open_notifier(n) for n in cfg.notifiers]
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._lock = threading.Lock()
+        self._sent: dict[str, str] = self._load()
+        self.delivered: list[Alert] = []
+
+    def _load(self) -> dict[str, str]:
+        if not self.cfg.state_file:
+            return {}
+        try:
+            data = json.loads(Path(self.cfg.state_file).read_text())
+            return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self) -> None:
+        if not self.cfg.state_file:
+            return
+        p = Path(self.cfg.state_file)
+        try:
+            tmp = p.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._sent))
+            tmp.replace(p)
+        except OSError as exc:
+            log.warning("could not save alert state", path=str(p), error=str(exc))
+
+    def handle(self, report: PassReport) -> list[Alert]:
+        """Send what the report calls for; return what was sent. Never raises."""
+        now = self.clock()
+        due = alerts_for(report, self.cfg, now)
+        sent: list[Alert] = []
+        with self._lock:
+            # a policy that is fine again may alert at once next time it fails
+            failing = {a.policy for a in due if a.kind == "rotation_failed"}
+            for p in report.policies:
+                if p.policy not in failing and report.error is None:
+                    self._sent.pop(f"{p.policy}/rotation_failed", None)
+            for a in due:
+                key = f"{a.policy}/{a.kind}" + (f"/{a.details.get('target')}" if a.kind == "expiring" else "")
+                last = self._sent.get(key)
+                if (
+                    a.kind != "rotation_completed"
+                    and last is not None
+                    and now - datetime.fromisoformat(last) < self.cfg.alert_every
+                ):
+                    continue
+                self._sent[key] = now.isoformat()
+                sent.append(a)
+            self._save()
+        for a in sent:
+            for n in self.notifiers:
+                try:
+                    n.send(a, now)
+                    log.info("alert sent", notifier=n.name, alert=a.kind, alert_policy=a.policy)
+                except Exception as exc:
+                    log.error("notifier failed", notifier=n.name, alert=a.kind, error=redact_text(str(exc)))
+        self.delivered.extend(sent)
+        return sent
+
+
+__all__ = ["Alert", "AlertHub", "AlertsConfig", "alerts_for", "asdict"]

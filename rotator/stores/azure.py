@@ -1,0 +1,885 @@
+"""Azure Key Vault secrets as a rotator store (extra ``rotator[azure]``).
+
+How rotator maps its store contract onto Key Vault:
+
+- **A key is a version.** :meth:`AzureKeyVaultStore.stage` calls ``set_secret``, which creates a new version
+  carrying ``contentType`` (``VersionMeta.content_type``), ``exp`` (the key's expiry, informational: Key
+  Vault still serves expired versions) and the tags ``rotator-key-id``, ``rotator-policy`` and
+  ``managed-by: rotator`` (plus the target's own ``tags``). The tags let rotator tell which key a version
+  holds from the version list alone, without reading values.
+- **No staging.** A new Key Vault version is what consumers reading "latest" get at once, so ``stage``
+  publishes and :meth:`~AzureKeyVaultStore.promote` usually only checks that the key's version is still the
+  latest. When it is not (two passes raced, or an older key is promoted back), promote writes that key's
+  value again as a new version, the only way to make it latest in Key Vault.
+- **Current** is the latest version (the newest by creation time, which is what ``GET /secrets/{name}``
+  serves) when it is enabled. When the latest version is disabled, consumers reading "latest" get 403, so
+  nothing is current and the planner will publish again. ``current_since`` is the latest version's
+  ``created``; ``foreign`` means the current version has no ``rotator-key-id`` tag.
+- **Retire** sets ``enabled=false`` on the old key's versions (they can no longer be read, an operator can
+  still see and re-enable them); nothing is ever deleted or purged.
+- **Soft delete.** Writing a name that is deleted but recoverable is a 409; rotator reports a
+  :class:`~rotator.errors.StoreConflict` asking to recover or purge it, and :meth:`inspect` says so before a
+  key is created for it.
+
+API calls (each HTTP attempt is one :func:`~rotator.observability.record_call` with service
+``azure-keyvault``, counted by a pipeline policy placed after azure-core's retry policy and before the
+Key Vault challenge policy: retries count, the 401 bearer-challenge round trip does not). The store keeps
+a short-lived per-process copy of each secret's version list (``metadata_cache_seconds``), refreshed by
+every :meth:`inspect` and updated by its own writes, so a rotation costs: inspect 1 (one per 25 versions,
+plus 1 when the secret does not exist yet, to tell "never created" from "soft-deleted"), stage 1 (the
+``set_secret``), read-back 1, promote 0, and later retire 1 ``PATCH`` per enabled version of the old key.
+Without a recent inspect in this process, stage, promote and retire list the versions first (one more call).
+A steady-state pass makes no call at all (the engine does not read the stores then).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import partial
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from rotator.errors import (
+    ConfigError,
+    MissingExtraError,
+    StoreConflict,
+    StoreError,
+    StoreNotFound,
+    StorePermissionError,
+    StoreUnavailable,
+)
+from rotator.model import SecretState, SecretText, StoredVersion
+from rotator.observability import get_logger, record_call
+from rotator.stores.base import TargetRef, VersionMeta
+
+SERVICE = "azure-keyvault"
+KEY_ID_TAG = "rotator-key-id"
+POLICY_TAG = "rotator-policy"
+MANAGED_BY_TAG = "managed-by"
+MANAGED_BY = "rotator"
+RESERVED_TAGS = frozenset({KEY_ID_TAG, POLICY_TAG, MANAGED_BY_TAG})
+MAX_TAGS = 15  # Key Vault's limit per version
+MAX_EXTRA_TAGS = MAX_TAGS - len(RESERVED_TAGS)
+
+#: the Key Vault DNS suffixes of the Azure clouds (public, China, US Government, Germany)
+VAULT_DOMAINS = ("vault.azure.net", "vault.azure.cn", "vault.usgovcloudapi.net", "vault.microsoftazure.de")
+_VAULT_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,22}[a-z0-9]$")
+_SECRET_NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
+
+#: client options rotator sets itself (the retry and call-accounting policies) or that would log secret values
+_RESERVED_CLIENT_OPTIONS = frozenset(
+    {"credential", "vault_url", "policies", "per_retry_policies", "retry_policy", "logging_enable", "api_version"}
+)
+
+CredentialKind = Literal["default", "environment", "managed_identity", "workload_identity", "azure_cli"]
+
+T = TypeVar("T")
+
+
+# ---- config ------------------------------------------------------------------------------------------------
+
+
+def suggest_secret_name(name: str) -> str:
+    """A valid Key Vault secret name close to ``name`` (``/``, ``_``, ``.`` and the like become ``-``)."""
+    s = re.sub(r"[^0-9A-Za-z-]+", "-", name)
+    s = re.sub(r"-{2,}", "-", s).strip("-")[:127].strip("-")
+    return s or "momento-api-key"
+
+
+def check_secret_name(name: str) -> str:
+    """``name`` if Key Vault accepts it as a secret name; ``ValueError`` with a suggested name otherwise."""
+    if _SECRET_NAME_RE.match(name):
+        return name
+    raise ValueError(
+        f"{name!r} is not a valid Key Vault secret name: use 1-127 letters, digits and hyphens "
+        f"(no '/', '_', '.' or spaces), for example {suggest_secret_name(name)!r}"
+    )
+
+
+def _vault_url_error(url: str, hint: str) -> ValueError:
+    return ValueError(
+        f"vault_url {url!r} is not a Key Vault URL ({hint}). Use the vault's 'Vault URI' from the portal, "
+        "https://<vault-name>.vault.azure.net/ (or .vault.azure.cn, .vault.usgovcloudapi.net, "
+        ".vault.microsoftazure.de in the other Azure clouds); for a test server or a custom host name set "
+        "allow_any_vault_url: true"
+    )
+
+
+def check_vault_url(url: str, *, allow_any: bool = False) -> str:
+    """The normalised vault URL (``https://<name>.<domain>/``), or ``ValueError`` saying what shape to use."""
+    url = url.strip()
+    parts = urlsplit(url)
+    if not parts.scheme:
+        bare = url.strip("/").lower()
+        if _VAULT_NAME_RE.match(bare):
+            raise _vault_url_error(url, f"did you mean 'https://{bare}.vault.azure.net/'?")
+        raise _vault_url_error(url, "it has no https:// scheme")
+    if parts.scheme.lower() != "https":
+        raise _vault_url_error(url, f"Key Vault is only reachable over https, try 'https://{parts.netloc}/'")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise _vault_url_error(url, "it has no host name")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise _vault_url_error(url, f"drop the query, fragment or credentials: 'https://{host}/'")
+    if allow_any:
+        return f"https://{parts.netloc}{parts.path.rstrip('/')}/"
+    domain = next((d for d in VAULT_DOMAINS if host.endswith("." + d)), None)
+    if domain is None:
+        if ".vault." in host or host.endswith(".vault") or "vaultcore" in host:
+            hint = "its domain is not a Key Vault domain"
+        else:
+            first = host.split(".")[0]
+            hint = (
+                f"did you mean 'https://{first}.vault.azure.net/'?"
+                if _VAULT_NAME_RE.match(first)
+                else "its domain is not a Key Vault domain"
+            )
+        raise _vault_url_error(url, hint)
+    label = host[: -len(domain) - 1]
+    if not _VAULT_NAME_RE.match(label) or "--" in label:
+        raise _vault_url_error(
+            url,
+            f"{label!r} is not a vault name (3-24 letters, digits and hyphens, starting with a letter, "
+            "ending with a letter or digit, no '--')",
+        )
+    if parts.port not in (None, 443):
+        raise _vault_url_error(url, f"Key Vault listens on 443 only, try 'https://{host}/'")
+    if parts.path not in ("", "/"):
+        raise _vault_url_error(url, f"use the vault's base URL without a path, 'https://{host}/'")
+    return f"https://{host}/"
+
+
+class StoreConfig(BaseModel):
+    """``stores.<name>`` for ``type: azure``.
+
+    ``credential`` picks the azure-identity credential (``default`` = ``DefaultAzureCredential``: environment,
+    workload identity, managed identity, Azure CLI...). ``client_options`` go to ``SecretClient`` as keyword
+    arguments (for example ``connection_verify: /path/to/ca.pem``, ``verify_challenge_resource: false`` for a
+    vault behind a custom host name, ``proxies``). Retries cover 408, 429 and 5xx and connection errors,
+    with exponential backoff (``retry_backoff`` x 2^n, at most ``retry_backoff_max`` seconds) or the
+    ``Retry-After`` the vault sends.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["azure"]
+    allow_any_vault_url: bool = False
+    vault_url: str
+    credential: CredentialKind = "default"
+    managed_identity_client_id: str | None = None
+    client_options: dict[str, Any] = Field(default_factory=dict)
+    max_retries: int = Field(default=5, ge=0, le=20)
+    retry_backoff: float = Field(default=0.8, ge=0, le=60)
+    retry_backoff_max: float = Field(default=60.0, ge=0, le=600)
+    timeout: float = Field(default=30.0, gt=0, le=600)
+    metadata_cache_seconds: float = Field(default=300.0, ge=0, le=3600)
+
+    @field_validator("vault_url")
+    @classmethod
+    def _vault_url(cls, v: str, info: ValidationInfo) -> str:
+        return check_vault_url(v, allow_any=bool(info.data.get("allow_any_vault_url", False)))
+
+    @field_validator("client_options")
+    @classmethod
+    def _client_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(set(v) & _RESERVED_CLIENT_OPTIONS)
+        if bad:
+            raise ValueError(
+                f"client_options may not set {', '.join(bad)}: rotator sets the credential, the retry and "
+                "call-accounting policies itself (use max_retries, retry_backoff, retry_backoff_max), and "
+                "logging_enable would log secret values"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _client_id_needs_identity(self) -> StoreConfig:
+        if self.managed_identity_client_id and self.credential not in (
+            "default",
+            "managed_identity",
+            "workload_identity",
+        ):
+            raise ValueError(
+                f"managed_identity_client_id is only used with credential default, managed_identity or "
+                f"workload_identity, not {self.credential!r}"
+            )
+        return self
+
+
+class TargetOptions(BaseModel):
+    """What a target pointing at an Azure store may set.
+
+    ``secret`` and ``endpoint_secret`` must be Key Vault secret names. ``tags`` are added to every version
+    rotator writes (at most 12: Key Vault allows 15 and rotator uses 3). ``adopt: true`` lets rotator write a
+    new version over a current value it did not write (otherwise staging refuses with StoreConflict).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str
+    secret: str
+    format: str | None = None
+    endpoint_secret: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    adopt: bool = False
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: str) -> str:
+        return check_secret_name(v)
+
+    @field_validator("endpoint_secret")
+    @classmethod
+    def _endpoint_secret(cls, v: str | None) -> str | None:
+        return None if v is None else check_secret_name(v)
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(set(v) & RESERVED_TAGS)
+        if reserved:
+            raise ValueError(f"tags {', '.join(reserved)} are set by rotator itself")
+        if len(v) > MAX_EXTRA_TAGS:
+            raise ValueError(
+                f"at most {MAX_EXTRA_TAGS} tags: Key Vault allows {MAX_TAGS} per version and rotator uses "
+                f"{len(RESERVED_TAGS)} ({', '.join(sorted(RESERVED_TAGS))}); got {len(v)}"
+            )
+        for k, val in v.items():
+            if not k or len(k) > 512:
+                raise ValueError(f"tag name {k[:40]!r} must be 1-512 characters")
+            if len(val) > 256:
+                raise ValueError(f"tag {k!r}: values are at most 256 characters")
+        return v
+
+
+# ---- API-call accounting -----------------------------------------------------------------------------------
+
+
+def operation_name(method: str, url: str) -> str:
+    """The Key Vault operation an HTTP request performs, for :func:`record_call` (``set_secret``...)."""
+    segments = [s for s in urlsplit(url).path.split("/")]
+    method = method.upper()
+    for i, seg in enumerate(segments):
+        rest = segments[i + 1 :]
+        if seg == "secrets" and rest and rest[0]:
+            tail = [s for s in rest[1:] if s]
+            if method == "PUT" and not tail:
+                return "set_secret"
+            if method == "GET" and tail == ["versions"]:
+                return "list_secret_versions"
+            if method == "GET":
+                return "get_secret"
+            if method == "PATCH":
+                return "update_secret"
+            if method == "DELETE":
+                return "delete_secret"
+        if seg == "deletedsecrets" and rest and rest[0]:
+            tail = [s for s in rest[1:] if s]
+            if method == "GET":
+                return "get_deleted_secret"
+            if method == "DELETE":
+                return "purge_deleted_secret"
+            if method == "POST" and tail == ["recover"]:
+                return "recover_deleted_secret"
+    return f"{method.lower()}_request"
+
+
+def _call_recorder() -> Any:
+    """An azure-core policy that records one call per HTTP attempt (placed after the retry policy)."""
+    from azure.core.pipeline import PipelineRequest, PipelineResponse
+    from azure.core.pipeline.policies import HTTPPolicy
+
+    class CallRecorder(HTTPPolicy[Any, Any]):
+        def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+            op = operation_name(request.http_request.method, request.http_request.url)
+            try:
+                response = self.next.send(request)
+            except Exception as exc:
+                record_call(SERVICE, op, type(exc).__name__)
+                raise
+            record_call(SERVICE, op, response.http_response.status_code)
+            return response
+
+    return CallRecorder()
+
+
+def _retry_policy(config: StoreConfig) -> Any:
+    """azure-core's RetryPolicy (429/408/5xx, connection errors, ``Retry-After``), also retrying PATCH.
+
+    Disabling a version (the only PATCH rotator sends) is idempotent, so it is as safe to retry as a GET.
+    """
+    from azure.core.pipeline.policies import RetryPolicy
+
+    class Retry(RetryPolicy[Any, Any]):
+        def configure_retries(self, options: dict[str, Any]) -> dict[str, Any]:
+            settings = super().configure_retries(options)
+            settings["methods"] = frozenset(settings["methods"]) | {"PATCH"}
+            return settings
+
+    n = config.max_retries
+    return Retry(
+        retry_total=n,
+        retry_connect=n,
+        retry_read=n,
+        retry_status=n,
+        retry_backoff_factor=config.retry_backoff,
+        retry_backoff_max=config.retry_backoff_max,
+    )
+
+
+def _make_credential(config: StoreConfig) -> Any:
+    from azure import identity
+
+    client_id = config.managed_identity_client_id
+    try:
+        if config.credential == "environment":
+            return identity.EnvironmentCredential()
+        if config.credential == "managed_identity":
+            return identity.ManagedIdentityCredential(client_id=client_id)
+        if config.credential == "workload_identity":
+            return identity.WorkloadIdentityCredential(**({"client_id": client_id} if client_id else {}))
+        if config.credential == "azure_cli":
+            return identity.AzureCliCredential()
+        return identity.DefaultAzureCredential(
+            **({"managed_identity_client_id": client_id} if client_id else {})
+        )
+    except ValueError as exc:  # e.g. workload identity without AZURE_TENANT_ID / AZURE_FEDERATED_TOKEN_FILE
+        raise ConfigError(f"credential {config.credential!r} for {config.vault_url}: {exc}") from exc
+
+
+# ---- the store ---------------------------------------------------------------------------------------------
+
+#: what each store action needs: (access-policy permission, RBAC data action, what it was doing)
+_PERMISSIONS: dict[str, tuple[str, str, str]] = {
+    "list": ("secrets/list", "Microsoft.KeyVault/vaults/secrets/readMetadata/action", "list the secret's versions"),
+    "get": ("secrets/get", "Microsoft.KeyVault/vaults/secrets/getSecret/action", "read a secret version"),
+    "set": ("secrets/set", "Microsoft.KeyVault/vaults/secrets/setSecret/action", "write a new secret version"),
+    "update": ("secrets/set", "Microsoft.KeyVault/vaults/secrets/update/action", "disable an old version"),
+    "get_deleted": (
+        "secrets/get",
+        "Microsoft.KeyVault/vaults/secrets/readMetadata/action",
+        "check for a soft-deleted secret",
+    ),
+}
+
+
+class _VersionDisabled(StoreNotFound):
+    """403 SecretDisabled: the version exists but is disabled, so it cannot be read."""
+
+
+@dataclass(frozen=True)
+class _Version:
+    version: str
+    key_id: str | None
+    created: datetime | None
+    enabled: bool
+
+
+@dataclass
+class _Listing:
+    """What this process knows of one secret's versions. ``latest`` is None when not known for sure."""
+
+    versions: dict[str, _Version] = field(default_factory=dict)
+    latest: str | None = None
+    listed_at: float = 0.0
+
+
+def _version_of(props: Any) -> _Version:
+    tags = props.tags or {}
+    return _Version(
+        version=str(props.version),
+        key_id=tags.get(KEY_ID_TAG),
+        created=props.created_on,
+        enabled=props.enabled is not False,
+    )
+
+
+def _short(text: str | None, limit: int = 240) -> str:
+    line = " ".join((text or "").split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _inner_code(exc: Any) -> str:
+    """The Key Vault ``innererror.code`` of an HttpResponseError (``SecretDisabled``, ``ForbiddenByRbac``...)."""
+    error = getattr(exc, "error", None)
+    inner = getattr(error, "innererror", None) or {}
+    code = inner.get("code") if isinstance(inner, Mapping) else None
+    if code:
+        return str(code)
+    try:
+        body = exc.response.json()
+        inner = body.get("error", {}).get("innererror") or body.get("error", {}).get("innerError") or {}
+        return str(inner.get("code") or "")
+    except Exception:  # a body that is not JSON has no inner code
+        return ""
+
+
+class AzureKeyVaultStore:
+    """A :class:`~rotator.stores.base.SecretStore` over one Azure Key Vault. Thread-safe.
+
+    Open it with :func:`open_store`. Every method raises only :class:`~rotator.errors.StoreError`
+    subclasses whose messages name the vault, the store and the secret, never a value.
+    """
+
+    def __init__(self, name: str, config: StoreConfig, *, credential: Any = None, **client_options: Any) -> None:
+        try:
+            from azure.keyvault.secrets import SecretClient
+        except ImportError as exc:
+            raise MissingExtraError("azure", "azure.keyvault.secrets") from exc
+        bad = sorted(set(client_options) & (_RESERVED_CLIENT_OPTIONS - {"per_retry_policies"}))
+        if bad:
+            raise ConfigError(f"store {name!r}: client options {', '.join(bad)} are set by rotator itself")
+        self.name = name
+        self.config = config
+        self.vault_url = config.vault_url
+        self._owned_credential: Any = None
+        if credential is None:
+            credential = self._owned_credential = _make_credential(config)
+        options: dict[str, Any] = {
+            "connection_timeout": config.timeout,
+            "read_timeout": config.timeout,
+            **config.client_options,
+            **client_options,
+        }
+        options["per_retry_policies"] = [*options.get("per_retry_policies", []), _call_recorder()]
+        options["retry_policy"] = _retry_policy(config)
+        self._client = SecretClient(config.vault_url, credential, **options)
+        self._lock = threading.Lock()
+        self._listings: dict[str, _Listing] = {}
+        self._closed = False
+        self._log = get_logger(store=name)
+
+    def __repr__(self) -> str:
+        return f"AzureKeyVaultStore(name={self.name!r}, vault_url={self.vault_url!r})"
+
+    # ---- the contract -----------------------------------------------------------------------------------
+
+    def inspect(self, ref: TargetRef) -> SecretState:
+        """The secret's versions (from the version list, never values), which is current and since when.
+
+        Lists the versions afresh (one call per 25 versions). When the two newest versions share a creation
+        second and hold different keys, one more ``GET`` of the latest version tells which is newest. A
+        secret that does not exist costs one more call, to tell it from a soft-deleted one.
+
+        Raises: StoreConflict (the secret is soft-deleted), StoreUnavailable, StorePermissionError.
+        """
+        listing = self._list(ref)
+        if not listing.versions:
+            self._check_not_deleted(ref)
+            return SecretState(exists=False)
+        current = self._current(ref, listing)
+        versions = tuple(
+            StoredVersion(
+                version=v.version,
+                key_id=v.key_id,
+                created_at=v.created,
+                current=current is not None and v.version == current.version,
+                enabled=v.enabled,
+            )
+            for v in sorted(listing.versions.values(), key=_age_key)
+        )
+        return SecretState(
+            exists=True,
+            versions=versions,
+            current_key_id=current.key_id if current else None,
+            current_since=current.created if current else None,
+            foreign=current is not None and current.key_id is None,
+        )
+
+    def stage(self, ref: TargetRef, value: SecretText, meta: VersionMeta) -> None:
+        """Write ``value`` as a new version tagged with ``meta`` (it is "latest" at once: Key Vault has no staging).
+
+        A no-op when a version already holds ``meta.key_id``. Refuses (StoreConflict) when the current
+        value was not written by rotator, unless the target sets ``adopt: true``. One ``set_secret`` call when
+        the version list is known from a recent :meth:`inspect`, else one more to list the versions.
+
+        Raises: StoreConflict (foreign current value; secret soft-deleted), StoreUnavailable,
+        StorePermissionError, StoreError (the vault rejected the request, e.g. too many tags).
+        """
+        listing = self._listing(ref)
+        if any(v.key_id == meta.key_id for v in listing.versions.values()):
+            self._log.debug("stage: key already written", target=ref.id, key_id=meta.key_id)
+            return
+        if listing.versions:
+            self._refuse_foreign(ref, self._current(ref, listing))
+        extra = getattr(ref.options, "tags", None) or {}
+        tags = {str(k): str(v) for k, v in dict(extra).items()}
+        tags.update({KEY_ID_TAG: meta.key_id, POLICY_TAG: meta.policy, MANAGED_BY_TAG: MANAGED_BY})
+        written = self._write(ref, value, tags=tags, content_type=meta.content_type, expires_on=meta.expires_at)
+        self._log.debug("stage: wrote version", target=ref.id, key_id=meta.key_id, version=written)
+
+    def read(self, ref: TargetRef, key_id: str) -> SecretText:
+        """The value of the newest enabled version holding ``key_id`` (one ``GET`` when its version is known).
+
+        Raises: StoreNotFound (no version holds ``key_id``, or only disabled ones do), StoreUnavailable,
+        StorePermissionError.
+        """
+        for attempt in (0, 1):
+            listing = self._known(ref) if attempt == 0 else None
+            if listing is None or not any(v.key_id == key_id for v in listing.versions.values()):
+                listing = self._list(ref)
+            holders = sorted(
+                (v for v in listing.versions.values() if v.key_id == key_id), key=_age_key, reverse=True
+            )
+            if not holders:
+                raise StoreNotFound(
+                    f"no version in Key Vault {self.vault_url} holds key {key_id}", store=self.name, secret=ref.secret
+                )
+            enabled = [v for v in holders if v.enabled]
+            if not enabled:
+                raise StoreNotFound(
+                    f"the versions holding key {key_id} in Key Vault {self.vault_url} are disabled (retired)",
+                    store=self.name,
+                    secret=ref.secret,
+                )
+            target = enabled[0]
+            try:
+                secret = self._call("get", ref, partial(self._client.get_secret, ref.secret, target.version))
+            except StoreNotFound:
+                if attempt == 0:
+                    self._forget(ref)  # disabled or gone since we listed: look again once
+                    continue
+                raise
+            tags = secret.properties.tags or {}
+            if tags.get(KEY_ID_TAG) == key_id and secret.value is not None:
+                return SecretText(secret.value)
+            self._forget(ref)
+        raise StoreNotFound(
+            f"no readable version in Key Vault {self.vault_url} holds key {key_id}", store=self.name, secret=ref.secret
+        )
+
+    def promote(self, ref: TargetRef, key_id: str) -> None:
+        """Make the version holding ``key_id`` the latest one; usually a no-op.
+
+        Key Vault has no staging: the version :meth:`stage` wrote is "latest" (current) at once, so promoting
+        it only checks that it still is, with no call when this process wrote or listed it recently (else one
+        list call). When another version became latest meanwhile (two passes racing, or an older key being
+        promoted back), the key's value is written again as a new version with the same tags, content type
+        and expiry (a ``GET`` and a ``PUT``), since that is the only way to make it latest in Key Vault.
+
+        Raises: StoreNotFound (no enabled version holds ``key_id``), StoreConflict (the current value was not
+        written by rotator and the target does not set ``adopt: true``), StoreUnavailable, StorePermissionError.
+        """
+        listing = self._listing(ref)
+        if not any(v.key_id == key_id for v in listing.versions.values()):
+            listing = self._list(ref)
+        holders = sorted(
+            (v for v in listing.versions.values() if v.key_id == key_id), key=_age_key, reverse=True
+        )
+        if not holders:
+            raise StoreNotFound(
+                f"nothing to promote: no version in Key Vault {self.vault_url} holds key {key_id}",
+                store=self.name,
+                secret=ref.secret,
+            )
+        current = self._current(ref, listing)
+        if current is not None and current.key_id == key_id:
+            return
+        self._refuse_foreign(ref, current)
+        enabled = [v for v in holders if v.enabled]
+        if not enabled:
+            raise StoreNotFound(
+                f"cannot promote key {key_id}: its versions in Key Vault {self.vault_url} are disabled (retired)",
+                store=self.name,
+                secret=ref.secret,
+            )
+        try:
+            secret = self._call("get", ref, partial(self._client.get_secret, ref.secret, enabled[0].version))
+        except StoreNotFound:
+            self._forget(ref)
+            raise
+        props = secret.properties
+        if (props.tags or {}).get(KEY_ID_TAG) != key_id or secret.value is None:
+            self._forget(ref)
+            raise StoreNotFound(
+                f"cannot promote key {key_id}: its version in Key Vault {self.vault_url} changed meanwhile",
+                store=self.name,
+                secret=ref.secret,
+            )
+        self._write(
+            ref,
+            SecretText(secret.value),
+            tags=dict(props.tags or {}),
+            content_type=props.content_type,
+            expires_on=props.expires_on,
+        )
+        self._log.info("promote: wrote the key again as the latest version", target=ref.id, key_id=key_id)
+
+    def retire(self, ref: TargetRef, key_id: str) -> None:
+        """Disable (``enabled=false``) every enabled version holding ``key_id``; never deletes or purges.
+
+        One ``PATCH`` per version to disable, plus a list call unless a recent :meth:`inspect` is known.
+        Retiring a key that is retired already or was never written is a no-op.
+
+        Raises: StoreConflict (``key_id`` is the current key), StoreUnavailable, StorePermissionError.
+        """
+        listing = self._listing(ref)
+        holders = [v for v in listing.versions.values() if v.key_id == key_id]
+        if not holders:
+            return
+        current = self._current(ref, listing)
+        if current is not None and current.key_id == key_id:
+            raise StoreConflict(
+                f"refusing to retire key {key_id}: it is the current (latest) version in Key Vault {self.vault_url}",
+                store=self.name,
+                secret=ref.secret,
+            )
+        for v in holders:
+            if not v.enabled:
+                continue
+            if not self._disable(ref, v.version):
+                return
+            self._log.info("retire: disabled version", target=ref.id, key_id=key_id, version=v.version)
+
+    def _write(
+        self,
+        ref: TargetRef,
+        value: SecretText,
+        *,
+        tags: dict[str, str],
+        content_type: str | None,
+        expires_on: datetime | None,
+    ) -> str:
+        """``set_secret``: a new version, which becomes the latest. Returns its version id."""
+        secret = self._call(
+            "set",
+            ref,
+            lambda: self._client.set_secret(
+                ref.secret, value.reveal(), tags=tags, content_type=content_type, expires_on=expires_on
+            ),
+        )
+        written = _version_of(secret.properties)
+        with self._lock:
+            known = self._listings.setdefault(ref.secret, _Listing())
+            known.versions[written.version] = written
+            known.latest = written.version
+        return written.version
+
+    def _refuse_foreign(self, ref: TargetRef, current: _Version | None) -> None:
+        """StoreConflict when the current version was not written by rotator and the target may not adopt it."""
+        if current is None or current.key_id is not None or bool(getattr(ref.options, "adopt", False)):
+            return
+        raise StoreConflict(
+            f"the current version in Key Vault {self.vault_url} was not written by rotator (it has no "
+            f"{KEY_ID_TAG} tag); set adopt: true on the target to replace it",
+            store=self.name,
+            secret=ref.secret,
+        )
+
+    def _disable(self, ref: TargetRef, version: str) -> bool:
+        """PATCH one version to ``enabled=false``; False when the secret is gone."""
+        try:
+            props = self._call(
+                "update", ref, lambda: self._client.update_secret_properties(ref.secret, version, enabled=False)
+            )
+        except StoreNotFound:
+            self._forget(ref)  # the secret went away meanwhile: nothing left to retire
+            return False
+        with self._lock:
+            known = self._listings.get(ref.secret)
+            if known is not None:
+                known.versions[version] = _version_of(props)
+        return True
+
+    def close(self) -> None:
+        """Close the HTTP session (and the credential, when this store made it). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._client.close()
+        if self._owned_credential is not None and hasattr(self._owned_credential, "close"):
+            self._owned_credential.close()
+
+    # ---- version knowledge ------------------------------------------------------------------------------
+
+    def _known(self, ref: TargetRef) -> _Listing | None:
+        with self._lock:
+            return self._listings.get(ref.secret)
+
+    def _forget(self, ref: TargetRef) -> None:
+        with self._lock:
+            self._listings.pop(ref.secret, None)
+
+    def _listing(self, ref: TargetRef) -> _Listing:
+        """The version list known from the last ``metadata_cache_seconds``, or a fresh one."""
+        known = self._known(ref)
+        ttl = self.config.metadata_cache_seconds
+        if known is not None and ttl > 0 and time.monotonic() - known.listed_at <= ttl:
+            return known
+        return self._list(ref)
+
+    def _list(self, ref: TargetRef) -> _Listing:
+        """List the versions (every page); a secret that does not exist has none."""
+
+        def fetch() -> list[_Version]:
+            return [_version_of(p) for p in self._client.list_properties_of_secret_versions(ref.secret)]
+
+        try:
+            found = self._call("list", ref, fetch)
+        except StoreNotFound:
+            found = []
+        versions = {v.version: v for v in found}
+        with self._lock:
+            previous = self._listings.get(ref.secret)
+            latest = None
+            if previous is not None and previous.latest in versions and set(previous.versions) == set(versions):
+                latest = previous.latest  # no version came or went since we knew which one is latest
+            listing = _Listing(versions, latest or _unique_newest(versions), time.monotonic())
+            self._listings[ref.secret] = listing
+        return listing
+
+    def _current(self, ref: TargetRef, listing: _Listing) -> _Version | None:
+        """The latest version if it is enabled (what consumers reading "latest" get), else None."""
+        if not listing.versions:
+            return None
+        latest = listing.latest or self._resolve_latest(ref, listing)
+        v = listing.versions.get(latest)
+        return v if v is not None and v.enabled else None
+
+    def _resolve_latest(self, ref: TargetRef, listing: _Listing) -> str:
+        """Tell which of the versions created in the same (newest) second is the latest.
+
+        ``created`` has one-second resolution. When the tied versions hold the same key and are all enabled
+        (or all disabled), which one is latest does not matter; otherwise one ``GET /secrets/{name}/`` says.
+        """
+        newest = max((v.created for v in listing.versions.values() if v.created), default=None)
+        tied = [v for v in listing.versions.values() if v.created == newest]
+        if len({(v.key_id, v.enabled) for v in tied}) <= 1:
+            return max(tied, key=lambda v: v.version).version
+        try:
+            secret = self._call("get", ref, lambda: self._client.get_secret(ref.secret))
+            latest = str(secret.properties.version)
+        except _VersionDisabled:
+            disabled = [v for v in tied if not v.enabled]
+            latest = disabled[0].version if disabled else tied[0].version
+        except StoreNotFound:  # deleted while we looked: nothing is current any more
+            self._forget(ref)
+            return tied[0].version
+        if latest not in listing.versions:  # a version newer than our listing: list again next time
+            self._forget(ref)
+            return latest
+        with self._lock:
+            listing.latest = latest
+        return latest
+
+    def _check_not_deleted(self, ref: TargetRef) -> None:
+        """Raise StoreConflict when ``ref.secret`` is soft-deleted (its name is blocked until recovered or purged)."""
+        try:
+            self._call("get_deleted", ref, lambda: self._client.get_deleted_secret(ref.secret))
+        except StoreNotFound:
+            return
+        except StorePermissionError:
+            # best effort: without permission to see deleted secrets, set_secret reports the conflict later
+            self._log.debug("inspect: cannot check for a soft-deleted secret", target=ref.id)
+            return
+        raise self._deleted_conflict(ref)
+
+    def _deleted_conflict(self, ref: TargetRef) -> StoreConflict:
+        vault = urlsplit(self.vault_url).hostname or self.vault_url
+        name = vault.split(".")[0]
+        return StoreConflict(
+            f"the secret is deleted but recoverable in Key Vault {self.vault_url} (soft delete) and its name "
+            f"cannot be reused until it is recovered (az keyvault secret recover --vault-name {name} "
+            f"--name {ref.secret}) or purged (az keyvault secret purge --vault-name {name} --name {ref.secret})",
+            store=self.name,
+            secret=ref.secret,
+        )
+
+    # ---- error translation ------------------------------------------------------------------------------
+
+    def _call(self, action: str, ref: TargetRef, fn: Callable[[], T]) -> T:
+        """Run one SDK call, translating azure-core exceptions into StoreError subclasses."""
+        from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError
+
+        permission, data_action, doing = _PERMISSIONS[action]
+        where = {"store": self.name, "secret": ref.secret}
+        try:
+            return fn()
+        except HttpResponseError as exc:
+            status = exc.status_code
+            error = getattr(exc, "error", None)
+            code = getattr(error, "code", None) or ""
+            message = _short(getattr(error, "message", None) or exc.reason or "")
+            inner = _inner_code(exc)
+            if status is None and isinstance(exc, ClientAuthenticationError):
+                raise StorePermissionError(
+                    f"could not get a token for Key Vault {self.vault_url} with credential "
+                    f"{self.config.credential!r}: {_short(exc.message)}",
+                    **where,
+                ) from exc
+            if status == 401:
+                raise StorePermissionError(
+                    f"Key Vault {self.vault_url} rejected the token (401 {code}: {message}); check the "
+                    "identity's tenant and that it still exists",
+                    **where,
+                ) from exc
+            if status == 403 and inner == "SecretDisabled":
+                raise _VersionDisabled(
+                    f"the version is disabled in Key Vault {self.vault_url}", **where
+                ) from exc
+            if status == 403 and inner == "ForbiddenByFirewall":
+                raise StorePermissionError(
+                    f"Key Vault {self.vault_url} refused to {doing}: its network rules do not admit this "
+                    f"client (firewall or private endpoint): {message}",
+                    **where,
+                ) from exc
+            if status == 403:
+                raise StorePermissionError(
+                    f"access denied by Key Vault {self.vault_url}: cannot {doing} without the {permission} "
+                    f"permission (grant the role 'Key Vault Secrets Officer' on the vault, or a role with the "
+                    f"data action {data_action}; vaults using access policies need secret permission "
+                    f"{permission.split('/')[1]!r}) [{inner or code}]",
+                    **where,
+                ) from exc
+            if status == 404:
+                raise StoreNotFound(f"not found in Key Vault {self.vault_url} ({code})", **where) from exc
+            if status == 409 and inner == "ObjectIsDeletedButRecoverable":
+                raise self._deleted_conflict(ref) from exc
+            if status == 409:
+                raise StoreConflict(
+                    f"Key Vault {self.vault_url} refused to {doing}: 409 {code}: {message}", **where
+                ) from exc
+            if status is not None and (status in (408, 429) or status >= 500):
+                raise StoreUnavailable(
+                    f"Key Vault {self.vault_url} kept answering {status} {code} when asked to {doing}, "
+                    f"after {self.config.max_retries} retries",
+                    **where,
+                ) from exc
+            raise StoreError(
+                f"Key Vault {self.vault_url} refused to {doing}: {status} {code}: {message}", **where
+            ) from exc
+        except AzureError as exc:
+            raise StoreUnavailable(
+                f"could not reach Key Vault {self.vault_url} to {doing}: {type(exc).__name__}: "
+                f"{_short(str(exc.message))}",
+                **where,
+            ) from exc
+
+
+def _age_key(v: _Version) -> tuple[float, str]:
+    return (v.created.timestamp() if v.created else 0.0, v.version)
+
+
+def _unique_newest(versions: dict[str, _Version]) -> str | None:
+    """The version created last, when no other version shares its creation second; else None (unknown)."""
+    if not versions:
+        return None
+    newest = max((v.created for v in versions.values() if v.created), default=None)
+    tied = [v for v in versions.values() if v.created == newest]
+    return tied[0].version if len(tied) == 1 else None
+
+
+def open_store(name: str, config: StoreConfig, *, credential: Any = None, **client_options: Any) -> AzureKeyVaultStore:
+    """Open the Azure Key Vault store ``name``.
+
+    ``credential`` (any azure-core token credential) replaces the one ``config.credential`` names;
+    ``client_options`` are merged over ``config.client_options`` and passed to ``SecretClient``.
+    Raises MissingExtraError without ``rotator[azure]``, ConfigError for an unusable credential setting.
+    """
+    return AzureKeyVaultStore(name, config, credential=credential, **client_options)

@@ -1,0 +1,1201 @@
+"""GCP Secret Manager store (``type: gcp``; extra ``rotator[gcp]``).
+
+One target is one secret ``projects/<project>/secrets/<secret>``; each key rotator publishes is one secret
+version. Secret Manager versions carry no metadata of their own, so what rotator knows about them lives on the
+secret, written with etag-guarded updates (read, change, ``PATCH`` with the etag; on a mismatch read again
+and redo the change):
+
+- labels ``managed-by=rotator`` and ``rotator-policy=<policy>``;
+- one annotation per version rotator wrote, ``rotator-v<N>`` = compact JSON
+  ``{"key": <key id>, "state": "staged"|"live"|"retired", "at": <staged>, "expires": <key expiry>,
+  "promoted_at": <made current>, "retired_at": <disabled>}`` (times ISO 8601 UTC, seconds), plus
+  ``rotator-schema: "1"``. Entries of destroyed versions are dropped, and only the ``keep_retired`` newest
+  retired entries are kept, so the annotations stay far below Secret Manager's 16 KiB;
+- the version aliases ``current`` (the version :meth:`~GcpSecretManagerStore.promote` made current) and
+  ``previous`` (the one before it, until it is retired).
+
+``add_secret_version`` makes the new version ``latest`` at once: consumers that read ``latest`` pick a key up
+when it is staged, consumers that read the alias ``current`` when it is promoted (rotator stages, reads back
+and promotes in one go, so the two differ for seconds). Retiring disables old versions, so ``latest`` keeps
+resolving to the newest key.
+
+Staging is crash-safe without listing versions: the entry for the new version is written *before*
+``addVersion``, with the number the version will get (the highest number rotator knows of, plus one). If the
+service hands out another number (someone else added a version in between) the entry is moved to the real
+number. A crash between the two calls leaves an entry in state ``staged`` whose version may not exist; the next
+``stage`` of that key reads that version back (one ``access``) and compares the payload (or the key id in it:
+the ``keyId`` of a JSON payload, the ``MOMENTO_KEY_ID=`` line of an env payload, the ``jti`` claim of a raw
+v2 key) before deciding whether to add a version, so a key is never added twice.
+
+Calls per rotation of one target: ``inspect`` 1 (GET), ``stage`` 2 (PATCH, addVersion; create + addVersion
+for a new secret), ``read`` 1 (access), ``promote`` 1 (PATCH); ``retire`` later costs 2 (disable, PATCH).
+Reads made by ``inspect`` (and the results of writes) are reused by the following write for ``cache_for``
+(default 60 s); every write carries the etag, so a stale copy costs one retry, never a lost update.
+
+Errors are caught by their google.api_core base classes, so the gRPC (default) and REST transports behave the
+same: 429/500/503/504 and connection errors are retried with exponential backoff and jitter, then raise
+:class:`~rotator.errors.StoreUnavailable`; 403 raises :class:`~rotator.errors.StorePermissionError` naming
+the permission and the role to grant. ``google.*`` is imported by :func:`open_store` only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rotator.config import Duration
+from rotator.errors import (
+    MissingExtraError,
+    StoreConflict,
+    StoreError,
+    StoreIntegrityError,
+    StoreNotFound,
+    StorePermissionError,
+    StoreUnavailable,
+)
+from rotator.keys import jwt_claims
+from rotator.model import SecretState, SecretText, StoredVersion
+from rotator.observability import get_logger, record_call
+from rotator.stores.base import SecretStore, TargetRef, VersionMeta
+
+SERVICE = "gcp-secretmanager"
+
+PROJECT_ID_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+PROJECT_NUMBER_RE = re.compile(r"^[1-9][0-9]{0,19}$")
+SECRET_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,255}$")
+LOCATION_RE = re.compile(r"^[a-z]+(?:-[a-z]+)*[0-9]+$")
+
+MANAGED_BY = ("managed-by", "rotator")
+POLICY_LABEL = "rotator-policy"
+ENTRY_PREFIX = "rotator-v"
+SCHEMA_KEY, SCHEMA = "rotator-schema", "1"
+CURRENT, PREVIOUS = "current", "previous"
+STAGED, LIVE, RETIRED = "staged", "live", "retired"
+#: annotations budget: Secret Manager refuses 16 KiB and more (keys and values, all annotations)
+ANNOTATION_LIMIT = 16 * 1024
+ANNOTATION_BUDGET = 14 * 1024
+#: version states as the API numbers them
+_ENABLED, _DISABLED, _DESTROYED = 1, 2, 3
+
+#: operation -> (IAM permission, the narrowest predefined role holding it)
+PERMISSIONS: dict[str, tuple[str, str]] = {
+    "GetSecret": ("secretmanager.secrets.get", "roles/secretmanager.viewer"),
+    "CreateSecret": ("secretmanager.secrets.create", "roles/secretmanager.admin on the project"),
+    "UpdateSecret": ("secretmanager.secrets.update", "roles/secretmanager.admin"),
+    "AddSecretVersion": ("secretmanager.versions.add", "roles/secretmanager.secretVersionAdder"),
+    "AccessSecretVersion": ("secretmanager.versions.access", "roles/secretmanager.secretAccessor"),
+    "GetSecretVersion": ("secretmanager.versions.get", "roles/secretmanager.secretVersionManager"),
+    "ListSecretVersions": ("secretmanager.versions.list", "roles/secretmanager.secretVersionManager"),
+    "EnableSecretVersion": ("secretmanager.versions.enable", "roles/secretmanager.secretVersionManager"),
+    "DisableSecretVersion": ("secretmanager.versions.disable", "roles/secretmanager.secretVersionManager"),
+    "DestroySecretVersion": ("secretmanager.versions.destroy", "roles/secretmanager.secretVersionManager"),
+}
+CUSTOM_ROLE_HINT = "or the custom role rotatorSecretWriter from deploy/gcp"
+
+T = TypeVar("T")
+
+
+def _log() -> Any:
+    return get_logger(store_type="gcp")
+
+
+# ---- configuration ----------------------------------------------------------------------------------------
+
+
+def _check_project(value: str) -> str:
+    if PROJECT_ID_RE.match(value) or PROJECT_NUMBER_RE.match(value):
+        return value
+    raise ValueError(
+        f"{value!r} is not a GCP project: use a project id (6-30 characters: lowercase letters, digits and "
+        "hyphens, starting with a letter and not ending with a hyphen, e.g. 'my-project-123') or a project number"
+    )
+
+
+def _check_secret_id(value: str) -> str:
+    if SECRET_ID_RE.match(value):
+        return value
+    raise ValueError(
+        f"{value!r} is not a valid Secret Manager secret id: use 1-255 letters, digits, '-' and '_' "
+        "(no '/' or '.'), e.g. 'momento-checkout-api'"
+    )
+
+
+class UserManagedReplication(BaseModel):
+    """Replicas in the listed locations only (``replication: {locations: [us-east1, europe-west1]}``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    locations: list[str] = Field(min_length=1)
+
+    @field_validator("locations")
+    @classmethod
+    def _locations(cls, v: list[str]) -> list[str]:
+        bad = [loc for loc in v if not LOCATION_RE.match(loc)]
+        if bad:
+            raise ValueError(f"{bad} are not GCP locations: use region names like us-east1 or europe-west4")
+        if len(set(v)) != len(v):
+            raise ValueError("each location may be listed once")
+        return v
+
+
+Replication = Literal["automatic"] | UserManagedReplication
+
+
+class RetrySettings(BaseModel):
+    """Retries of throttled (429) and failing (500/503/504, connection errors) calls."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempts: int = Field(default=5, ge=1, le=20)
+    initial_backoff: Duration = timedelta(milliseconds=500)
+    max_backoff: Duration = timedelta(seconds=20)
+    multiplier: float = Field(default=2.0, ge=1.0, le=10.0)
+
+
+class StoreConfig(BaseModel):
+    """``stores.<name>`` for ``type: gcp``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["gcp"]
+    #: project id or number holding the secrets (a target may override it)
+    project: str
+    transport: Literal["grpc", "rest"] = "grpc"
+    #: API endpoint override (``api_endpoint``), e.g. a regional or private endpoint
+    endpoint: str | None = None
+    #: a service-account key or external-account (workload identity federation) file; else ADC
+    credentials_file: str | None = None
+    #: replication of secrets rotator creates (existing secrets are left as they are)
+    replication: Replication = "automatic"
+    #: destroy versions that have been disabled for this long (at the next retire); never when unset
+    destroy_after: Duration | None = None
+    #: deadline of one API request
+    timeout: Duration = timedelta(seconds=30)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    #: how often an etag-guarded update is re-read and retried when another writer got there first
+    conflict_retries: int = Field(default=10, ge=1, le=100)
+    #: reuse a secret read this recently as the base of a write (0 turns it off)
+    cache_for: Duration = timedelta(seconds=60)
+    #: retired versions still listed in the secret's annotations (older ones stay disabled, unlisted)
+    keep_retired: int = Field(default=10, ge=0, le=50)
+
+    _project = field_validator("project")(classmethod(lambda cls, v: _check_project(v)))
+
+    @field_validator("destroy_after")
+    @classmethod
+    def _destroy_after(cls, v: timedelta | None) -> timedelta | None:
+        if v is not None and v < timedelta(hours=1):
+            raise ValueError("destroy_after must be at least 1h: a destroyed version can never be read again")
+        return v
+
+
+class TargetOptions(BaseModel):
+    """A target on a GCP store: ``{store, secret, format?, endpoint_secret?, project?, replication?, adopt?}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str
+    secret: str
+    format: str = "json"
+    endpoint_secret: str | None = None
+    #: the project holding this secret, when not the store's
+    project: str | None = None
+    #: replication for this secret when rotator creates it, when not the store's
+    replication: Replication | None = None
+    #: take over a secret that already holds versions rotator did not write
+    adopt: bool = False
+
+    _secret = field_validator("secret")(classmethod(lambda cls, v: _check_secret_id(v)))
+
+    @field_validator("endpoint_secret")
+    @classmethod
+    def _endpoint_secret(cls, v: str | None) -> str | None:
+        return None if v is None else _check_secret_id(v)
+
+    @field_validator("project")
+    @classmethod
+    def _project(cls, v: str | None) -> str | None:
+        return None if v is None else _check_project(v)
+
+
+# ---- what rotator keeps on the secret ---------------------------------------------------------------------
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _entry_key(version: int) -> str:
+    return f"{ENTRY_PREFIX}{version}"
+
+
+_ENTRY_KEY_RE = re.compile(rf"^{ENTRY_PREFIX}([1-9][0-9]*)$")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """What rotator recorded about one version (annotation ``rotator-v<N>``)."""
+
+    version: int
+    key_id: str
+    state: str
+    at: str | None = None
+    expires: str | None = None
+    promoted_at: str | None = None
+    retired_at: str | None = None
+
+    def dump(self) -> str:
+        data = {
+            "key": self.key_id,
+            "state": self.state,
+            "at": self.at,
+            "expires": self.expires,
+            "promoted_at": self.promoted_at,
+            "retired_at": self.retired_at,
+        }
+        return json.dumps({k: v for k, v in data.items() if v is not None}, separators=(",", ":"))
+
+    @classmethod
+    def load(cls, version: int, text: str) -> _Entry | None:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("key"), str):
+            return None
+        state = data.get("state")
+        if state not in (STAGED, LIVE, RETIRED):
+            return None
+
+        def s(name: str) -> str | None:
+            v = data.get(name)
+            return v if isinstance(v, str) else None
+
+        return cls(version, data["key"], state, s("at"), s("expires"), s("promoted_at"), s("retired_at"))
+
+
+@dataclass(frozen=True)
+class _Secret:
+    """A secret as last read: etag, labels, annotations and aliases (never a value)."""
+
+    name: str
+    etag: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    aliases: dict[str, int]
+
+    @property
+    def entries(self) -> dict[int, _Entry]:
+        return _entries_of(self.annotations)
+
+    def of_key(self, key_id: str) -> list[_Entry]:
+        """The entries holding ``key_id``, newest version first."""
+        return sorted((e for e in self.entries.values() if e.key_id == key_id), key=lambda e: -e.version)
+
+    @property
+    def head(self) -> int:
+        """The highest version number this secret's metadata mentions."""
+        return max([*self.entries, *self.aliases.values(), 0])
+
+
+def _entries_of(annotations: dict[str, str]) -> dict[int, _Entry]:
+    out: dict[int, _Entry] = {}
+    for k, v in annotations.items():
+        m = _ENTRY_KEY_RE.match(k)
+        if m:
+            e = _Entry.load(int(m.group(1)), v)
+            if e is not None:
+                out[e.version] = e
+    return out
+
+
+def _annotations_size(annotations: dict[str, str]) -> int:
+    return sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+
+
+@dataclass(frozen=True)
+class _Change:
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    aliases: dict[str, int]
+
+
+def key_id_in(payload: str) -> str | None:
+    """The key id a stored payload names, without checking it: a JSON payload's ``keyId``, an env payload's
+    ``MOMENTO_KEY_ID`` (else the ``jti`` of its ``MOMENTO_API_KEY``), or a raw v2 key's ``jti`` claim."""
+    text = payload.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        kid = data.get("keyId") if isinstance(data, dict) else None
+        return kid if isinstance(kid, str) and kid else None
+    if "=" in text.split("\n", 1)[0] and text.startswith("MOMENTO_"):
+        fields = {}
+        for line in text.splitlines():
+            name, _, value = line.partition("=")
+            fields[name.strip()] = value.strip()
+        if fields.get("MOMENTO_KEY_ID"):
+            return fields["MOMENTO_KEY_ID"]
+        text = fields.get("MOMENTO_API_KEY", "")
+    claims = jwt_claims(text)
+    jti = claims.get("jti") if claims else None
+    return jti if isinstance(jti, str) and jti else None
+
+
+def _holds(data: bytes, value: SecretText, key_id: str) -> bool:
+    """Whether a version's payload is ``value``, or another rendering of the same key."""
+    return data == value.reveal().encode() or key_id_in(data.decode(errors="replace")) == key_id
+
+
+# ---- errors -----------------------------------------------------------------------------------------------
+
+
+class _ApiError(Exception):
+    """A non-retryable API error the calling method decides about; never leaves a public method."""
+
+    def __init__(self, kind: str, op: str, status: str, message: str) -> None:
+        super().__init__(f"{op}: {status}: {message}")
+        self.kind = kind  # not_found | exists | etag | precondition | bad_request | other
+        self.op = op
+        self.status = status
+        self.message = message
+
+
+class _CurrentRaced(Exception):
+    """A concurrent promote made a version current while retire was disabling it."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(version)
+        self.version = version
+
+
+def _short(message: str) -> str:
+    # REST errors read "<METHOD> <url>: <message>"; keep the message
+    head, sep, rest = message.partition(": ")
+    return rest if sep and head.split(" ", 1)[0] in ("GET", "POST", "PATCH", "DELETE", "PUT") else message
+
+
+# ---- the store --------------------------------------------------------------------------------------------
+
+
+class GcpSecretManagerStore:
+    """A :class:`~rotator.stores.base.SecretStore` on GCP Secret Manager (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        config: StoreConfig,
+        client: Any,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        from google.api_core import exceptions as gexc
+        from google.auth import exceptions as auth_exc
+
+        self.name = name
+        self.config = config
+        self._client = client
+        self._g = gexc
+        self._auth = auth_exc
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._sleep = sleep or time.sleep
+        self._random = random.Random()  # noqa: S311 - backoff jitter, not cryptography
+        self._cache: dict[str, tuple[float, _Secret | None]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._retryable = (
+            gexc.TooManyRequests,
+            gexc.ResourceExhausted,
+            gexc.InternalServerError,
+            gexc.ServiceUnavailable,
+            gexc.GatewayTimeout,
+            gexc.DeadlineExceeded,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"GcpSecretManagerStore(name={self.name!r}, project={self.config.project!r}, "
+            f"transport={self.config.transport!r})"
+        )
+
+    # -- naming ---------------------------------------------------------------------------------------------
+
+    def _options(self, ref: TargetRef) -> TargetOptions | None:
+        return ref.options if isinstance(ref.options, TargetOptions) else None
+
+    def _project(self, ref: TargetRef) -> str:
+        opts = self._options(ref)
+        return opts.project if opts is not None and opts.project else self.config.project
+
+    def _secret_name(self, ref: TargetRef) -> str:
+        try:
+            _check_secret_id(ref.secret)
+        except ValueError as exc:
+            raise StoreConflict(str(exc), store=self.name, secret=ref.secret) from None
+        return f"projects/{self._project(ref)}/secrets/{ref.secret}"
+
+    # -- one API call: retries, accounting, translation ------------------------------------------------------
+
+    def _call(self, op: str, ref: TargetRef, fn: Callable[[], T]) -> T:
+        """Run one API operation: one ``record_call`` per attempt, backoff on 429/5xx/connection errors."""
+        g, retry = self._g, self.config.retry
+        delay = retry.initial_backoff.total_seconds()
+        for attempt in range(1, retry.attempts + 1):
+            try:
+                result = fn()
+            except g.GoogleAPICallError as exc:
+                record_call(SERVICE, op, exc.code if exc.code is not None else type(exc).__name__)
+                if isinstance(exc, self._retryable) and attempt < retry.attempts:
+                    delay = self._backoff(delay, op, ref, exc.code)
+                    continue
+                raise self._translate(op, ref, exc, attempt) from exc
+            except self._auth.RefreshError as exc:
+                record_call(SERVICE, op, "RefreshError")
+                raise StorePermissionError(
+                    f"{op}: could not get an access token for the configured Google credentials",
+                    store=self.name,
+                    secret=ref.secret,
+                ) from exc
+            except (OSError, self._auth.TransportError) as exc:
+                record_call(SERVICE, op, type(exc).__name__)
+                if attempt < retry.attempts:
+                    delay = self._backoff(delay, op, ref, type(exc).__name__)
+                    continue
+                raise StoreUnavailable(
+                    f"{op}: Secret Manager could not be reached after {attempt} attempts ({type(exc).__name__})",
+                    store=self.name,
+                    secret=ref.secret,
+                ) from exc
+            else:
+                record_call(SERVICE, op, 200)
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, delay: float, op: str, ref: TargetRef, status: object) -> float:
+        retry = self.config.retry
+        _log().info("gcp_retry", store=self.name, target=ref.secret, operation=op, status=str(status))
+        self._sleep(delay * self._random.uniform(0.5, 1.0))
+        return min(delay * retry.multiplier, retry.max_backoff.total_seconds())
+
+    def _status_name(self, exc: Any) -> str:
+        code = getattr(exc, "grpc_status_code", None)
+        if code is not None and hasattr(code, "name"):
+            return str(code.name)
+        response = getattr(exc, "response", None)
+        if response is not None and hasattr(response, "json"):
+            with contextlib.suppress(Exception):
+                status = response.json().get("error", {}).get("status")
+                if isinstance(status, str):
+                    return status
+        return ""
+
+    def _translate(self, op: str, ref: TargetRef, exc: Any, attempts: int) -> Exception:
+        g = self._g
+        status = self._status_name(exc) or str(exc.code)
+        message = _short(str(exc.message))
+        if isinstance(exc, g.Forbidden):  # PermissionDenied over gRPC, Forbidden over REST
+            perm, role = PERMISSIONS.get(op, ("secretmanager.*", "roles/secretmanager.admin"))
+            return StorePermissionError(
+                f"permission denied: {op} needs {perm}; grant {role} ({CUSTOM_ROLE_HINT}) "
+                f"to rotator's service account",
+                store=self.name,
+                secret=ref.secret,
+            )
+        if isinstance(exc, g.Unauthorized):
+            return StorePermissionError(
+                f"{op}: the Google credentials were rejected (401 {status})", store=self.name, secret=ref.secret
+            )
+        if isinstance(exc, self._retryable):
+            return StoreUnavailable(
+                f"{op} kept failing ({exc.code} {status}) after {attempts} attempts",
+                store=self.name,
+                secret=ref.secret,
+            )
+        if isinstance(exc, g.NotFound):
+            kind = "not_found"
+        elif isinstance(exc, g.AlreadyExists) or status == "ALREADY_EXISTS":
+            kind = "exists"
+        elif isinstance(exc, g.Aborted | g.Conflict) or status == "ABORTED":
+            kind = "etag"
+        elif isinstance(exc, g.BadRequest) and status == "FAILED_PRECONDITION":
+            kind = "precondition"
+        elif isinstance(exc, g.BadRequest):
+            kind = "bad_request"
+        else:
+            kind = "other"
+        return _ApiError(kind, op, status, message)
+
+    @contextlib.contextmanager
+    def _boundary(self, ref: TargetRef) -> Iterator[None]:
+        """Turn an :class:`_ApiError` that no method handled into a StoreError."""
+        try:
+            yield
+        except _ApiError as exc:
+            cls: type[StoreError]
+            if exc.kind == "not_found":
+                cls = StoreNotFound
+            elif exc.kind in ("exists", "etag", "precondition"):
+                cls = StoreConflict
+            else:
+                cls = StoreError
+            raise cls(f"{exc.op} failed: {exc.status}: {exc.message}", store=self.name, secret=ref.secret) from exc
+
+    # -- reads and writes of the secret's metadata -----------------------------------------------------------
+
+    def _to_secret(self, pb: Any) -> _Secret:
+        return _Secret(
+            name=str(pb.name),
+            etag=str(pb.etag),
+            labels=dict(pb.labels),
+            annotations=dict(pb.annotations),
+            aliases={str(k): int(v) for k, v in pb.version_aliases.items()},
+        )
+
+    def _remember(self, ref: TargetRef, secret: _Secret | None) -> None:
+        with self._lock:
+            self._cache[self._secret_name(ref)] = (time.monotonic(), secret)
+
+    def _forget(self, ref: TargetRef) -> None:
+        with self._lock:
+            self._cache.pop(self._secret_name(ref), None)
+
+    def _cached(self, ref: TargetRef, max_age: float | None) -> tuple[bool, _Secret | None]:
+        with self._lock:
+            hit = self._cache.get(self._secret_name(ref))
+        if hit is None or (max_age is not None and time.monotonic() - hit[0] > max_age):
+            return False, None
+        return True, hit[1]
+
+    def _get(self, ref: TargetRef) -> _Secret | None:
+        """GetSecret, remembered; ``None`` when the secret does not exist."""
+        name = self._secret_name(ref)
+        try:
+            pb = self._call("GetSecret", ref, lambda: self._client.get_secret(**self._kw({"name": name})))
+        except _ApiError as exc:
+            if exc.kind == "not_found":
+                self._remember(ref, None)
+                return None
+            raise
+        secret = self._to_secret(pb)
+        self._remember(ref, secret)
+        return secret
+
+    def _load(self, ref: TargetRef) -> _Secret | None:
+        """The secret as a base for a write: a copy read less than ``cache_for`` ago, else a fresh read."""
+        hit, secret = self._cached(ref, self.config.cache_for.total_seconds())
+        return secret if hit else self._get(ref)
+
+    def _kw(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"request": request, "retry": None, "timeout": self.config.timeout.total_seconds()}
+
+    def _patch(self, ref: TargetRef, secret: _Secret, change: _Change) -> _Secret:
+        """UpdateSecret with the etag; raises ``_ApiError(kind="etag"|"precondition")`` on a mismatch."""
+        mask = [
+            path
+            for path, old, new in (
+                ("labels", secret.labels, change.labels),
+                ("annotations", secret.annotations, change.annotations),
+                ("version_aliases", secret.aliases, change.aliases),
+            )
+            if old != new
+        ]
+        request = {
+            "secret": {
+                "name": secret.name,
+                "etag": secret.etag,
+                "labels": change.labels,
+                "annotations": change.annotations,
+                "version_aliases": change.aliases,
+            },
+            "update_mask": {"paths": mask},
+        }
+        try:
+            pb = self._call("UpdateSecret", ref, lambda: self._client.update_secret(**self._kw(request)))
+        except _ApiError:
+            self._forget(ref)
+            raise
+        updated = self._to_secret(pb)
+        self._remember(ref, updated)
+        return updated
+
+    def _update(
+        self, ref: TargetRef, secret: _Secret | None, mutate: Callable[[_Secret], _Change | None]
+    ) -> _Secret:
+        """Apply ``mutate`` with an etag-guarded PATCH, re-reading and redoing it after a concurrent change.
+
+        ``mutate`` returns ``None`` when there is nothing (left) to change. Raises StoreNotFound when the
+        secret does not exist (any more), StoreUnavailable when other writers kept winning.
+        """
+        for _ in range(self.config.conflict_retries):
+            if secret is None:
+                raise StoreNotFound("the secret does not exist", store=self.name, secret=ref.secret)
+            change = mutate(secret)
+            if change is None or (
+                change.labels == secret.labels
+                and change.annotations == secret.annotations
+                and change.aliases == secret.aliases
+            ):
+                return secret
+            try:
+                return self._patch(ref, secret, self._fit(ref, change))
+            except _ApiError as exc:
+                if exc.kind not in ("etag", "precondition"):
+                    raise
+                _log().info("gcp_etag_conflict", store=self.name, target=ref.secret)
+                secret = self._get(ref)
+        raise StoreUnavailable(
+            f"gave up after {self.config.conflict_retries} concurrent updates of the secret",
+            store=self.name,
+            secret=ref.secret,
+        )
+
+    def _fit(self, ref: TargetRef, change: _Change) -> _Change:
+        """Drop the oldest retired entries beyond ``keep_retired``, then while over the annotations budget."""
+        ann = dict(change.annotations)
+        retired = sorted(v for v, e in _entries_of(ann).items() if e.state == RETIRED)
+        excess = max(0, len(retired) - self.config.keep_retired)
+        for v in retired[:excess]:
+            del ann[_entry_key(v)]
+        retired = retired[excess:]
+        while _annotations_size(ann) > ANNOTATION_BUDGET and retired:
+            del ann[_entry_key(retired.pop(0))]
+        if _annotations_size(ann) >= ANNOTATION_LIMIT:
+            raise StoreConflict(
+                f"the secret's annotations would exceed Secret Manager's 16 KiB ({_annotations_size(ann)} bytes); "
+                "remove annotations that rotator did not write",
+                store=self.name,
+                secret=ref.secret,
+            )
+        return replace(change, annotations=ann)
+
+    # -- versions -------------------------------------------------------------------------------------------
+
+    def _add_version(self, ref: TargetRef, value: SecretText) -> int:
+        import google_crc32c
+
+        data = value.reveal().encode()
+        request = {
+            "parent": self._secret_name(ref),
+            "payload": {"data": data, "data_crc32c": google_crc32c.value(data)},
+        }
+        try:
+            pb = self._call("AddSecretVersion", ref, lambda: self._client.add_secret_version(**self._kw(request)))
+        except _ApiError as exc:
+            if exc.kind == "not_found":
+                self._forget(ref)
+                raise StoreNotFound(
+                    "the secret was deleted while a version was being added", store=self.name, secret=ref.secret
+                ) from exc
+            if exc.kind == "bad_request" and "checksum" in exc.message.lower():
+                raise StoreIntegrityError(
+                    "Secret Manager rejected the payload's CRC32C checksum (corrupted in transit)",
+                    store=self.name,
+                    secret=ref.secret,
+                ) from exc
+            raise
+        return int(str(pb.name).rsplit("/", 1)[1])
+
+    def _access(self, ref: TargetRef, version: int) -> tuple[Literal["ok", "missing", "unusable"], bytes]:
+        """The payload of a version: ``("ok", data)``, ``("missing", b"")`` when the version does not exist,
+        ``("unusable", b"")`` when it is disabled or destroyed."""
+        import google_crc32c
+
+        name = f"{self._secret_name(ref)}/versions/{version}"
+        try:
+            pb = self._call(
+                "AccessSecretVersion", ref, lambda: self._client.access_secret_version(**self._kw({"name": name}))
+            )
+        except _ApiError as exc:
+            if exc.kind in ("not_found", "precondition"):
+                return ("missing" if exc.kind == "not_found" else "unusable"), b""
+            raise
+        data = bytes(pb.payload.data)
+        expected = int(pb.payload.data_crc32c or 0)
+        if expected and google_crc32c.value(data) != expected:
+            raise StoreIntegrityError(
+                f"version {version} failed its CRC32C check on read", store=self.name, secret=ref.secret
+            )
+        return "ok", data
+
+    def _version_state(self, ref: TargetRef, version: int) -> tuple[int, datetime | None] | None:
+        """GetSecretVersion: ``(state, created)``, or ``None`` when the version does not exist."""
+        name = f"{self._secret_name(ref)}/versions/{version}"
+        try:
+            pb = self._call(
+                "GetSecretVersion", ref, lambda: self._client.get_secret_version(**self._kw({"name": name}))
+            )
+        except _ApiError as exc:
+            if exc.kind == "not_found":
+                return None
+            raise
+        created = pb.create_time
+        return int(pb.state), (created if isinstance(created, datetime) else None)
+
+    def _set_state(self, ref: TargetRef, version: int, op: str) -> bool:
+        """Disable or destroy a version. ``False`` when it no longer exists or is already destroyed."""
+        name = f"{self._secret_name(ref)}/versions/{version}"
+        method = {
+            "DisableSecretVersion": self._client.disable_secret_version,
+            "DestroySecretVersion": self._client.destroy_secret_version,
+        }[op]
+        try:
+            self._call(op, ref, lambda: method(**self._kw({"name": name})))
+        except _ApiError as exc:
+            if exc.kind in ("not_found", "precondition"):
+                return False
+            raise
+        return True
+
+    def _list_first_page(self, ref: TargetRef, size: int = 25) -> list[tuple[int, int, datetime | None]]:
+        """The newest ``size`` versions as ``(number, state, created)``: one ListSecretVersions call."""
+        request = {"parent": self._secret_name(ref), "page_size": size}
+        pager = self._call(
+            "ListSecretVersions", ref, lambda: self._client.list_secret_versions(**self._kw(request))
+        )
+        out = []
+        for v in pager.versions:  # the first page only: the pager would fetch more pages lazily
+            created = v.create_time
+            out.append(
+                (int(str(v.name).rsplit("/", 1)[1]), int(v.state), created if isinstance(created, datetime) else None)
+            )
+        return out
+
+    # -- SecretStore ----------------------------------------------------------------------------------------
+
+    def inspect(self, ref: TargetRef) -> SecretState:
+        """One GetSecret in steady state; one GetSecretVersion more per version staged but not yet promoted,
+        and one ListSecretVersions for a secret rotator has not written to yet (to tell a foreign value).
+
+        Raises: StoreUnavailable, StorePermissionError.
+        """
+        with self._boundary(ref):
+            secret = self._get(ref)
+            if secret is None:
+                return SecretState(exists=False)
+            entries = secret.entries
+            if not entries:
+                return self._inspect_unmanaged(ref)
+            current = secret.aliases.get(CURRENT)
+            versions = []
+            for e in sorted(entries.values(), key=lambda e: -e.version):
+                created, enabled = _parse_time(e.at), e.state != RETIRED
+                if e.state == STAGED and e.version != current:
+                    found = self._version_state(ref, e.version)
+                    if found is None:  # a stage that died before addVersion
+                        continue
+                    enabled, created = found[0] == _ENABLED, found[1] or created
+                versions.append(StoredVersion(str(e.version), e.key_id, created, e.version == current, enabled))
+            cur = entries.get(current) if current is not None else None
+            return SecretState(
+                exists=True,
+                versions=tuple(versions),
+                current_key_id=cur.key_id if cur else None,
+                current_since=_parse_time(cur.promoted_at) if cur else None,
+                foreign=current is not None and cur is None,
+            )
+
+    def _inspect_unmanaged(self, ref: TargetRef) -> SecretState:
+        listed = self._list_first_page(ref)
+        latest = next((n for n, state, _ in listed if state == _ENABLED), None)
+        versions = tuple(
+            StoredVersion(str(n), None, created, n == latest, state == _ENABLED) for n, state, created in listed
+        )
+        return SecretState(exists=True, versions=versions, foreign=latest is not None)
+
+    def stage(self, ref: TargetRef, value: SecretText, meta: VersionMeta) -> None:
+        """Add ``value`` as a new version recording ``meta.key_id`` (creating the secret when missing).
+
+        Idempotent: a key id already recorded is not added again; a stage that died between recording the
+        entry and ``addVersion`` is finished (the version is read back and compared first).
+        Raises: StoreConflict (secret of another policy, or holding foreign versions without ``adopt``),
+        StoreIntegrityError (checksum refused), StoreUnavailable, StorePermissionError.
+        """
+        with self._boundary(ref):
+            key_id = meta.key_id
+            secret = self._load(ref)
+            for _ in range(self.config.conflict_retries):
+                if secret is None:
+                    created = self._create(ref, meta)
+                    if created is None:  # someone else created it first
+                        secret = self._get(ref)
+                        continue
+                    self._add_and_settle(ref, created, 1, value, meta)
+                    return
+                self._check_owner(ref, secret)
+                mine = secret.of_key(key_id)
+                if any(e.state != STAGED for e in mine):
+                    return  # added and promoted (or retired) before
+                predicted: int | None = None
+                if mine:
+                    # an earlier stage recorded the entry: did its addVersion happen?
+                    staged = mine[0].version
+                    status, data = self._access(ref, staged)
+                    if status == "ok" and _holds(data, value, key_id):
+                        return
+                    predicted = staged if status == "missing" else None
+                    self._add_and_settle(ref, secret, predicted, value, meta, drop=staged)
+                    return
+                head = secret.head
+                if not secret.entries:
+                    listed = self._list_first_page(ref)
+                    head = max([head, *(n for n, _, _ in listed)])
+                    opts = self._options(ref)
+                    if any(state == _ENABLED for _, state, _ in listed) and not (opts and opts.adopt):
+                        raise StoreConflict(
+                            "the secret holds versions rotator did not write; set `adopt: true` on the target "
+                            "to take it over, or point the target at a new secret",
+                            store=self.name,
+                            secret=ref.secret,
+                        )
+                predicted = head + 1
+                entry = self._new_entry(predicted, meta)
+                change = _Change(
+                    labels=self._labels(ref, secret.labels),
+                    annotations={**secret.annotations, _entry_key(predicted): entry.dump(), SCHEMA_KEY: SCHEMA},
+                    aliases=dict(secret.aliases),
+                )
+                try:
+                    recorded = self._patch(ref, secret, self._fit(ref, change))
+                except _ApiError as exc:
+                    if exc.kind not in ("etag", "precondition"):
+                        raise
+                    _log().info("gcp_etag_conflict", store=self.name, target=ref.secret)
+                    secret = self._get(ref)
+                    continue
+                self._add_and_settle(ref, recorded, predicted, value, meta)
+                return
+            raise StoreUnavailable(
+                f"gave up after {self.config.conflict_retries} concurrent updates of the secret",
+                store=self.name,
+                secret=ref.secret,
+            )
+
+    def _new_entry(self, version: int, meta: VersionMeta) -> _Entry:
+        expires = _iso(meta.expires_at) if meta.expires_at else None
+        return _Entry(version, meta.key_id, STAGED, at=_iso(self._clock()), expires=expires)
+
+    def _labels(self, ref: TargetRef, labels: dict[str, str]) -> dict[str, str]:
+        return {**labels, MANAGED_BY[0]: MANAGED_BY[1], POLICY_LABEL: ref.policy}
+
+    def _check_owner(self, ref: TargetRef, secret: _Secret) -> None:
+        owner = secret.labels.get(POLICY_LABEL)
+        if owner and owner != ref.policy:
+            raise StoreConflict(
+                f"the secret is managed by rotator policy {owner!r}, not {ref.policy!r}",
+                store=self.name,
+                secret=ref.secret,
+            )
+
+    def _create(self, ref: TargetRef, meta: VersionMeta) -> _Secret | None:
+        """CreateSecret with labels and the entry of version 1; ``None`` when it already exists."""
+        opts = self._options(ref)
+        replication = (opts.replication if opts and opts.replication else None) or self.config.replication
+        if isinstance(replication, UserManagedReplication):
+            repl: dict[str, Any] = {"user_managed": {"replicas": [{"location": loc} for loc in replication.locations]}}
+        else:
+            repl = {"automatic": {}}
+        request = {
+            "parent": f"projects/{self._project(ref)}",
+            "secret_id": ref.secret,
+            "secret": {
+                "replication": repl,
+                "labels": self._labels(ref, {}),
+                "annotations": {_entry_key(1): self._new_entry(1, meta).dump(), SCHEMA_KEY: SCHEMA},
+            },
+        }
+        try:
+            pb = self._call("CreateSecret", ref, lambda: self._client.create_secret(**self._kw(request)))
+        except _ApiError as exc:
+            if exc.kind in ("exists", "etag"):
+                return None
+            raise
+        created = self._to_secret(pb)
+        self._remember(ref, created)
+        return created
+
+    def _add_and_settle(
+        self,
+        ref: TargetRef,
+        secret: _Secret,
+        predicted: int | None,
+        value: SecretText,
+        meta: VersionMeta,
+        *,
+        drop: int | None = None,
+    ) -> None:
+        """addVersion; when it got another number than recorded, move the entry there (etag-guarded)."""
+        number = self._add_version(ref, value)
+        if number == predicted:
+            return
+        wrong = {v for v in (predicted, drop) if v is not None}
+        _log().info("gcp_version_number_moved", store=self.name, target=ref.secret, version=number)
+        entry = self._new_entry(number, meta)
+
+        def mutate(s: _Secret) -> _Change:
+            ann = dict(s.annotations)
+            for v in wrong:
+                old = _Entry.load(v, ann.get(_entry_key(v), ""))
+                if old is not None and old.key_id == meta.key_id and old.state == STAGED:
+                    del ann[_entry_key(v)]
+            # version `number` holds this key whatever the metadata said before
+            ann[_entry_key(number)] = entry.dump()
+            return _Change(self._labels(ref, s.labels), ann, dict(s.aliases))
+
+        self._update(ref, secret, mutate)
+
+    def read(self, ref: TargetRef, key_id: str) -> SecretText:
+        """The value of the newest enabled version holding ``key_id``: one AccessSecretVersion.
+
+        Raises: StoreNotFound (no such version, or it is disabled), StoreIntegrityError (CRC32C),
+        StoreUnavailable, StorePermissionError.
+        """
+        with self._boundary(ref):
+            hit, secret = self._cached(ref, None)
+            for attempt in ("cached", "fresh") if hit else ("fresh",):
+                if attempt == "fresh":
+                    secret = self._get(ref)
+                if secret is None:
+                    continue
+                for e in secret.of_key(key_id):
+                    if e.state == RETIRED:
+                        continue
+                    status, data = self._access(ref, e.version)
+                    if status == "ok":
+                        try:
+                            return SecretText(data.decode())
+                        except UnicodeDecodeError:
+                            raise StoreIntegrityError(
+                                f"version {e.version} is not UTF-8 text", store=self.name, secret=ref.secret
+                            ) from None
+            raise StoreNotFound(f"no enabled version holds key {key_id}", store=self.name, secret=ref.secret)
+
+    def promote(self, ref: TargetRef, key_id: str) -> None:
+        """Point the alias ``current`` at the version holding ``key_id`` (``previous`` at the one before) and
+        record when: one UpdateSecret. Promoting the current key again changes nothing.
+
+        Raises: StoreNotFound (nothing staged for key_id), StoreConflict (its versions are retired),
+        StoreUnavailable, StorePermissionError.
+        """
+        with self._boundary(ref):
+            now = _iso(self._clock())
+
+            def mutate(s: _Secret) -> _Change | None:
+                mine = s.of_key(key_id)
+                if not mine:
+                    raise StoreNotFound(f"nothing staged for key {key_id}", store=self.name, secret=ref.secret)
+                usable = [e for e in mine if e.state != RETIRED]
+                if not usable:
+                    raise StoreConflict(
+                        f"the versions holding key {key_id} are retired", store=self.name, secret=ref.secret
+                    )
+                target = usable[0]
+                current = s.aliases.get(CURRENT)
+                if current == target.version and target.state == LIVE:
+                    return None
+                aliases = dict(s.aliases)
+                if current is not None and current != target.version:
+                    aliases[PREVIOUS] = current
+                aliases[CURRENT] = target.version
+                live = replace(target, state=LIVE, promoted_at=now)
+                return _Change(dict(s.labels), {**s.annotations, _entry_key(target.version): live.dump()}, aliases)
+
+            try:
+                self._update(ref, self._load(ref), mutate)
+            except _ApiError as exc:
+                if exc.kind == "bad_request":  # the alias names a version that does not exist
+                    raise StoreNotFound(
+                        f"the version staged for key {key_id} does not exist; stage it again",
+                        store=self.name,
+                        secret=ref.secret,
+                    ) from exc
+                raise
+
+    def retire(self, ref: TargetRef, key_id: str) -> None:
+        """Disable every version holding ``key_id`` and record it; destroy versions disabled at least
+        ``destroy_after`` ago. Calls: one DisableSecretVersion per version, one UpdateSecret.
+
+        Idempotent; a key rotator never wrote here is a no-op. Raises StoreConflict for the current key (and
+        re-enables a version that a concurrent promote made current meanwhile), StoreUnavailable,
+        StorePermissionError.
+        """
+        with self._boundary(ref):
+            secret = self._load(ref)
+            if secret is None:
+                return
+            mine = secret.of_key(key_id)
+            if any(e.version == secret.aliases.get(CURRENT) for e in mine):
+                raise StoreConflict(
+                    f"key {key_id} is the current version; promote another key first",
+                    store=self.name,
+                    secret=ref.secret,
+                )
+            now = self._clock()
+            disabled: set[int] = set()
+            gone: set[int] = set()
+            for e in mine:
+                if e.state != RETIRED:
+                    (disabled if self._set_state(ref, e.version, "DisableSecretVersion") else gone).add(e.version)
+            destroyed: set[int] = set()
+            if self.config.destroy_after is not None:
+                aliased = set(secret.aliases.values())
+                for e in secret.entries.values():
+                    when = _parse_time(e.retired_at)
+                    if (
+                        e.state == RETIRED
+                        and when is not None
+                        and when + self.config.destroy_after <= now
+                        and e.version not in aliased
+                    ):
+                        self._set_state(ref, e.version, "DestroySecretVersion")
+                        destroyed.add(e.version)
+            if not (disabled or gone or destroyed):
+                return
+            stamp = _iso(now)
+
+            def mutate(s: _Secret) -> _Change:
+                ann, aliases = dict(s.annotations), dict(s.aliases)
+                if aliases.get(CURRENT) in disabled:
+                    raise _CurrentRaced(aliases[CURRENT])
+                for v in disabled:
+                    old = _Entry.load(v, ann.get(_entry_key(v), ""))
+                    if old is not None and old.key_id == key_id:
+                        ann[_entry_key(v)] = replace(old, state=RETIRED, retired_at=stamp).dump()
+                for v in gone | destroyed:
+                    ann.pop(_entry_key(v), None)
+                if aliases.get(PREVIOUS) in disabled | gone | destroyed:
+                    del aliases[PREVIOUS]
+                return _Change(dict(s.labels), ann, aliases)
+
+            try:
+                self._update(ref, secret, mutate)
+            except _CurrentRaced as raced:
+                name = f"{self._secret_name(ref)}/versions/{raced.version}"
+                self._call(
+                    "EnableSecretVersion", ref, lambda: self._client.enable_secret_version(**self._kw({"name": name}))
+                )
+                raise StoreConflict(
+                    f"key {key_id} became current while it was being retired; it was re-enabled",
+                    store=self.name,
+                    secret=ref.secret,
+                ) from None
+
+    def close(self) -> None:
+        """Close the client's channel or session. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        transport = getattr(self._client, "transport", None)
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                transport.close()
+
+
+CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
+
+
+class _UnsupportedCredentials(ValueError):
+    pass
+
+
+def _credentials_from_file(path: str) -> Any:
+    """Credentials from a key file, loaded by its declared ``type`` (google-auth's generic loader is deprecated
+    because it trusts any type): ``service_account``, ``authorized_user`` or ``external_account`` (workload
+    identity federation, file/URL- or AWS-sourced)."""
+    with open(path, encoding="utf-8") as f:
+        info = json.load(f)
+    kind = info.get("type") if isinstance(info, dict) else None
+    if kind == "service_account":
+        from google.oauth2 import service_account
+
+        return service_account.Credentials.from_service_account_info(info, scopes=[CLOUD_PLATFORM])  # type: ignore[no-untyped-call]
+    if kind == "authorized_user":
+        from google.oauth2 import credentials as user_credentials
+
+        return user_credentials.Credentials.from_authorized_user_info(info, scopes=[CLOUD_PLATFORM])  # type: ignore[no-untyped-call]
+    if kind == "external_account":
+        source = info.get("credential_source") or {}
+        if str(source.get("environment_id", "")).startswith("aws"):
+            from google.auth import aws
+
+            return aws.Credentials.from_info(info, scopes=[CLOUD_PLATFORM])  # type: ignore[no-untyped-call]
+        from google.auth import identity_pool
+
+        return identity_pool.Credentials.from_info(info, scopes=[CLOUD_PLATFORM])  # type: ignore[no-untyped-call]
+    raise _UnsupportedCredentials(
+        f"unsupported credentials type {kind!r}: use a service_account, authorized_user or external_account file, "
+        "or leave credentials_file unset to use Application Default Credentials"
+    )
+
+
+def open_store(
+    name: str,
+    config: BaseModel,
+    *,
+    credentials: Any = None,
+    client_options: dict[str, Any] | None = None,
+    clock: Callable[[], datetime] | None = None,
+    sleep: Callable[[float], None] | None = None,
+    **_: Any,
+) -> SecretStore:
+    """Open the GCP store ``name``. Credentials: ``credentials`` if given, else ``credentials_file``, else
+    Application Default Credentials (workload identity, the metadata server, ``GOOGLE_APPLICATION_CREDENTIALS``,
+    ``gcloud auth application-default login``).
+
+    Raises: MissingExtraError (``rotator[gcp]`` not installed), StorePermissionError (no usable credentials).
+    """
+    cfg = config if isinstance(config, StoreConfig) else StoreConfig.model_validate(config.model_dump())
+    try:
+        import google_crc32c  # noqa: F401 - checked here so a missing extra fails at open time
+        from google.auth import exceptions as auth_exc
+        from google.cloud import secretmanager
+    except ImportError as exc:
+        raise MissingExtraError("gcp", exc.name or "google.cloud.secretmanager") from exc
+    options: dict[str, Any] = {}
+    if cfg.endpoint:
+        options["api_endpoint"] = cfg.endpoint
+    options.update(client_options or {})
+    creds = credentials
+    if creds is None and cfg.credentials_file:
+        try:
+            creds = _credentials_from_file(cfg.credentials_file)
+        except _UnsupportedCredentials as exc:
+            raise StorePermissionError(f"credentials_file {cfg.credentials_file!r}: {exc}", store=name) from exc
+        except (OSError, ValueError, auth_exc.GoogleAuthError) as exc:
+            raise StorePermissionError(
+                f"could not load credentials_file {cfg.credentials_file!r}: {type(exc).__name__}", store=name
+            ) from exc
+    try:
+        client = secretmanager.SecretManagerServiceClient(
+            transport=cfg.transport, credentials=creds, client_options=options
+        )
+    except auth_exc.DefaultCredentialsError as exc:
+        raise StorePermissionError(
+            "no Google credentials found: run on GCP with a service account (workload identity), set "
+            "GOOGLE_APPLICATION_CREDENTIALS or the store's credentials_file, or run "
+            "`gcloud auth application-default login`",
+            store=name,
+        ) from exc
+    return GcpSecretManagerStore(name, cfg, client, clock=clock, sleep=sleep)
