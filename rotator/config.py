@@ -191,7 +191,7 @@ class Defaults(BaseModel):
 
 
 class RawPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     name: str
     role: str
@@ -203,6 +203,10 @@ class RawPolicy(BaseModel):
     orphan_after: Duration | None = None
     format: Literal["json", "env", "key"] | None = None
     targets: list[dict[str, Any]] = Field(min_length=1)
+    pickup: list[dict[str, Any]] = []
+    max_wait: Duration | None = None
+    revoke_after: Duration | None = None
+    self_: bool = Field(False, alias="self")
 
     @field_validator("name")
     @classmethod
@@ -308,6 +312,10 @@ class Policy:
     orphan_after: timedelta
     format: str
     targets: tuple[Target, ...]
+    pickup: tuple[BaseModel, ...] = ()
+    max_wait: timedelta | None = None
+    revoke_after: timedelta | None = None
+    manages_self: bool = False
 
     @property
     def key_description(self) -> str:
@@ -489,6 +497,18 @@ def _resolve_policy(
     if partial:
         return None
     targets = _resolve_targets(path, p.targets, fmt, raw, specs, issues)
+    pickup = _resolve_pickup(path, p.pickup, issues)
+    if p.revoke_after is not None and p.revoke_after < grace:
+        issues.append(ConfigIssue(f"{path}.revoke_after", f"must be at least grace ({format_duration(grace)})"))
+    if p.max_wait is not None and p.revoke_after is not None and p.max_wait > p.revoke_after:
+        issues.append(ConfigIssue(f"{path}.max_wait", "must not exceed revoke_after: notify before revoking anyway"))
+    if (p.max_wait is not None or p.revoke_after is not None) and not p.pickup:
+        issues.append(ConfigIssue(
+            f"{path}.max_wait" if p.max_wait is not None else f"{path}.revoke_after",
+            "only applies with pickup checks (pickup: [...]); without them grace alone decides",
+        ))
+    if p.self_:
+        _check_self(path, p, targets, raw, issues)
     if len(issues) > start:
         return None
     return Policy(
@@ -502,7 +522,56 @@ def _resolve_policy(
         orphan_after=orphan_after,
         format=fmt,
         targets=tuple(targets),
+        pickup=tuple(pickup),
+        max_wait=p.max_wait,
+        revoke_after=p.revoke_after,
+        manages_self=p.self_,
     )
+
+
+def _resolve_pickup(path: str, raw_checks: list[dict[str, Any]], issues: list[ConfigIssue]) -> list[BaseModel]:
+    from rotator.pickup import base as pickup_base
+
+    out: list[BaseModel] = []
+    known = ", ".join(sorted(pickup_base.REGISTRY))
+    for j, c in enumerate(raw_checks):
+        cpath = f"{path}.pickup[{j}]"
+        kind = c.get("type") if isinstance(c, dict) else None
+        if kind == "grace":
+            issues.append(ConfigIssue(f"{cpath}.type", "grace always applies: set `grace:` on the policy instead"))
+            continue
+        if kind not in pickup_base.REGISTRY:
+            issues.append(ConfigIssue(f"{cpath}.type", f"unknown pickup check {kind!r}; use one of: {known}"))
+            continue
+        try:
+            out.append(pickup_base.backend(kind).CheckConfig.model_validate(c))
+        except ValidationError as exc:
+            issues.extend(_issues(exc, cpath))
+    return out
+
+
+def _check_self(path: str, p: RawPolicy, targets: list[Target], raw: RawConfig, issues: list[ConfigIssue]) -> None:
+    """``self: true``: the policy rotates rotator's own management key, which must be read from its target."""
+    mk = raw.issuer.management_key
+    if p.role.lower() != "owner":
+        issues.append(ConfigIssue(f"{path}.role", "a policy with self: true must use role owner (rotator's own key "
+                                                  "creates and revokes keys)"))
+    if mk is None or mk.store is None:
+        issues.append(ConfigIssue(
+            f"{path}.self",
+            "rotator can rotate its own key only when it reads the key from a store this policy writes: set "
+            "issuer.management_key: {store: <store>, secret: <secret>} to one of this policy's targets",
+        ))
+        return
+    if not any(t.store == mk.store and t.secret == mk.secret for t in targets):
+        issues.append(ConfigIssue(
+            f"{path}.targets",
+            f"must include the secret rotator reads its management key from ({mk.store}:{mk.secret})",
+        ))
+    for t in targets:
+        if t.store == mk.store and t.secret == mk.secret and t.format != mk.format:
+            issues.append(ConfigIssue(f"{path}.targets", f"the management key target's format ({t.format}) must "
+                                                          f"match issuer.management_key.format ({mk.format})"))
 
 
 def _resolve_targets(
@@ -584,6 +653,8 @@ def from_mapping(data: Any, *, source: str | None = None) -> Config:
         issues.append(ConfigIssue("issuer.management_key.store", f"no store named {mk.store!r}"))
 
     policies: list[Policy] = []
+    if sum(1 for b in raw.policies if isinstance(b, dict) and b.get("self")) > 1:
+        issues.append(ConfigIssue("policies", "only one policy may set self: true"))
     seen_names: dict[str, int] = {}
     seen_targets: dict[str, str] = {}
     for i, body in enumerate(raw.policies):

@@ -167,8 +167,9 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
         if d is not None and now >= d:
             create_reason = f"key {active.key_id} is due (due at {_fmt_time(d)})"
             phase = "due"
-        elif opts.force and len([k for k in keys if k.key_id != active.key_id]) == 0:
-            create_reason = "rotation requested"
+        elif opts.force and (opts.emergency or all(k.key_id == active.key_id for k in keys)):
+            # a plain request waits for a rotation under way; an emergency (a leaked key) never waits
+            create_reason = "emergency rotation requested" if opts.emergency else "rotation requested"
             phase = "due"
         else:
             wake = _min(wake, d)
@@ -232,14 +233,30 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
                         f"old keys stay valid until {_fmt_time(grace_end)} ({format_duration(policy.grace)} grace)"
                     )
                     wake = _min(wake, grace_end)
-                elif obs.pickup is None and _has_pickup_checks(policy) and not opts.emergency:
+                elif obs.pickup is None and policy.pickup and not opts.emergency:
                     needs_pickup = active.key_id
                     blocked = "pickup checks have not been asked yet"
                 elif obs.pickup is not None and not opts.emergency:
                     lagging = [v for v in obs.pickup if v.key_id == active.key_id and not v.ok]
                     if lagging:
                         who = "; ".join(f"{v.check}: {', '.join(v.lagging) or v.detail}" for v in lagging)
-                        blocked = f"pickup: consumers still use an older key ({who})"
+                        waited = format_duration(now - last)
+                        blocked = (
+                            f"pickup: consumers lag on key {active.key_id} since {_fmt_time(last)} ({waited}): {who}"
+                        )
+                        if policy.revoke_after is not None and now >= last + policy.revoke_after:
+                            after = format_duration(policy.revoke_after)
+                            notes.append(f"! pickup: revoking anyway, revoke_after ({after}) passed; lagging: {who}")
+                            blocked = None
+                        else:
+                            if policy.revoke_after is not None:
+                                wake = _min(wake, last + policy.revoke_after)
+                            if policy.max_wait is not None:
+                                if now >= last + policy.max_wait:
+                                    notes.append(f"! pickup overdue for {p_name(policy)}: consumers still lag "
+                                                 f"{waited} after key {active.key_id} was published: {who}")
+                                else:
+                                    wake = _min(wake, last + policy.max_wait)
         if blocked is not None:
             phase = "awaiting-pickup" if phase == "steady" else phase
             notes.append(f"{len(old)} old key(s) kept: {blocked}")
@@ -264,8 +281,8 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
     )
 
 
-def _has_pickup_checks(policy: Policy) -> bool:
-    return bool(getattr(policy, "pickup", ()))
+def p_name(policy: Policy) -> str:
+    return policy.name
 
 
 def _plan_without_targets(policy: Policy, keys: list[KeyInfo], now: datetime, opts: Options) -> Plan:

@@ -164,7 +164,13 @@ def build(
         for c in reversed(closers):
             c()
         raise
-    engine = Engine(config, issuer, stores, endpoint=endpoint, clock=clock)
+    pickup = None
+    if any(p.pickup for p in config.policies):
+        from rotator.pickup.runner import PickupRunner
+
+        pickup = PickupRunner()
+        closers.append(pickup.close)
+    engine = Engine(config, issuer, stores, endpoint=endpoint, clock=clock, pickup=pickup)
     return App(config, engine, issuer, stores, closers)
 
 

@@ -316,12 +316,31 @@ class _ServiceError(Exception):
         self.cause = cause
 
 
-_UNAVAILABLE_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException", "InternalServiceError",
-                      "ServiceUnavailable", "RequestTimeout", "RequestTimeoutException"}
-_DENIED_CODES = {"AccessDeniedException", "AccessDenied", "UnrecognizedClientException",
-                 "InvalidSignatureException", "ExpiredTokenException", "IncompleteSignature"}
-_CONFLICT_CODES = {"InvalidRequestException", "InvalidParameterException", "ResourceExistsException",
-                   "PreconditionNotMetException", "LimitExceededException", "EncryptionFailure"}
+_UNAVAILABLE_CODES = {
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "InternalServiceError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeoutException",
+}
+_DENIED_CODES = {
+    "AccessDeniedException",
+    "AccessDenied",
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "ExpiredTokenException",
+    "IncompleteSignature",
+}
+_CONFLICT_CODES = {
+    "InvalidRequestException",
+    "InvalidParameterException",
+    "ResourceExistsException",
+    "PreconditionNotMetException",
+    "LimitExceededException",
+    "EncryptionFailure",
+}
 
 
 def _operation_name(snake: str) -> str:
@@ -452,15 +471,21 @@ class AwsSecretsManagerStore:
             err = exc.response.get("Error", {})
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             raise _ServiceError(str(err.get("Code", "Unknown")), str(err.get("Message", "")), status, exc) from exc
-        except (bex.EndpointConnectionError, bex.ConnectionClosedError, bex.ReadTimeoutError,
-                bex.ConnectTimeoutError, bex.HTTPClientError) as exc:
+        except (
+            bex.EndpointConnectionError,
+            bex.ConnectionClosedError,
+            bex.ReadTimeoutError,
+            bex.ConnectTimeoutError,
+            bex.HTTPClientError,
+        ) as exc:
             raise StoreUnavailable(
                 f"Secrets Manager {operation} failed after retries: {type(exc).__name__}", **where
             ) from exc
         except bex.NoCredentialsError as exc:
             raise StorePermissionError(
                 f"no AWS credentials found for secretsmanager:{operation} (set a profile, environment "
-                "credentials or an instance/Lambda role)", **where
+                "credentials or an instance/Lambda role)",
+                **where,
             ) from exc
         except bex.NoRegionError as exc:
             raise StoreError(
@@ -469,8 +494,7 @@ class AwsSecretsManagerStore:
             ) from exc
         except bex.ParamValidationError:
             # botocore may quote parameter values here; keep them out of the message and the chain
-            raise StoreError(f"Secrets Manager {operation} request rejected by parameter validation",
-                             **where) from None
+            raise StoreError(f"Secrets Manager {operation} request rejected by parameter validation", **where) from None
         except bex.BotoCoreError as exc:
             raise StoreError(f"Secrets Manager {operation} failed: {type(exc).__name__}", **where) from exc
 
@@ -489,7 +513,8 @@ class AwsSecretsManagerStore:
         if err.code == "InvalidRequestException" and "delet" in err.message.lower():
             return StoreConflict(
                 f"the secret is scheduled for deletion; restore it (aws secretsmanager restore-secret "
-                f"--secret-id {ref.secret}) or point the target elsewhere ({operation}: {detail})", **where
+                f"--secret-id {ref.secret}) or point the target elsewhere ({operation}: {detail})",
+                **where,
             )
         if err.code in _UNAVAILABLE_CODES or (err.status or 0) >= 500 or err.status == 429:
             return StoreUnavailable(f"Secrets Manager {operation} kept failing after retries: {err.code}", **where)
@@ -538,7 +563,9 @@ class AwsSecretsManagerStore:
             raise StoreConflict(
                 f"the secret was scheduled for deletion on {deleted:%Y-%m-%d %H:%M} UTC; restore it with "
                 f"'aws secretsmanager restore-secret --secret-id {ref.secret}' or point the target at "
-                "another secret", store=self.name, secret=ref.secret,
+                "another secret",
+                store=self.name,
+                secret=ref.secret,
             )
         d = _Described(
             at=now,
@@ -561,7 +588,8 @@ class AwsSecretsManagerStore:
             raise StoreConflict(
                 f"refusing to {action}: the secret's native rotation runs Lambda {d.rotation_lambda}, not "
                 "rotator; cancel it (aws secretsmanager cancel-rotate-secret) or point it at rotator's "
-                "rotation function (set ROTATOR_LAMBDA_ARN if it runs under another name)", **where
+                "rotation function (set ROTATOR_LAMBDA_ARN if it runs under another name)",
+                **where,
             )
         if opts.adopt:
             return
@@ -569,13 +597,15 @@ class AwsSecretsManagerStore:
         if current is not None and key_id_of(current) is None:
             raise StoreConflict(
                 f"refusing to {action}: the secret's AWSCURRENT version {current} was not written by rotator; "
-                "set 'adopt: true' on the target to take the secret over", **where
+                "set 'adopt: true' on the target to take the secret over",
+                **where,
             )
         owner = d.tags.get(TAG_POLICY)
         if d.tags.get(TAG_MANAGED_BY) == "rotator" and owner and owner != ref.policy:
             raise StoreConflict(
                 f"refusing to {action}: the secret is managed by rotator policy {owner!r}, not "
-                f"{ref.policy!r}; set 'adopt: true' on the target to take it over", **where
+                f"{ref.policy!r}; set 'adopt: true' on the target to take it over",
+                **where,
             )
 
     def _token(self, ref: TargetRef, key_id: str) -> str:
@@ -589,7 +619,10 @@ class AwsSecretsManagerStore:
         if holder is not None and holder != token and CURRENT not in d.stages.get(holder, []):
             self._log.warning(
                 "clearing stale AWSPENDING left by an earlier unfinished rotation",
-                target=ref.id, policy=ref.policy, version=holder, stale_key_id=key_id_of(holder),
+                target=ref.id,
+                policy=ref.policy,
+                version=holder,
+                stale_key_id=key_id_of(holder),
             )
 
     def _create(self, ref: TargetRef, opts: TargetOptions) -> _Described:
@@ -597,7 +630,9 @@ class AwsSecretsManagerStore:
         if arn_region(ref.secret) is not None:
             raise StoreNotFound(
                 "the secret named by this ARN does not exist; rotator creates secrets only when a target "
-                "names them by name", store=self.name, secret=ref.secret,
+                "names them by name",
+                store=self.name,
+                secret=ref.secret,
             )
         tags = {**self.config.tags, **(opts.tags or {}), TAG_MANAGED_BY: "rotator", TAG_POLICY: ref.policy}
         params: dict[str, Any] = {
@@ -656,7 +691,10 @@ class AwsSecretsManagerStore:
             return SecretState(exists=False)
         versions = tuple(
             StoredVersion(
-                version=vid, key_id=key_id_of(vid), created_at=None, current=CURRENT in labels,
+                version=vid,
+                key_id=key_id_of(vid),
+                created_at=None,
+                current=CURRENT in labels,
                 enabled=bool(labels),
             )
             for vid, labels in d.stages.items()
@@ -667,7 +705,10 @@ class AwsSecretsManagerStore:
             since = d.last_changed or self._version_created(ref, opts, current)
         current_key = key_id_of(current) if current else None
         return SecretState(
-            exists=True, versions=versions, current_key_id=current_key, current_since=since,
+            exists=True,
+            versions=versions,
+            current_key_id=current_key,
+            current_since=since,
             foreign=current is not None and current_key is None,
         )
 
@@ -702,12 +743,20 @@ class AwsSecretsManagerStore:
                     return
                 self._warn_stale_pending(ref, d, token)
                 resp = self._invoke(
-                    ref, opts, "put_secret_value", SecretId=ref.secret, SecretString=value.reveal(),
-                    ClientRequestToken=token, VersionStages=[PENDING],
+                    ref,
+                    opts,
+                    "put_secret_value",
+                    SecretId=ref.secret,
+                    SecretString=value.reveal(),
+                    ClientRequestToken=token,
+                    VersionStages=[PENDING],
                 )
             except _ServiceError as err:
-                if attempt == 0 and err.code in {"ResourceExistsException", "ResourceNotFoundException",
-                                                 "InvalidParameterException"}:
+                if attempt == 0 and err.code in {
+                    "ResourceExistsException",
+                    "ResourceNotFoundException",
+                    "InvalidParameterException",
+                }:
                     self._forget(ref, opts)  # the cache was stale: look again
                     continue
                 raise self._translate(err, "put_secret_value", ref) from err.cause
@@ -715,8 +764,14 @@ class AwsSecretsManagerStore:
             with self._lock:
                 for label in written:
                     d.attach(label, token)
-            self._log.info("staged new version", target=ref.id, policy=ref.policy, key_id=meta.key_id,
-                           version=token, labels=written)
+            self._log.info(
+                "staged new version",
+                target=ref.id,
+                policy=ref.policy,
+                key_id=meta.key_id,
+                version=token,
+                labels=written,
+            )
             if CURRENT not in written and PENDING not in written:
                 # AWS ignores a repeated put of a deprecated version: put the label back explicitly
                 try:
@@ -774,8 +829,14 @@ class AwsSecretsManagerStore:
                     self._forget(ref, opts)  # AWSCURRENT moved under us, or the version vanished: look again
                     continue
                 raise self._translate(err, "update_secret_version_stage", ref) from err.cause
-            self._log.info("promoted version to AWSCURRENT", target=ref.id, policy=ref.policy, key_id=key_id,
-                           version=token, previous=old)
+            self._log.info(
+                "promoted version to AWSCURRENT",
+                target=ref.id,
+                policy=ref.policy,
+                key_id=key_id,
+                version=token,
+                previous=old,
+            )
             return
 
     def retire(self, ref: TargetRef, key_id: str) -> None:
@@ -794,8 +855,9 @@ class AwsSecretsManagerStore:
             if d is None or not labels:
                 return
             if CURRENT in labels:
-                raise StoreConflict(f"refusing to retire key {key_id}: its version is AWSCURRENT",
-                                    store=self.name, secret=ref.secret)
+                raise StoreConflict(
+                    f"refusing to retire key {key_id}: its version is AWSCURRENT", store=self.name, secret=ref.secret
+                )
             current = d.holder(CURRENT)
             removals = [(label, token) for label in (PREVIOUS, PENDING) if label in labels]
             if current is not None and PENDING in d.stages.get(current, []):
@@ -803,8 +865,14 @@ class AwsSecretsManagerStore:
                 removals.append((PENDING, current))
             try:
                 for label, version in removals:
-                    self._invoke(ref, opts, "update_secret_version_stage", SecretId=ref.secret,
-                                 VersionStage=label, RemoveFromVersionId=version)
+                    self._invoke(
+                        ref,
+                        opts,
+                        "update_secret_version_stage",
+                        SecretId=ref.secret,
+                        VersionStage=label,
+                        RemoveFromVersionId=version,
+                    )
                     with self._lock:
                         d.detach(label, version)
             except _ServiceError as err:
@@ -847,5 +915,11 @@ def open_store(
         config = StoreConfig.model_validate(config.model_dump() if isinstance(config, BaseModel) else config)
     if session is None:
         session = boto3.session.Session(profile_name=config.profile)
-    return AwsSecretsManagerStore(name, config, session=session, client_kwargs=client_kwargs,
-                                  describe_ttl=describe_ttl, botocore_config=botocore_config)
+    return AwsSecretsManagerStore(
+        name,
+        config,
+        session=session,
+        client_kwargs=client_kwargs,
+        describe_ttl=describe_ttl,
+        botocore_config=botocore_config,
+    )
