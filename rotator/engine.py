@@ -26,7 +26,9 @@ from rotator.config import Config, Policy, Target
 from rotator.errors import (
     ConfigError,
     ConfigIssue,
+    IssuerAuthError,
     IssuerError,
+    IssuerPermissionError,
     RotatorError,
     StoreIntegrityError,
 )
@@ -149,6 +151,7 @@ class PassReport:
     policies: list[PolicyReport]
     error: str | None = None
     issuer_ok: bool = True
+    issuer_auth_error: bool = False  # the management key was refused (401/403): bad input, exit code 2
 
     @property
     def ok(self) -> bool:
@@ -402,7 +405,10 @@ class Engine:
         except IssuerError as exc:
             log.error("issuer unavailable", action="list_keys", error=_error_text(exc))
             reports = [PolicyReport(p.name, None, error=f"issuer: {_error_text(exc)}") for p in policies]
-            return PassReport(started, self.clock(), dry_run, reports, error=_error_text(exc), issuer_ok=False)
+            auth = isinstance(exc, IssuerAuthError | IssuerPermissionError)
+            return PassReport(
+                started, self.clock(), dry_run, reports, error=_error_text(exc), issuer_ok=False, issuer_auth_error=auth
+            )
 
         counter = _Counter(progress, "plan", len(policies))
 
@@ -413,7 +419,7 @@ class Engine:
                         policy,
                         all_keys,
                         stores,
-                        force=policy.name in force_set or policy.name in emergency_set,
+                        force=policy.name in force_set,
                         emergency=policy.name in emergency_set,
                         read_targets=read_targets,
                     )
@@ -567,6 +573,13 @@ class Engine:
                 )
             store.promote(ref, key.key_id)
             log.info("published key", target=target.id)
+            mk = self.config.issuer.management_key
+            if policy.manages_self and mk is not None and (mk.store, mk.secret) == (target.store, target.secret):
+                # rotator's own key: from now on this process uses the new key (the store has it for restarts)
+                switch = getattr(self.issuer, "set_management_key", None)
+                if switch is not None:
+                    switch(api_key)
+                    log.info("switched to the new management key", new_key_id=key.key_id)
 
     def _ensure_endpoint(self, policy: Policy, target: Target, store: SecretStore) -> None:
         """For format ``key``: the endpoint lives in a second secret, versioned by a hash of its value."""

@@ -145,9 +145,11 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
     wake: datetime | None = None
     phase: Phase = "steady"
 
-    # orphans: keys no target ever held, older than orphan_after
+    # orphans: keys no target ever held, older than orphan_after (a target that cannot be read might hold one)
     for k in keys:
         if k.key_id not in ever_held and (active is None or k.key_id != active.key_id):
+            if unknown:
+                continue
             if now - k.issued_at >= policy.orphan_after:
                 actions.append(Revoke(policy.name, k.key_id, "orphan: created but never stored", ()))
             else:
@@ -179,7 +181,12 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
         # outage, and a pass that died holding the pending key's plaintext will never publish it
         p = fresh_pending[-1] if fresh_pending else None
         until = p.issued_at + policy.orphan_after if p else now
-        outlives = active is not None and (active.expires_at is None or active.expires_at - skew > until)
+        # with no key at all there is nothing to outlive: retry at once after one lost key, but after two, wait,
+        # or a store that refuses every write would make each pass create another key
+        if active is None:
+            outlives = len(fresh_pending) >= 2
+        else:
+            outlives = active.expires_at is None or active.expires_at - skew > until
         if p is not None and outlives:
             notes.append(
                 f"waiting for key {p.key_id} (created {_fmt_time(p.issued_at)}, held by no target yet; a pass "

@@ -74,7 +74,9 @@ def test_due_key_is_replaced() -> None:
 def test_due_time_allows_for_clock_skew() -> None:
     k1 = key("k1", timedelta(minutes=39, seconds=45))
     assert due_at(POLICY, k1, timedelta(seconds=30)) == k1.issued_at + timedelta(minutes=39, seconds=30)
-    p = plan(POLICY, obs([k1], state(("k1", True)), state(("k1", True))), NOW, Options(clock_skew=timedelta(seconds=30)))
+    p = plan(
+        POLICY, obs([k1], state(("k1", True)), state(("k1", True))), NOW, Options(clock_skew=timedelta(seconds=30))
+    )
     assert isinstance(p.actions[0], CreateKey)
 
 
@@ -178,3 +180,18 @@ def test_plan_is_pure() -> None:
     a = state(("k1", False), ("k2", True), since=timedelta(minutes=6))
     o = obs([k1, k2], a, a)
     assert plan(POLICY, o, NOW) == plan(POLICY, o, NOW)
+
+
+def test_unreadable_target_blocks_the_orphan_sweep() -> None:
+    # found by the property test: the unreadable target may be the one that holds the "orphan"
+    k1 = key("k1", timedelta(minutes=30))
+    p = plan(POLICY, obs([k1], None, SecretState(False)), NOW)
+    assert not any(isinstance(a, Revoke) for a in p.actions)
+
+
+def test_two_lost_keys_and_no_key_held_backs_off() -> None:
+    k1, k2 = key("k1", timedelta(minutes=3)), key("k2", timedelta(minutes=1))
+    p = plan(POLICY, obs([k1, k2], SecretState(False), SecretState(False)), NOW)
+    assert not any(isinstance(a, CreateKey) for a in p.actions)
+    one = plan(POLICY, obs([k2], SecretState(False), SecretState(False)), NOW)
+    assert any(isinstance(a, CreateKey) for a in one.actions)

@@ -85,10 +85,20 @@ class Sim:
         for p in self.config.names():
             for store, secret in self.targets(p):
                 k = store.current_key(secret)
+                if k is None and self.backing_off(p):
+                    continue  # no key yet, and two keys were lost: the planner waits orphan_after (documented)
                 if k is None or k not in live:
                     self.violations.append(f"{where}: {store.name}:{secret} holds {k}, not a live key")
                 elif live[k].expires_at is not None and live[k].expires_at <= now:  # type: ignore[operator]
                     self.violations.append(f"{where}: {store.name}:{secret} holds expired key {k}")
+
+    def backing_off(self, policy: str) -> bool:
+        now = self.clock()
+        held_ever = any(
+            store.secrets.get(secret) and store.secrets[secret].history for store, secret in self.targets(policy)
+        )
+        fresh = [k for k in self.live().values() if k.policy == policy and now - k.issued_at < ORPHAN]
+        return not held_ever and len(fresh) >= 2
 
     def clean_pass(self, where: str, *, check_idempotent: bool = True) -> None:
         # a drift-checking pass: a target that missed a key in a failed pass may otherwise be caught up
@@ -194,7 +204,7 @@ def converge(sim: Sim) -> None:
     assert not sim.violations, sim.violations
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(step, min_size=1, max_size=30))
 def test_invariants_hold_over_random_programs(program: list[tuple[str, Any]]) -> None:
     sim = run_program(program)

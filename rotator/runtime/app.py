@@ -97,6 +97,20 @@ def _read_source(source: SecretSource, stores: dict[str, SecretStore], what: str
     return keyfmt.parse_api_key(source.format, store.read(ref, state.current_key_id))
 
 
+def _check_not_expired(key: SecretText, source: SecretSource | None, now: datetime) -> None:
+    """A management key whose own ``exp`` claim has passed is reported at start-up, with the remedy."""
+    claims = keyfmt.jwt_claims(key.reveal().strip())
+    exp = claims.get("exp") if claims else None
+    if isinstance(exp, int | float) and exp <= now.timestamp():
+        when = datetime.fromtimestamp(exp, tz=now.tzinfo).strftime("%Y-%m-%dT%H:%M:%SZ")
+        where = source.describe() if source else "the emulator's bootstrap key file"
+        raise ConfigError([ConfigIssue(
+            "issuer.management_key",
+            f"the management key (from {where}) expired at {when}: create a new API key with the Owner role in "
+            f"the Momento console, put it in {where}, and let a policy with self: true keep it fresh",
+        )])
+
+
 def open_stores(config: Config, *, clock: Clock = system_clock, **injected: Any) -> dict[str, SecretStore]:
     """Open every store a policy or the management key uses. Raises MissingExtraError with the pip command."""
     used = {t.store for p in config.policies for t in p.targets}
@@ -153,6 +167,7 @@ def build(
             management_key = _read_source(ic.management_key, stores, "management_key")
         else:  # an external emulator: its bootstrap key file
             management_key = _read_source(SecretSource(file=ic.emulator.bootstrap_key_file), stores, "management_key")
+        _check_not_expired(management_key, ic.management_key, clock())
         try:
             endpoint = keyfmt.require_endpoint(management_key, ic.endpoint, expect=ic.key_version)
         except KeyFormatError as exc:

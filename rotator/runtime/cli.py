@@ -68,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON lines, even on a terminal")
     s = sub.add_parser("status", parents=[common, select], help="show each policy's key, expiry, phase and targets")
     s.add_argument("--json", action="store_true", help="one JSON document")
+    r = sub.add_parser("rotate", parents=[common], help="rotate a policy now (--emergency for a leaked key)")
+    r.add_argument("name", metavar="POLICY")
+    r.add_argument("--emergency", action="store_true",
+                   help="a leaked key: publish a new key and revoke the old one as soon as every target holds "
+                        "the new one, ignoring grace and pickup")
+    r.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    a = sub.add_parser("audit", parents=[common], help="classify every key in the Momento account, touching nothing")
+    a.add_argument("--json", action="store_true", help="one JSON document")
+    a.add_argument("--window", default="7d", help="flag unmanaged keys expiring within this (default 7d)")
     sub.add_parser("validate", parents=[common], help="check a config file, touching nothing")
     e = sub.add_parser("emulator", help="serve the local Momento key API emulator")
     e.add_argument("args", nargs=argparse.REMAINDER, help="options for the emulator (see rotator emulator -- --help)")
@@ -121,10 +130,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         from rotator.runtime.daemon import run_daemon
 
         return run_daemon(config, clock=clock, only=args.policy)
+    if args.command == "rotate":
+        config.policy(args.name)  # exit 2 for an unknown policy, before anything is opened
+        if not _confirm(args):
+            print("rotator: not confirmed; nothing was changed", file=sys.stderr)
+            return 2
 
     from rotator.runtime.app import build
 
     with build(config, clock=clock) as app:
+        if args.command == "rotate":
+            return _rotate(app, args.name, emergency=args.emergency, clock=clock)
+        if args.command == "audit":
+            return _audit(app, clock(), window=args.window, as_json=args.json or not sys.stdout.isatty())
         if args.command == "once":
             return _once(app, args.policy, clock)
         if args.command == "plan":
@@ -159,6 +177,88 @@ class ProgressBar:
         self.out.flush()
 
 
+def _confirm(args: argparse.Namespace) -> bool:
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        print("rotator: not on a terminal: pass --yes to confirm", file=sys.stderr)
+        return False
+    if args.emergency:
+        print(f"EMERGENCY rotation of {args.name}: a new key is published and the current key is revoked as soon "
+              "as every target holds the new one, without waiting for grace or consumers.", file=sys.stderr)
+        answer = input(f"Type the policy name ({args.name}) to confirm: ")
+        return bool(answer.strip() == args.name)
+    answer = input(f"Rotate {args.name} now (normal grace and pickup apply)? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def _rotate(app: Any, name: str, *, emergency: bool, clock: Clock) -> int:
+    engine = app.engine
+    before = engine.run_pass(dry_run=True, only=[name], read_targets=True)
+    pr = before.policies[0]
+    leaked = pr.plan.current_key if pr.plan and emergency else None
+    held_by = sorted(t for t, s in (pr.targets or {}).items() if s is not None and leaked and s.holds(leaked))
+    first = engine.run_pass(only=[name], force=[name], emergency=[name] if emergency else [])
+    reports = [first]
+    if emergency and first.ok:
+        # the new key is in every target now: the planner revokes the old one without grace or pickup
+        reports.append(engine.run_pass(only=[name], emergency=[name]))
+    result: dict[str, Any] = {"policy": name, "emergency": emergency, "ok": all(r.ok for r in reports),
+                              "passes": [r.to_json() for r in reports]}
+    if emergency:
+        after = engine.run_pass(dry_run=True, only=[name], read_targets=True).policies[0]
+        new_key = after.plan.current_key if after.plan else None
+        lagging: list[str] = []
+        if engine.pickup is not None and new_key and after.targets:
+            states = {t: s for t, s in after.targets.items() if s is not None}
+            for v in engine.pickup(app.config.policy(name), new_key, states):
+                lagging.extend(f"{v.check}: {c}" for c in v.lagging)
+        revoked = leaked is not None and leaked not in {k.key_id for k in after.keys}
+        result.update({"leaked_key": leaked, "targets_that_held_it": held_by, "new_key": new_key,
+                       "leaked_key_revoked": revoked, "consumers_not_on_new_key": lagging})
+        out = sys.stderr
+        print(f"leaked key: {leaked or '-'} ({'revoked' if revoked else 'NOT revoked yet'})", file=out)
+        print(f"targets that held it: {', '.join(held_by) or '-'}", file=out)
+        print(f"new key: {new_key or '-'}", file=out)
+        if lagging:
+            print("consumers that still used the leaked key when it was revoked:", file=out)
+            for c in lagging:
+                print(f"  {c}", file=out)
+    print(json.dumps(result, default=str), flush=True)
+    return 0 if result["ok"] else 1
+
+
+def _audit(app: Any, now: datetime, *, window: str, as_json: bool) -> int:
+    from rotator.audit import classify
+    from rotator.config import parse_duration
+
+    try:
+        win = parse_duration(window)
+    except ValueError as exc:
+        raise ConfigError(f"--window: {exc}") from None
+    keys = app.issuer.list_keys()
+    roles = {r.role_id: r.role_name for r in app.issuer.list_roles()}
+    held: dict[str, Any] = {}
+    marked = {k.policy for k in keys if k.policy}
+    for policy in app.config.policies:
+        if policy.name in marked:
+            obs = app.engine.observe_targets(policy, app.stores)
+            held[policy.name] = {tid: o.state for tid, o in obs.items()}
+    rows = classify(app.config, keys, roles, held, now, win)
+    if as_json:
+        print(json.dumps({"now": now.isoformat(), "keys": [r.to_json() for r in rows]}))
+        return 0
+    table = [["KEY ID", "ROLE", "ISSUED", "EXPIRES IN", "CLASS", "POLICY", "FLAGS"]]
+    for r in rows:
+        exp = "never" if r.key.expires_at is None else human_delta(r.key.expires_at - now)
+        table.append([r.key.key_id, r.role, r.key.issued_at.strftime("%Y-%m-%d %H:%M"), exp, r.cls, r.policy or "-",
+                      ", ".join(r.flags) or "-"])
+    _table(table, sys.stdout)
+    counts = {c: sum(1 for r in rows if r.cls == c) for c in ("managed", "orphaned", "unmanaged")}
+    print(f"{len(rows)} keys: " + ", ".join(f"{n} {c}" for c, n in counts.items()))
+    return 0
+
+
 def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
     from rotator.metrics import Metrics
     from rotator.notify import AlertHub
@@ -179,6 +279,9 @@ def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
     if tty:
         _print_plan(report, app.config, clock(), as_json=False, results=True)
     print(json.dumps({"summary": report.to_json()}, default=str), flush=True)
+    if report.issuer_auth_error:
+        print(f"rotator: the management key was refused: {report.error}", file=sys.stderr)
+        return 2
     return int(report.exit_code)
 
 

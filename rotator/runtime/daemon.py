@@ -21,6 +21,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from rotator.config import Config
 from rotator.engine import Clock, PassReport, system_clock
+from rotator.errors import IssuerAuthError
 from rotator.metrics import Metrics
 from rotator.notify import AlertHub
 from rotator.runtime.app import App, build
@@ -56,7 +57,6 @@ class Daemon:
             self.run_pass,
             IntervalTrigger(seconds=config.interval.total_seconds(), jitter=int(config.jitter.total_seconds()) or None),
             id="reconcile",
-            next_run_time=datetime.now(UTC),
         )
 
     def run_pass(self) -> PassReport | None:
@@ -106,12 +106,24 @@ class Daemon:
         return True, f"ok: last pass finished {int(age.total_seconds())}s ago"
 
     def start(self) -> None:
+        """Serve the probes, run the first pass now, then schedule the rest.
+
+        Raises IssuerAuthError when the first pass finds the management key refused: a daemon that can never
+        succeed should stop with the remedy (exit code 2), not run on. An unreachable issuer is retried.
+        """
         listen = self.app.config.http.listen
         if listen:
             self.http = HealthServer(listen, health=self.healthy, ready=self.ready, metrics=self.metrics.render)
             self.http.start()
             log.info("serving /healthz, /readyz and /metrics", listen=self.http.address)
         self.scheduler.start()
+        first = self.run_pass()
+        if first is not None and first.issuer_auth_error:
+            self.stopping.set()
+            self.scheduler.shutdown(wait=False)
+            if self.http is not None:
+                self.http.stop()
+            raise IssuerAuthError(str(first.error))
         log.info(
             "rotator started",
             interval_s=self.app.config.interval.total_seconds(),
