@@ -121,7 +121,7 @@ def open_stores(config: Config, *, clock: Clock = system_clock, **injected: Any)
     for name in sorted(used):
         spec = config.stores[name]
         extra = dict(injected.get(name, {}))
-        if spec.type == "file":
+        if spec.type in ("file", "gcp"):
             extra.setdefault("clock", clock)
         stores[name] = open_store(spec.type, name, spec.config, **extra)
     return stores

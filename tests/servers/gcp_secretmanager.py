@@ -1,0 +1,613 @@
+"""A local GCP Secret Manager that the real ``SecretManagerServiceClient(transport="rest")`` talks to over HTTP.
+
+No Secret Manager emulator can be installed here, so the project keeps this small over-the-wire double. It
+speaks the parts of the Secret Manager v1 REST API that rotator and its tests use, the way the service does:
+
+- ``POST /v1/projects/P/secrets?secretId=S`` (create; 409 ``ALREADY_EXISTS`` for a duplicate),
+  ``GET /v1/projects/P/secrets/S``, ``PATCH /v1/projects/P/secrets/S?updateMask=...`` (``labels``,
+  ``annotations``, ``versionAliases``; each masked map is replaced whole);
+- ``POST .../secrets/S:addVersion`` with ``dataCrc32c`` checking (400 ``INVALID_ARGUMENT`` on a mismatch);
+  versions are numbered 1, 2, 3... per secret and never reused;
+- ``GET .../versions/{N|latest|alias}:access`` (``latest`` is the newest ENABLED version; a disabled or
+  destroyed version gives 400 ``FAILED_PRECONDITION``), ``GET .../versions/{N|latest|alias}``;
+- ``GET .../versions?pageSize=&pageToken=&filter=`` newest first, paged with ``nextPageToken``;
+  ``filter`` understands ``state:ENABLED`` / ``state:DISABLED`` / ``state:DESTROYED``;
+- ``POST .../versions/N:enable|:disable|:destroy`` with an optional version ``etag``;
+- etags on secrets and versions: a write carrying a stale ``etag`` gives 400 ``FAILED_PRECONDITION``, the
+  shape the service uses over REST; every change gives a new etag;
+- validation of secret ids, labels, annotations (key syntax, total size under 16 KiB) and version aliases
+  (syntax, ``latest``/``new`` reserved, at most 50, must name an existing, not destroyed version);
+- enums as numbers when the request says ``$alt=json;enum-encoding=int`` (the client always does), as names
+  otherwise; int64 fields (``dataCrc32c``, alias targets) as decimal strings, like proto3 JSON;
+- error bodies ``{"error": {"code", "message", "status"}}``;
+- injectable faults: :meth:`SecretManagerServer.fail_next` queues statuses (429 ``RESOURCE_EXHAUSTED``,
+  503 ``UNAVAILABLE``, ...) for the next matching requests, :attr:`SecretManagerServer.fail_rate` fails a
+  seeded random share of them, :meth:`SecretManagerServer.deny` answers 403 ``PERMISSION_DENIED`` for an
+  operation, and :attr:`SecretManagerServer.before` runs a hook before a request is served (to interleave a
+  concurrent writer deterministically).
+
+Everything the server saw is in :attr:`SecretManagerServer.requests` as ``(method, operation, path, status)``.
+Bound to 127.0.0.1 on a free port; use :func:`running_secretmanager` (or ``start``/``stop``) from a fixture.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import random
+import re
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import google_crc32c
+
+SECRET_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,255}$")
+ANNOTATION_KEY_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?$")
+LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
+ALIAS_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,62}$")
+MAX_ANNOTATION_BYTES = 16 * 1024
+MAX_ALIASES = 50
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_PAGE_SIZE = 25000
+
+STATES = {1: "ENABLED", 2: "DISABLED", 3: "DESTROYED"}
+ENABLED, DISABLED, DESTROYED = 1, 2, 3
+
+#: HTTP status -> the google.rpc status name the service puts in error bodies
+STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+#: which IAM permission each operation needs (for 403 messages)
+PERMISSIONS = {
+    "CreateSecret": "secretmanager.secrets.create",
+    "GetSecret": "secretmanager.secrets.get",
+    "UpdateSecret": "secretmanager.secrets.update",
+    "DeleteSecret": "secretmanager.secrets.delete",
+    "AddSecretVersion": "secretmanager.versions.add",
+    "AccessSecretVersion": "secretmanager.versions.access",
+    "GetSecretVersion": "secretmanager.versions.get",
+    "ListSecretVersions": "secretmanager.versions.list",
+    "EnableSecretVersion": "secretmanager.versions.enable",
+    "DisableSecretVersion": "secretmanager.versions.disable",
+    "DestroySecretVersion": "secretmanager.versions.destroy",
+}
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _etag() -> str:
+    return f'"{uuid.uuid4().hex[:14]}"'
+
+
+@dataclass
+class Version:
+    number: int
+    data: bytes | None
+    crc32c: int
+    create_time: str
+    state: int = ENABLED
+    etag: str = field(default_factory=_etag)
+    client_checksum: bool = False
+    destroy_time: str | None = None
+
+
+@dataclass
+class Secret:
+    project: str
+    secret_id: str
+    replication: dict[str, Any]
+    create_time: str
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, int] = field(default_factory=dict)
+    versions: dict[int, Version] = field(default_factory=dict)
+    next_version: int = 1
+    etag: str = field(default_factory=_etag)
+
+    @property
+    def name(self) -> str:
+        return f"projects/{self.project}/secrets/{self.secret_id}"
+
+    def latest(self) -> Version | None:
+        enabled = [v for v in self.versions.values() if v.state == ENABLED]
+        return max(enabled, key=lambda v: v.number) if enabled else None
+
+
+@dataclass
+class Fault:
+    status: int
+    method: str | None
+    op: str | None
+
+    def matches(self, method: str, op: str) -> bool:
+        return (self.method is None or self.method == method) and (self.op is None or self.op == op)
+
+
+class _Reply(Exception):  # control flow inside the handler
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+def _error(status: int, message: str, code: str | None = None) -> _Reply:
+    return _Reply(status, {"error": {"code": status, "message": message, "status": code or STATUS_NAMES[status]}})
+
+
+class SecretManagerServer:
+    """The state and the request handling; :meth:`start` serves it on ``127.0.0.1:<free port>``."""
+
+    def __init__(self, *, seed: int = 0) -> None:
+        self._lock = threading.RLock()
+        self.secrets: dict[str, Secret] = {}
+        self.requests: list[tuple[str, str, str, int]] = []
+        self.faults: deque[Fault] = deque()
+        self.fail_rate = 0.0
+        self.fail_rate_status = 503
+        self.denied: set[str] = set()
+        #: called as ``before(method, op, path)`` before a request is served (outside the faults)
+        self.before: Callable[[str, str, str], None] | None = None
+        self._random = random.Random(seed)
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return int(self._httpd.server_address[1])
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> SecretManagerServer:
+        server = self
+
+        class Handler(_Handler):
+            owner = server
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="gcp-secretmanager", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> SecretManagerServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- test controls ---------------------------------------------------------------------------------------
+
+    def fail_next(self, status: int, *, times: int = 1, method: str | None = None, op: str | None = None) -> None:
+        """Answer the next ``times`` requests matching ``method``/``op`` (``"AddSecretVersion"``...) with ``status``."""
+        with self._lock:
+            for _ in range(times):
+                self.faults.append(Fault(status, method, op))
+
+    def deny(self, op: str) -> None:
+        """Answer 403 ``PERMISSION_DENIED`` to every ``op`` request (e.g. ``"UpdateSecret"``)."""
+        if op not in PERMISSIONS:
+            raise ValueError(f"unknown operation {op!r}")
+        with self._lock:
+            self.denied.add(op)
+
+    def allow_all(self) -> None:
+        with self._lock:
+            self.denied.clear()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.secrets.clear()
+            self.requests.clear()
+            self.faults.clear()
+            self.denied.clear()
+            self.fail_rate = 0.0
+            self.before = None
+
+    def secret(self, project: str, secret_id: str) -> Secret:
+        """The stored secret (for assertions), raising KeyError when absent."""
+        with self._lock:
+            return self.secrets[f"projects/{project}/secrets/{secret_id}"]
+
+    def put_version(self, project: str, secret_id: str, data: bytes) -> int:
+        """Add a version directly, as another tool would (creates the secret when missing)."""
+        with self._lock:
+            name = f"projects/{project}/secrets/{secret_id}"
+            s = self.secrets.get(name)
+            if s is None:
+                s = self.secrets[name] = Secret(project, secret_id, {"automatic": {}}, _now())
+            v = Version(s.next_version, data, google_crc32c.value(data), _now())
+            s.versions[v.number] = v
+            s.next_version += 1
+            return v.number
+
+    def touch(self, project: str, secret_id: str, annotations: dict[str, str] | None = None) -> None:
+        """Change the secret (and its etag) as a concurrent writer would."""
+        with self._lock:
+            s = self.secret(project, secret_id)
+            if annotations:
+                s.annotations.update(annotations)
+            s.etag = _etag()
+
+    def count(self, op: str | None = None, *, status: int | None = None) -> int:
+        with self._lock:
+            return sum(
+                1 for (_, o, _, st) in self.requests if (op is None or o == op) and (status is None or st == status)
+            )
+
+    # -- request handling ------------------------------------------------------------------------------------
+
+    def handle(self, method: str, raw_path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        parts = urlsplit(raw_path)
+        path = unquote(parts.path)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        ints = "json;enum-encoding=int" in query.get("$alt", [""])[0]
+        op, args = _operation(method, path)
+        hook = self.before
+        if hook is not None and op != "Unknown":
+            hook(method, op, path)
+        with self._lock:
+            try:
+                if op == "Unknown":
+                    raise _error(404, f"Method not found: {method} {path}", "NOT_FOUND")
+                self._maybe_fail(method, op)
+                if op in self.denied:
+                    resource = f"projects/{args[0]}" + (f"/secrets/{args[1]}" if len(args) > 1 else "")
+                    raise _error(
+                        403,
+                        f"Permission '{PERMISSIONS[op]}' denied for resource '{resource}' (or it may not exist).",
+                    )
+                status, out = 200, self._dispatch(op, args, query, _json(body), ints)
+            except _Reply as reply:
+                status, out = reply.status, reply.body
+            self.requests.append((method, op, path, status))
+            return status, out
+
+    def _maybe_fail(self, method: str, op: str) -> None:
+        for i, f in enumerate(self.faults):
+            if f.matches(method, op):
+                del self.faults[i]
+                raise _fault(f.status)
+        if self.fail_rate and self._random.random() < self.fail_rate:
+            raise _fault(self.fail_rate_status)
+
+    def _dispatch(self, op: str, args: list[str], query: dict[str, list[str]], body: dict[str, Any], ints: bool) -> Any:
+        if op == "CreateSecret":
+            return self._create(args[0], query, body)
+        name = f"projects/{args[0]}/secrets/{args[1]}"
+        secret = self.secrets.get(name)
+        if secret is None:
+            raise _error(404, f"Secret [{name}] not found or has no versions.")
+        if op == "GetSecret":
+            return _secret_json(secret)
+        if op == "DeleteSecret":
+            del self.secrets[name]
+            return {}
+        if op == "UpdateSecret":
+            return self._update(secret, query, body)
+        if op == "AddSecretVersion":
+            return self._add(secret, body, ints)
+        if op == "ListSecretVersions":
+            return self._list(secret, query, ints)
+        version = self._resolve(secret, args[2])
+        if op == "GetSecretVersion":
+            return _version_json(secret, version, ints)
+        if op == "AccessSecretVersion":
+            if version.state != ENABLED:
+                raise _error(
+                    400,
+                    f"Secret Version [{secret.name}/versions/{version.number}] is in {STATES[version.state]} state.",
+                    "FAILED_PRECONDITION",
+                )
+            assert version.data is not None
+            return {
+                "name": f"{secret.name}/versions/{version.number}",
+                "payload": {"data": base64.b64encode(version.data).decode(), "dataCrc32c": str(version.crc32c)},
+            }
+        # enable / disable / destroy
+        etag = body.get("etag")
+        if etag and etag != version.etag:
+            raise _error(
+                400, "The etag provided in the request does not match the resource's etag.", "FAILED_PRECONDITION"
+            )
+        if version.state == DESTROYED:
+            raise _error(
+                400,
+                f"Secret Version [{secret.name}/versions/{version.number}] is in DESTROYED state.",
+                "FAILED_PRECONDITION",
+            )
+        if op == "EnableSecretVersion":
+            version.state = ENABLED
+        elif op == "DisableSecretVersion":
+            version.state = DISABLED
+        else:
+            version.state, version.data, version.destroy_time = DESTROYED, None, _now()
+        version.etag = _etag()
+        return _version_json(secret, version, ints)
+
+    def _create(self, project: str, query: dict[str, list[str]], body: dict[str, Any]) -> Any:
+        secret_id = query.get("secretId", [""])[0]
+        if not SECRET_ID_RE.match(secret_id):
+            raise _error(
+                400,
+                "Secret ID must be 1-255 characters long and contain only letters, numbers, "
+                f"hyphens and underscores: {secret_id!r}",
+            )
+        name = f"projects/{project}/secrets/{secret_id}"
+        if name in self.secrets:
+            raise _error(409, f"Secret [{name}] already exists.", "ALREADY_EXISTS")
+        replication = body.get("replication")
+        if not isinstance(replication, dict) or not (
+            "automatic" in replication or "userManaged" in replication or "user_managed" in replication
+        ):
+            raise _error(400, "Secret.replication is required: automatic or userManaged.")
+        um = replication.get("userManaged") or replication.get("user_managed")
+        if um is not None and not (isinstance(um, dict) and um.get("replicas")):
+            raise _error(400, "Secret.replication.user_managed.replicas must not be empty.")
+        labels = _check_labels(body.get("labels") or {})
+        annotations = _check_annotations(body.get("annotations") or {})
+        if body.get("versionAliases"):
+            raise _error(400, "A new secret has no versions to alias.")
+        s = Secret(project, secret_id, replication, _now(), labels, annotations)
+        self.secrets[name] = s
+        return _secret_json(s)
+
+    def _update(self, secret: Secret, query: dict[str, list[str]], body: dict[str, Any]) -> Any:
+        mask = [p.strip() for p in ",".join(query.get("updateMask", [])).split(",") if p.strip()]
+        if not mask:
+            raise _error(400, "update_mask is required.")
+        etag = body.get("etag")
+        if etag and etag != secret.etag:
+            raise _error(
+                400, "The etag provided in the request does not match the resource's etag.", "FAILED_PRECONDITION"
+            )
+        labels, annotations, aliases = secret.labels, secret.annotations, secret.aliases
+        for path in mask:
+            if path == "labels":
+                labels = _check_labels(body.get("labels") or {})
+            elif path == "annotations":
+                annotations = _check_annotations(body.get("annotations") or {})
+            elif path in ("versionAliases", "version_aliases"):
+                aliases = self._check_aliases(secret, body.get("versionAliases") or {})
+            else:
+                raise _error(400, f"Unsupported field in update_mask: {path!r}.")
+        secret.labels, secret.annotations, secret.aliases = labels, annotations, aliases
+        secret.etag = _etag()
+        return _secret_json(secret)
+
+    def _check_aliases(self, secret: Secret, raw: dict[str, Any]) -> dict[str, int]:
+        if len(raw) > MAX_ALIASES:
+            raise _error(400, f"A secret can have at most {MAX_ALIASES} version aliases.")
+        out: dict[str, int] = {}
+        for alias, target in raw.items():
+            if not ALIAS_RE.match(alias) or alias.lower() in ("latest", "new"):
+                raise _error(400, f"Invalid version alias {alias!r}.")
+            try:
+                number = int(target)
+            except (TypeError, ValueError):
+                raise _error(400, f"Version alias {alias!r} must name a version number.") from None
+            v = secret.versions.get(number)
+            if v is None or v.state == DESTROYED:
+                raise _error(400, f"Version alias {alias!r} refers to a non-existent or destroyed version {number}.")
+            out[alias] = number
+        return out
+
+    def _add(self, secret: Secret, body: dict[str, Any], ints: bool) -> Any:
+        payload = body.get("payload") or {}
+        try:
+            data = base64.b64decode(payload.get("data", ""), validate=True)
+        except (binascii.Error, ValueError):
+            raise _error(400, "SecretPayload.data is not valid base64.") from None
+        if len(data) > MAX_PAYLOAD_BYTES:
+            raise _error(400, "SecretPayload.data exceeds the 64 KiB limit.")
+        crc = google_crc32c.value(data)
+        given = payload.get("dataCrc32c")
+        if given is not None and int(given) != crc:
+            raise _error(400, "Checksum mismatch: data_crc32c does not match the payload data.")
+        v = Version(secret.next_version, data, crc, _now(), client_checksum=given is not None)
+        secret.versions[v.number] = v
+        secret.next_version += 1
+        return _version_json(secret, v, ints)
+
+    def _list(self, secret: Secret, query: dict[str, list[str]], ints: bool) -> Any:
+        size = int(query.get("pageSize", ["0"])[0] or 0) or MAX_PAGE_SIZE
+        if not 0 < size <= MAX_PAGE_SIZE:
+            raise _error(400, f"page_size must be between 1 and {MAX_PAGE_SIZE}.")
+        flt = query.get("filter", [""])[0].strip()
+        versions = sorted(secret.versions.values(), key=lambda v: v.number, reverse=True)
+        if flt:
+            m = re.fullmatch(r"state\s*[:=]\s*(ENABLED|DISABLED|DESTROYED)", flt)
+            if not m:
+                raise _error(400, f"Unsupported filter {flt!r}.")
+            versions = [v for v in versions if STATES[v.state] == m.group(1)]
+        token = query.get("pageToken", [""])[0]
+        start = 0
+        if token:
+            try:
+                start = int(base64.urlsafe_b64decode(token.encode()).decode())
+            except (binascii.Error, ValueError):
+                raise _error(400, "Invalid page token.") from None
+        page = versions[start : start + size]
+        out: dict[str, Any] = {"versions": [_version_json(secret, v, ints) for v in page], "totalSize": len(versions)}
+        if start + size < len(versions):
+            out["nextPageToken"] = base64.urlsafe_b64encode(str(start + size).encode()).decode()
+        return out
+
+    def _resolve(self, secret: Secret, ref: str) -> Version:
+        if ref == "latest":
+            v = secret.latest()
+            if v is None:
+                raise _error(404, f"Secret [{secret.name}] not found or has no versions.")
+            return v
+        if ref.isdigit():
+            found = secret.versions.get(int(ref))
+        else:
+            number = secret.aliases.get(ref)
+            found = None if number is None else secret.versions.get(number)
+        if found is None:
+            raise _error(404, f"Secret Version [{secret.name}/versions/{ref}] not found.")
+        return found
+
+
+def _fault(status: int) -> _Reply:
+    messages = {
+        429: "Quota exceeded for quota metric 'Access requests' and limit 'Access requests per minute'.",
+        500: "Internal error encountered.",
+        503: "The service is currently unavailable.",
+    }
+    return _error(status, messages.get(status, f"injected fault {status}"), STATUS_NAMES.get(status, "UNKNOWN"))
+
+
+_SECRET_PATH = r"projects/([^/]+)/secrets/([^/:]+)"
+
+
+def _operation(method: str, path: str) -> tuple[str, list[str]]:
+    routes: list[tuple[str, str, str]] = [
+        ("POST", r"/v1/projects/([^/]+)/secrets", "CreateSecret"),
+        ("GET", rf"/v1/{_SECRET_PATH}", "GetSecret"),
+        ("PATCH", rf"/v1/{_SECRET_PATH}", "UpdateSecret"),
+        ("DELETE", rf"/v1/{_SECRET_PATH}", "DeleteSecret"),
+        ("POST", rf"/v1/{_SECRET_PATH}:addVersion", "AddSecretVersion"),
+        ("GET", rf"/v1/{_SECRET_PATH}/versions", "ListSecretVersions"),
+        ("GET", rf"/v1/{_SECRET_PATH}/versions/([^/:]+):access", "AccessSecretVersion"),
+        ("GET", rf"/v1/{_SECRET_PATH}/versions/([^/:]+)", "GetSecretVersion"),
+        ("POST", rf"/v1/{_SECRET_PATH}/versions/(\d+):enable", "EnableSecretVersion"),
+        ("POST", rf"/v1/{_SECRET_PATH}/versions/(\d+):disable", "DisableSecretVersion"),
+        ("POST", rf"/v1/{_SECRET_PATH}/versions/(\d+):destroy", "DestroySecretVersion"),
+    ]
+    for m, pattern, op in routes:
+        match = re.fullmatch(pattern, path)
+        if m == method and match:
+            return op, list(match.groups())
+    return "Unknown", []
+
+
+def _json(body: bytes) -> dict[str, Any]:
+    if not body:
+        return {}
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise _error(400, "Invalid JSON payload received.") from None
+    if not isinstance(data, dict):
+        raise _error(400, "Invalid JSON payload received: expected an object.")
+    return data
+
+
+def _check_labels(labels: Any) -> dict[str, str]:
+    if not isinstance(labels, dict) or len(labels) > 64:
+        raise _error(400, "A secret can have at most 64 labels.")
+    for k, v in labels.items():
+        if not LABEL_KEY_RE.match(k) or not isinstance(v, str) or not LABEL_VALUE_RE.match(v):
+            raise _error(400, f"Invalid label {k!r}: keys match [a-z][a-z0-9_-]{{0,62}}, values [a-z0-9_-]{{0,63}}.")
+    return dict(labels)
+
+
+def _check_annotations(annotations: Any) -> dict[str, str]:
+    if not isinstance(annotations, dict):
+        raise _error(400, "Secret.annotations must be a map.")
+    size = 0
+    for k, v in annotations.items():
+        if not ANNOTATION_KEY_RE.match(k) or len(k.encode()) > 128 or not isinstance(v, str):
+            raise _error(400, f"Invalid annotation key {k!r}.")
+        size += len(k.encode()) + len(v.encode())
+    if size >= MAX_ANNOTATION_BYTES:
+        raise _error(400, f"The total size of annotation keys and values must be less than 16KiB (got {size} bytes).")
+    return dict(annotations)
+
+
+def _secret_json(s: Secret) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": s.name,
+        "replication": s.replication,
+        "createTime": s.create_time,
+        "etag": s.etag,
+    }
+    if s.labels:
+        out["labels"] = dict(s.labels)
+    if s.annotations:
+        out["annotations"] = dict(s.annotations)
+    if s.aliases:
+        out["versionAliases"] = {k: str(v) for k, v in s.aliases.items()}
+    return out
+
+
+def _version_json(s: Secret, v: Version, ints: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": f"{s.name}/versions/{v.number}",
+        "createTime": v.create_time,
+        "state": v.state if ints else STATES[v.state],
+        "etag": v.etag,
+        "clientSpecifiedPayloadChecksum": v.client_checksum,
+        "replicationStatus": {"automatic": {}},
+    }
+    if v.destroy_time:
+        out["destroyTime"] = v.destroy_time
+    return out
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: SecretManagerServer
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in two writes: avoid the 40 ms delayed-ACK stall
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        status, out = self.owner.handle(self.command, self.path, body)
+        data = json.dumps(out).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _serve
+
+
+@contextmanager
+def running_secretmanager(**kwargs: Any) -> Iterator[SecretManagerServer]:
+    """A started server, stopped on exit."""
+    server = SecretManagerServer(**kwargs).start()
+    try:
+        yield server
+    finally:
+        server.stop()
