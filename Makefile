@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/local.yaml
 
-.PHONY: run test lint typecheck unit bench clean
+.PHONY: run test lint typecheck unit cfn-lint bench clean
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rotator needs Python 3.11 or newer (set PY=python3.11)")'
@@ -29,10 +29,13 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
+cfn-lint: $(VENV)/.dev-installed
+	$(BIN)/cfn-lint deploy/aws-lambda/template.yaml
+
 unit: $(VENV)/.dev-installed
 	$(BIN)/pytest
 
-test: lint typecheck unit
+test: lint typecheck cfn-lint unit
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/run_all.py

@@ -102,8 +102,10 @@ class SecretSource(BaseModel):
     store: str | None = None
     secret: str | None = None
     format: Literal["json", "env", "key"] = "json"
+    #: with ``store``: the env var to use while the store holds no key rotator wrote (first start of self: true)
+    bootstrap_env: str | None = None
 
-    @field_validator("env")
+    @field_validator("env", "bootstrap_env")
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):

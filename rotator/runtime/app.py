@@ -82,18 +82,16 @@ def _read_source(source: SecretSource, stores: dict[str, SecretStore], what: str
     store = stores[source.store]
     ref = TargetRef(source.store, source.secret, "rotator-management")
     state = store.inspect(ref)
-    if not state.exists:
-        raise ConfigError([ConfigIssue(path, f"secret {source.secret!r} does not exist in store {source.store!r}")])
     if state.current_key_id is None:
-        raise ConfigError(
-            [
-                ConfigIssue(
-                    path,
-                    f"secret {source.secret!r} in store {source.store!r} has no "
-                    "version written by rotator; write the key there or use {env: VAR}",
-                )
-            ]
-        )
+        if source.bootstrap_env:
+            # first start: rotator has not written its own key there yet; the self: true policy will
+            return _read_source(SecretSource(env=source.bootstrap_env), stores, what)
+        why = "does not exist" if not state.exists else "has no current version written by rotator"
+        raise ConfigError([ConfigIssue(
+            path,
+            f"secret {source.secret!r} in store {source.store!r} {why}; set bootstrap_env: VAR to start from a "
+            "key in an environment variable (a policy with self: true then writes its own), or use {env: VAR}",
+        )])
     return keyfmt.parse_api_key(source.format, store.read(ref, state.current_key_id))
 
 

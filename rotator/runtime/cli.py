@@ -78,21 +78,20 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--json", action="store_true", help="one JSON document")
     a.add_argument("--window", default="7d", help="flag unmanaged keys expiring within this (default 7d)")
     sub.add_parser("validate", parents=[common], help="check a config file, touching nothing")
-    e = sub.add_parser("emulator", help="serve the local Momento key API emulator")
-    e.add_argument("args", nargs=argparse.REMAINDER, help="options for the emulator (see rotator emulator -- --help)")
+    sub.add_parser("emulator", help="serve the local Momento key API emulator (rotator emulator --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["emulator"]:  # the emulator parses its own options (see `rotator emulator --help`)
+        from rotator.issuers.emulator import main as emulator_main
+
+        return emulator_main(argv[1:])
     args = _parser().parse_args(argv)
     for name in ("config", "log_level", "now", "policy"):
         if not hasattr(args, name):
             setattr(args, name, None)
-    if args.command == "emulator":
-        from rotator.issuers.emulator import main as emulator_main
-
-        rest = [a for a in args.args if a != "--"]
-        return emulator_main(rest)
     try:
         return _dispatch(args)
     except ConfigError as exc:

@@ -1,0 +1,417 @@
+"""The ``kubernetes`` pickup check: evidence from the Kubernetes API that consumers run with the new key.
+
+Two kinds of evidence, either or both (both must agree when both are configured):
+
+- ``pods``: every *Ready* pod matching the label ``selector`` in ``namespace`` must have started at or after
+  the moment the new key was published (``published_at``), i.e. it was restarted (by Reloader, a rollout,
+  ...) after the key reached the store, so it read the new key when its containers started. A pod's start is
+  the **earliest** ``state.running.startedAt`` of its containers (only of ``container`` when configured),
+  falling back to ``status.startTime`` when no container reports one. Container start times are more exact
+  than ``status.startTime`` (which the kubelet sets before pulling images, and which does not move when a
+  container restarts inside the same pod); the earliest, not the latest, so that a restarted sidecar does not
+  vouch for an application container that still runs with the old key. Pods that are not Ready are ignored
+  (they serve nothing); no Ready pod at all is no evidence, so the check lags with ``no ready pods match``.
+  Kubernetes times have whole seconds: a pod started in the same second as the publication may count as
+  older, which only costs one more restart or pass, never an early revocation.
+- ``secret``: a Kubernetes Secret synced from the store (External Secrets, the Secrets Store CSI driver's
+  sync) must hold the new key id. The data entry ``key`` (the only entry when unset) is base64-decoded and
+  read as ``format``: ``json`` -> its ``keyId`` field (else the ``jti`` of its ``apiKey``); ``env`` -> the
+  ``MOMENTO_KEY_ID=`` line (else the ``jti`` of ``MOMENTO_API_KEY=``); ``key`` -> the raw key's ``jti``.
+  The decoded value lives only in a :class:`~rotator.model.SecretText`; only the key id it holds ever
+  appears in a verdict, and errors are reported by kind, never with the value or a library message.
+
+RBAC: ``list`` (and ``get``) on ``pods`` and ``get`` on the named secret, in ``namespace``; see
+``deploy/kubernetes/pickup-rbac.yaml``. A 403 makes the check lag with the permission to grant
+(``forbidden: get secrets in namespace X``). A consumer group that cannot be read (401/403/404/5xx, no
+connection) lags; the check never raises for it.
+
+Calls: one ``list-pods`` per 500 matching pods and one ``get-secret``, each recorded with
+``record_call("kubernetes", op, <HTTP status or error class>)``. ``kubernetes`` (extra ``rotator[k8s]``) is
+imported by :func:`open_check` only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rotator.errors import MissingExtraError, PickupError
+from rotator.keys import key_id_of
+from rotator.model import PickupVerdict, SecretText
+from rotator.observability import get_logger, record_call, redact_text
+from rotator.pickup.http import Seconds
+
+SERVICE = "kubernetes"
+#: pods asked for per list request
+PAGE_SIZE = 500
+MAX_PAGES = 200
+RBAC_HINT = "deploy/kubernetes/pickup-rbac.yaml"
+
+_DNS_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$")
+_DATA_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+
+log = get_logger()
+
+
+class PodsEvidence(BaseModel):
+    """``pods``: every Ready pod matching ``selector`` started after the key was published."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: a label selector, e.g. ``app=checkout`` or ``app=checkout,tier!=canary``
+    selector: str = Field(min_length=1)
+    #: judge a pod by this container's start only (default: the earliest start of all its containers)
+    container: str | None = None
+
+
+class SecretEvidence(BaseModel):
+    """``secret``: a synced Kubernetes Secret holds the new key id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    #: the data entry holding the payload; default: the Secret's only entry
+    key: str | None = None
+    format: Literal["json", "env", "key"] = "json"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _DNS_SUBDOMAIN_RE.match(v):
+            raise ValueError(f"{v!r} is not a Secret name (lower case DNS subdomain, e.g. momento-checkout)")
+        return v
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is not None and not _DATA_KEY_RE.match(v):
+            raise ValueError(f"{v!r} is not a Secret data key (letters, digits, '-', '_' and '.')")
+        return v
+
+
+class CheckConfig(BaseModel):
+    """``pickup: [{type: kubernetes, namespace, pods?: {selector, container?}, secret?: {name, key?, format?}}]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["kubernetes"]
+    namespace: str
+    pods: PodsEvidence | None = None
+    secret: SecretEvidence | None = None
+    #: kubeconfig file (default: $KUBECONFIG or ~/.kube/config); used when not in-cluster
+    kubeconfig: str | None = None
+    #: kubeconfig context (default: its current context)
+    context: str | None = None
+    #: in-cluster service account; None = in-cluster when KUBERNETES_SERVICE_HOST is set, else kubeconfig
+    in_cluster: bool | None = None
+    #: seconds (or a duration like ``10s``) to wait for each API request
+    timeout: Seconds = 10.0
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        if not _DNS_LABEL_RE.match(v):
+            raise ValueError(f"{v!r} is not a namespace name (lower case DNS label, e.g. payments)")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if not 0 < v <= 300:
+            raise ValueError("timeout must be more than 0 and at most 300 seconds")
+        return v
+
+    @model_validator(mode="after")
+    def _evidence(self) -> CheckConfig:
+        if self.pods is None and self.secret is None:
+            raise ValueError("give pods: {selector: ...}, secret: {name: ...}, or both")
+        if self.in_cluster and (self.kubeconfig or self.context):
+            raise ValueError("in_cluster: true uses the pod's service account; drop kubeconfig and context")
+        return self
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _status_reason(exc: Any) -> str:
+    """The ``reason`` of the Status object in an ApiException's body (``NotFound``, ``Forbidden``...)."""
+    body = getattr(exc, "body", None)
+    try:
+        data = json.loads(body) if isinstance(body, str | bytes) else None
+    except ValueError:
+        data = None
+    reason = data.get("reason") if isinstance(data, dict) else None
+    return reason if isinstance(reason, str) else ""
+
+
+def key_id_in(fmt: str, payload: SecretText) -> str | None:
+    """The key id a stored payload of format ``fmt`` holds, or ``None``. Never raises, never shows the payload.
+
+    ``json``: ``keyId`` (else the ``jti`` of ``apiKey``); ``env``: ``MOMENTO_KEY_ID=`` (else the ``jti`` of
+    ``MOMENTO_API_KEY=``); ``key``: the ``jti`` of the raw key.
+    """
+    text = payload.reveal()
+    if fmt == "json":
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        kid = data.get("keyId")
+        if isinstance(kid, str) and kid.strip():
+            return kid.strip()
+        api_key = data.get("apiKey")
+        return key_id_of(SecretText(api_key)) if isinstance(api_key, str) else None
+    if fmt == "env":
+        values: dict[str, str] = {}
+        for line in text.splitlines():
+            name, sep, value = line.strip().removeprefix("export ").partition("=")
+            if sep:
+                values[name.strip()] = value.strip().strip("\"'")
+        if values.get("MOMENTO_KEY_ID"):
+            return values["MOMENTO_KEY_ID"]
+        api_key = values.get("MOMENTO_API_KEY")
+        return key_id_of(SecretText(api_key)) if api_key else None
+    if fmt == "key":
+        return key_id_of(payload)
+    return None
+
+
+class KubernetesCheck:
+    """The ``kubernetes`` check of one policy. Thread-safe; :meth:`close` releases a client it created."""
+
+    def __init__(self, config: CheckConfig, api_client: Any, *, owns_client: bool) -> None:
+        from kubernetes import client as k8s
+
+        self.config = config
+        self._api_client = api_client
+        self._owns_client = owns_client
+        self._core = k8s.CoreV1Api(api_client)
+        self._api_exception: type[Exception] = k8s.ApiException
+        ns = config.namespace
+        parts = []
+        if config.pods is not None:
+            parts.append(f"{ns}/{config.pods.selector}")
+        if config.secret is not None:
+            parts.append(f"{ns}/secret/{config.secret.name}")
+        self.name = "kubernetes:" + "+".join(parts)
+
+    def check(self, policy: str, key_id: str, published_at: datetime) -> PickupVerdict:
+        """Whether the matching Ready pods all started at or after ``published_at`` and the Secret holds
+        ``key_id``. Never raises for an answer it cannot get: that consumer group lags."""
+        published_at = _aware(published_at)
+        lagging: list[str] = []
+        details: list[str] = []
+        if self.config.pods is not None:
+            lag, detail = self._check_pods(self.config.pods, published_at)
+            lagging += lag
+            details.append(detail)
+        if self.config.secret is not None:
+            lag, detail = self._check_secret(self.config.secret, key_id)
+            lagging += lag
+            details.append(detail)
+        ok = not lagging
+        log.debug("pickup checked", check=self.name, policy=policy, key_id=key_id, ok=ok, lagging=lagging)
+        return PickupVerdict(check=self.name, key_id=key_id, ok=ok, lagging=tuple(lagging), detail="; ".join(details))
+
+    # -- pods -------------------------------------------------------------------------------------------
+
+    def _check_pods(self, pods: PodsEvidence, published_at: datetime) -> tuple[list[str], str]:
+        ns = self.config.namespace
+        group = f"pods {pods.selector}"
+        items: list[Any] = []
+        token: str | None = None
+        for _ in range(MAX_PAGES):
+            kwargs: dict[str, Any] = {"label_selector": pods.selector, "limit": PAGE_SIZE}
+            if token:
+                kwargs["_continue"] = token
+            problem, result = self._call("list-pods", "list", "pods", lambda kw=kwargs: self._list_pods(ns, kw))
+            if problem is not None:
+                return [f"{group} ({problem})"], f"cannot list pods {pods.selector} in namespace {ns}: {problem}"
+            items.extend(result.items or [])
+            meta = result.metadata
+            token = (getattr(meta, "_continue", None) or getattr(meta, "var_continue", None)) if meta else None
+            if not token:
+                break
+        ready = [p for p in items if _is_ready(p)]
+        if not ready:
+            return [f"{group} (no ready pods match)"], f"no ready pods match {pods.selector} in namespace {ns}"
+        lagging: list[str] = []
+        for pod in ready:
+            name = pod.metadata.name if pod.metadata else "?"
+            started = _started(pod, pods.container)
+            if isinstance(started, str):
+                lagging.append(f"pod {name} ({started})")
+            elif started < published_at:
+                lagging.append(f"pod {name} (started {_iso(started)}, key published {_iso(published_at)})")
+        if lagging:
+            return lagging, f"{len(lagging)} of {len(ready)} ready pod(s) {pods.selector} predate the key"
+        return [], f"all {len(ready)} ready pod(s) {pods.selector} started after the key was published"
+
+    def _list_pods(self, ns: str, kwargs: dict[str, Any]) -> Any:
+        return self._core.list_namespaced_pod(ns, _request_timeout=self.config.timeout, **kwargs)
+
+    # -- secret -----------------------------------------------------------------------------------------
+
+    def _check_secret(self, secret: SecretEvidence, key_id: str) -> tuple[list[str], str]:
+        ns = self.config.namespace
+        label = f"secret {secret.name}"
+        problem, result = self._call(
+            "get-secret",
+            "get",
+            "secrets",
+            lambda: self._core.read_namespaced_secret(secret.name, ns, _request_timeout=self.config.timeout),
+        )
+        if problem is not None:
+            return [f"{label} ({problem})"], f"cannot read secret {secret.name} in namespace {ns}: {problem}"
+        held, why = self._held_key_id(secret, dict(result.data or {}))
+        if held is None:
+            return [f"{label} ({why})"], f"secret {secret.name} in namespace {ns}: {why}"
+        if held != key_id:
+            return [f"{label} (holds {held})"], f"secret {secret.name} in namespace {ns} holds {held}, not {key_id}"
+        return [], f"secret {secret.name} holds {key_id}"
+
+    @staticmethod
+    def _held_key_id(secret: SecretEvidence, data: dict[str, Any]) -> tuple[str | None, str]:
+        """``(key id, "")`` or ``(None, why)``; ``why`` names data keys and formats, never values."""
+        if secret.key is None:
+            if len(data) != 1:
+                names = ", ".join(sorted(data)) or "none"
+                return None, f"has {len(data)} data entries ({names}); set secret.key"
+            entry = next(iter(data))
+        else:
+            entry = secret.key
+            if entry not in data:
+                return None, f"no data entry {entry}"
+        raw = data[entry]
+        if not isinstance(raw, str):
+            return None, f"data entry {entry} is empty"
+        try:
+            payload = SecretText(base64.b64decode(raw, validate=True).decode("utf-8"))
+        except (binascii.Error, ValueError):
+            return None, f"data entry {entry} is not base64-encoded UTF-8"
+        held = key_id_in(secret.format, payload)
+        if held is None:
+            return None, f"no key id in data entry {entry} read as {secret.format}"
+        return held, ""
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+
+    def _call(self, op: str, verb: str, resource: str, fn: Any) -> tuple[str | None, Any]:
+        """Run one API request: ``(None, result)`` or ``(why it failed, None)``, recorded once either way."""
+        import urllib3
+
+        try:
+            result = fn()
+        except self._api_exception as exc:
+            status = getattr(exc, "status", 0) or 0
+            record_call(SERVICE, op, status or type(exc).__name__)
+            return self._explain(status, _status_reason(exc), verb, resource), None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            record_call(SERVICE, op, type(exc).__name__)
+            return f"unreachable: {type(exc).__name__}", None
+        except ValueError as exc:  # a body the client could not read (never shown: it may hold data)
+            record_call(SERVICE, op, type(exc).__name__)
+            return f"unreadable answer: {type(exc).__name__}", None
+        record_call(SERVICE, op, 200)
+        return None, result
+
+    def _explain(self, status: int, reason: str, verb: str, resource: str) -> str:
+        ns = self.config.namespace
+        if status == 403:
+            return f"forbidden: {verb} {resource} in namespace {ns} is not granted (see {RBAC_HINT})"
+        if status == 401:
+            return "unauthorized: the API server rejected rotator's credentials"
+        if status == 404:
+            return "not found"
+        if status == 0:
+            return f"unreachable: {reason or 'no HTTP answer'}"
+        return f"status {status}{' ' + reason if reason else ''}"
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._api_client.close()
+
+
+def _is_ready(pod: Any) -> bool:
+    conditions = (pod.status.conditions if pod.status else None) or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def _started(pod: Any, container: str | None) -> datetime | str:
+    """When ``pod`` (its ``container``) last started, or why that cannot be told."""
+    status = pod.status
+    starts: list[datetime] = []
+    seen = False
+    for cs in status.container_statuses or []:
+        if container is not None and cs.name != container:
+            continue
+        seen = True
+        running = cs.state.running if cs.state else None
+        if running is not None and running.started_at is not None:
+            starts.append(_aware(running.started_at))
+    if container is not None and not seen:
+        return f"no container {container}"
+    if starts:
+        return min(starts)
+    if status.start_time is not None:
+        return _aware(status.start_time)
+    return "no start time"
+
+
+def _load_client(cfg: CheckConfig) -> Any:
+    from kubernetes import client as k8s
+    from kubernetes import config as k8s_config
+
+    in_cluster = cfg.in_cluster if cfg.in_cluster is not None else bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    configuration = k8s.Configuration()
+    # untyped in the client library: called through Any
+    load_incluster: Any = k8s_config.load_incluster_config
+    load_kubeconfig: Any = k8s_config.load_kube_config
+    try:
+        if in_cluster:
+            load_incluster(client_configuration=configuration)
+        else:
+            load_kubeconfig(
+                config_file=cfg.kubeconfig,
+                context=cfg.context,
+                client_configuration=configuration,
+                persist_config=False,
+            )
+    except (k8s_config.ConfigException, OSError, ValueError) as exc:
+        where = "the in-cluster service account" if in_cluster else f"kubeconfig {cfg.kubeconfig or '(default)'}"
+        context = f" (context {cfg.context})" if cfg.context else ""
+        why = redact_text(str(exc))[:300] or type(exc).__name__
+        raise PickupError(f"pickup kubernetes: cannot load {where}{context}: {why}") from exc
+    return k8s.ApiClient(configuration)
+
+
+def open_check(config: BaseModel, *, api_client: Any = None) -> KubernetesCheck:
+    """A :class:`KubernetesCheck` for ``config``, talking through ``api_client`` (a
+    ``kubernetes.client.ApiClient``; tests inject one) or a client loaded from the in-cluster service account
+    or kubeconfig (``in_cluster``, ``kubeconfig``, ``context``).
+
+    Raises: MissingExtraError (``rotator[k8s]`` is not installed), PickupError (no usable credentials).
+    """
+    cfg = config if isinstance(config, CheckConfig) else CheckConfig.model_validate(config.model_dump())
+    try:
+        import kubernetes  # noqa: F401
+    except ImportError as exc:
+        raise MissingExtraError("k8s", exc.name or "kubernetes") from exc
+    if api_client is not None:
+        return KubernetesCheck(cfg, api_client, owns_client=False)
+    return KubernetesCheck(cfg, _load_client(cfg), owns_client=True)

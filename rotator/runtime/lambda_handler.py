@@ -1,0 +1,91 @@
+"""AWS Lambda entry points.
+
+- :func:`scheduled_handler`: for an EventBridge schedule. Runs one pass and returns its JSON summary;
+  raises :class:`RotationFailed` when anything failed, so Lambda's error metrics, retries and failure
+  destinations see it.
+- :func:`rotation_handler`: Secrets Manager's native rotation protocol (``createSecret``, ``setSecret``,
+  ``testSecret``, ``finishSecret``) for secrets whose rotation schedule points at this function. Every step
+  is safe to replay. See :mod:`rotator.runtime.native_rotation`.
+
+Configuration: ``ROTATOR_CONFIG_YAML`` (the YAML itself), else the file named by ``ROTATOR_CONFIG``, else
+``rotator.yaml`` in the deployment package (``$LAMBDA_TASK_ROOT``). The engine is built once per execution
+environment and reused by warm invocations; it caches nothing that the stores and the issuer do not also hold.
+
+This module imports neither APScheduler nor any Azure or Google code (a test checks ``sys.modules``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rotator.config import Config, from_mapping, load
+from rotator.errors import RotatorError
+from rotator.observability import configure_logging, get_logger
+from rotator.runtime.app import App, build
+
+log = get_logger()
+
+
+class RotationFailed(RotatorError):
+    """A pass had failures; the message says which policies and why."""
+
+
+_app: App | None = None
+_lock = threading.Lock()
+
+
+def load_config() -> Config:
+    """The Lambda's config (see the module docstring). Raises ConfigError."""
+    inline = os.environ.get("ROTATOR_CONFIG_YAML")
+    if inline:
+        return from_mapping(yaml.safe_load(inline), source="$ROTATOR_CONFIG_YAML")
+    path = os.environ.get("ROTATOR_CONFIG") or str(Path(os.environ.get("LAMBDA_TASK_ROOT", ".")) / "rotator.yaml")
+    return load(path)
+
+
+def get_app() -> App:
+    """The engine of this execution environment, built on first use."""
+    global _app
+    with _lock:
+        if _app is None:
+            config = load_config()
+            configure_logging(config.log_level, json=True)
+            _app = build(config)
+        return _app
+
+
+def reset() -> None:
+    """Drop the cached engine (tests; a config change)."""
+    global _app
+    with _lock:
+        if _app is not None:
+            _app.close()
+        _app = None
+
+
+def scheduled_handler(event: dict[str, Any] | None, context: Any) -> dict[str, Any]:
+    """One pass. ``event`` may name ``{"policies": [...]}`` to split a fleet between schedules."""
+    app = get_app()
+    only = (event or {}).get("policies")
+    report = app.engine.run_pass(only=only)
+    if app.config.alerts is not None and app.config.alerts.notifiers:
+        from rotator.notify import AlertHub
+
+        AlertHub(app.config.alerts, clock=app.engine.clock).handle(report)
+    summary = report.to_json()
+    if not report.ok:
+        failed = [p["policy"] for p in summary["policies"] if not p["ok"]]
+        raise RotationFailed(f"rotation failed for {', '.join(failed) or 'the pass'}: {report.error or summary['counts']}")
+    return summary
+
+
+def rotation_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Secrets Manager native rotation: one step of the four-step protocol."""
+    from rotator.runtime.native_rotation import run_step
+
+    return run_step(get_app(), event)
