@@ -188,6 +188,24 @@ def render(fmt: str, api_key: SecretText, *, endpoint: str, key_id: str, expires
     return Payload(SecretText(body), CONTENT_TYPES[fmt])
 
 
+def payload_key_id(payload: SecretText) -> str | None:
+    """The key id a stored payload names, whatever its format: the JSON ``keyId``, the ``MOMENTO_KEY_ID=``
+    line, or a raw v2 key's ``jti``. ``None`` when it names none (a value rotator did not write)."""
+    text = payload.reveal().strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        kid = data.get("keyId") if isinstance(data, dict) else None
+        return kid if isinstance(kid, str) else None
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name.strip() == "MOMENTO_KEY_ID":
+            return value.strip() or None
+    return key_id_of(SecretText(text)) if "\n" not in text else None
+
+
 def parse_api_key(fmt: str, payload: SecretText) -> SecretText:
     """The API key inside a stored payload of format ``fmt``. Raises KeyFormatError (without the payload)."""
     text = payload.reveal()

@@ -80,7 +80,9 @@ def scheduled_handler(event: dict[str, Any] | None, context: Any) -> dict[str, A
     summary = report.to_json()
     if not report.ok:
         failed = [p["policy"] for p in summary["policies"] if not p["ok"]]
-        raise RotationFailed(f"rotation failed for {', '.join(failed) or 'the pass'}: {report.error or summary['counts']}")
+        raise RotationFailed(
+            f"rotation failed for {', '.join(failed) or 'the pass'}: {report.error or summary['counts']}"
+        )
     return summary
 
 

@@ -57,6 +57,7 @@ from rotator.errors import (
     StorePermissionError,
     StoreUnavailable,
 )
+from rotator.keys import payload_key_id
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call, redact_text
 from rotator.stores.base import TargetRef, VersionMeta
@@ -406,6 +407,8 @@ class AwsSecretsManagerStore:
         self._lock = threading.Lock()
         self._clients: dict[str | None, Any] = {}
         self._cache: dict[tuple[str | None, str], _Described] = {}
+        # versions written under a token Secrets Manager chose (native rotation): (secret key, version) -> key id
+        self._native: dict[tuple[tuple[str | None, str], str], str | None] = {}
         self._log = get_logger(store=name)
 
     def __repr__(self) -> str:
@@ -609,6 +612,11 @@ class AwsSecretsManagerStore:
             )
 
     def _token(self, ref: TargetRef, key_id: str) -> str:
+        skey = self._key(ref, self._options(ref))
+        with self._lock:
+            native = next((vid for (sk, vid), k in self._native.items() if sk == skey and k == key_id), None)
+        if native is not None:
+            return native
         try:
             return version_id_for(key_id)
         except ValueError as exc:
@@ -675,6 +683,80 @@ class AwsSecretsManagerStore:
             if label == CURRENT:
                 d.detach(PREVIOUS, token)
 
+    def _key_of(self, ref: TargetRef, opts: TargetOptions, vid: str, labels: list[str]) -> str | None:
+        """The key id a version holds: from rotator's own version id, or, for a labelled version written under
+        a token Secrets Manager chose (native rotation), from its value, read once and remembered."""
+        key_id = key_id_of(vid)
+        if key_id is not None or not labels:
+            return key_id
+        ck = (self._key(ref, opts), vid)
+        with self._lock:
+            if ck in self._native:
+                return self._native[ck]
+        try:
+            resp = self._invoke(ref, opts, "get_secret_value", SecretId=ref.secret, VersionId=vid)
+        except _ServiceError as err:
+            if err.code == "ResourceNotFoundException":
+                return None
+            raise self._translate(err, "get_secret_value", ref) from err.cause
+        text = resp.get("SecretString")
+        key_id = payload_key_id(SecretText(text)) if isinstance(text, str) else None
+        with self._lock:
+            self._native[ck] = key_id
+        return key_id
+
+    # -- native rotation: the steps Secrets Manager asks a rotation Lambda to take -----------------------------
+
+    def rotation_state(self, ref: TargetRef) -> tuple[dict[str, list[str]], bool, str | None]:
+        """A fresh look: (version id -> labels, rotation enabled, the secret's ARN)."""
+        opts = self._options(ref)
+        d = self._describe(ref, opts, fresh=True)
+        if d is None:
+            raise StoreNotFound("the secret does not exist", store=self.name, secret=ref.secret)
+        return {vid: list(labels) for vid, labels in d.stages.items()}, d.rotation_enabled, d.arn
+
+    def put_pending(self, ref: TargetRef, value: SecretText, meta: VersionMeta, version_id: str) -> None:
+        """PutSecretValue under the token Secrets Manager chose, labelled ``AWSPENDING`` (createSecret)."""
+        opts = self._options(ref)
+        try:
+            self._invoke(
+                ref,
+                opts,
+                "put_secret_value",
+                SecretId=ref.secret,
+                SecretString=value.reveal(),
+                ClientRequestToken=version_id,
+                VersionStages=[PENDING],
+            )
+        except _ServiceError as err:
+            raise self._translate(err, "put_secret_value", ref) from err.cause
+        with self._lock:
+            self._native[(self._key(ref, opts), version_id)] = meta.key_id
+        self._forget(ref, opts)
+
+    def read_version(self, ref: TargetRef, version_id: str) -> SecretText | None:
+        """The value of one version, or ``None`` when it has no value yet."""
+        opts = self._options(ref)
+        try:
+            resp = self._invoke(ref, opts, "get_secret_value", SecretId=ref.secret, VersionId=version_id)
+        except _ServiceError as err:
+            if err.code == "ResourceNotFoundException":
+                return None
+            raise self._translate(err, "get_secret_value", ref) from err.cause
+        text = resp.get("SecretString")
+        return SecretText(text) if isinstance(text, str) else None
+
+    def finish(self, ref: TargetRef, version_id: str) -> None:
+        """Move ``AWSCURRENT`` to ``version_id`` (finishSecret). A no-op when it is current already."""
+        opts = self._options(ref)
+        d = self._describe(ref, opts, fresh=True)
+        if d is None or version_id not in d.stages:
+            raise StoreNotFound(f"no version {version_id}", store=self.name, secret=ref.secret)
+        try:
+            self._move_label(ref, opts, d, CURRENT, version_id)
+        except _ServiceError as err:
+            raise self._translate(err, "update_secret_version_stage", ref) from err.cause
+
     # -- the SecretStore protocol ----------------------------------------------------------------------------
 
     def inspect(self, ref: TargetRef) -> SecretState:
@@ -689,10 +771,11 @@ class AwsSecretsManagerStore:
         d = self._describe(ref, opts, fresh=True)
         if d is None:
             return SecretState(exists=False)
+        ids = {vid: self._key_of(ref, opts, vid, labels) for vid, labels in d.stages.items()}
         versions = tuple(
             StoredVersion(
                 version=vid,
-                key_id=key_id_of(vid),
+                key_id=ids[vid],
                 created_at=None,
                 current=CURRENT in labels,
                 enabled=bool(labels),
@@ -703,7 +786,7 @@ class AwsSecretsManagerStore:
         since: datetime | None = None
         if current is not None:
             since = d.last_changed or self._version_created(ref, opts, current)
-        current_key = key_id_of(current) if current else None
+        current_key = ids.get(current) if current else None
         return SecretState(
             exists=True,
             versions=versions,

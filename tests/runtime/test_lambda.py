@@ -1,0 +1,227 @@
+"""The Lambda entry points, through boto3 against moto's server and the Momento emulator over HTTP."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import uuid
+import zipfile
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from rotator.issuers.emulator import Emulator
+from rotator.runtime import lambda_handler
+from rotator.runtime.native_rotation import NativeRotationError
+from tests.servers.moto_server import MotoServer, running_moto
+
+REGION = "us-east-1"
+SECRET = "momento/lambda-demo"
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[MotoServer]:
+    with running_moto() as server:
+        yield server
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC).replace(microsecond=0)
+
+    def __call__(self) -> float:
+        return self.now.timestamp()
+
+
+@pytest.fixture
+def env(moto_server: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    moto_server.reset()
+    emu = Emulator(tmp_path / "emu.db", bootstrap_key_file=tmp_path / "owner.key")
+    url = emu.start()
+    config = {
+        "issuer": {
+            "type": "momento",
+            "url": url,
+            "management_key": {"file": str(tmp_path / "owner.key")},
+            "endpoint": "cell-4-us-west-2-1.prod.a.momentohq.com",
+        },
+        "log_level": "warning",
+        "defaults": {"lifetime": "30d", "rotate_before": "7d", "grace": "1h"},
+        "stores": {"aws": {"type": "aws", "region": REGION, "endpoint_url": moto_server.url}},
+        "policies": [{"name": "lambda-demo", "role": "operator", "targets": [{"store": "aws", "secret": SECRET}]}],
+    }
+    monkeypatch.setenv("ROTATOR_CONFIG_YAML", json.dumps(config))
+    lambda_handler.reset()
+    raw = boto3.client("secretsmanager", region_name=REGION, endpoint_url=moto_server.url)
+    yield {"emulator": emu, "raw": raw, "config": config, "moto": moto_server}
+    lambda_handler.reset()
+    emu.stop()
+
+
+def _current(raw: Any) -> dict[str, Any]:
+    value = raw.get_secret_value(SecretId=SECRET, VersionStage="AWSCURRENT")["SecretString"]
+    return dict(json.loads(value))
+
+
+def test_scheduled_handler_runs_a_pass_and_returns_a_summary(env: dict[str, Any]) -> None:
+    summary = lambda_handler.scheduled_handler({}, None)
+    assert summary["ok"] and summary["counts"]["created"] == 1
+    stored = _current(env["raw"])
+    live = {k.key_id for k, _ in env["emulator"].list_key_infos()}
+    assert stored["keyId"] in live
+    again = lambda_handler.scheduled_handler({}, None)
+    assert again["counts"] == {"created": 0, "published": 0, "retired": 0, "revoked": 0, "failed": 0}
+
+
+def test_scheduled_handler_raises_when_the_pass_fails(env: dict[str, Any]) -> None:
+    env["emulator"].failure_rate = 1.0
+    env["emulator"].failure_statuses = (500,)
+    env["config"]["issuer"]["max_attempts"] = 1
+    os.environ["ROTATOR_CONFIG_YAML"] = json.dumps(env["config"])
+    lambda_handler.reset()
+    with pytest.raises(lambda_handler.RotationFailed, match="rotation failed"):
+        lambda_handler.scheduled_handler({}, None)
+
+
+def _enable_rotation(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point the secret's native rotation at a (do-nothing) moto Lambda that stands for rotator's function."""
+    moto, raw = env["moto"], env["raw"]
+    moto.configure({"lambda": {"use_docker": False}})
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=moto.url)
+    role = iam.create_role(
+        RoleName="rotator-role",
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+                ],
+            }
+        ),
+    )["Role"]["Arn"]
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as z:
+        z.writestr("index.py", "def handler(event, context):\n    return None\n")
+    fn = boto3.client("lambda", region_name=REGION, endpoint_url=moto.url).create_function(
+        FunctionName="rotator-rotation",
+        Runtime="python3.11",
+        Role=role,
+        Handler="index.handler",
+        Code={"ZipFile": code.getvalue()},
+    )["FunctionArn"]
+    monkeypatch.setenv("ROTATOR_LAMBDA_ARN", fn)
+    for vid, labels in raw.describe_secret(SecretId=SECRET).get("VersionIdsToStages", {}).items():
+        if "AWSPENDING" in labels:
+            raw.update_secret_version_stage(SecretId=SECRET, VersionStage="AWSPENDING", RemoveFromVersionId=vid)
+    raw.rotate_secret(
+        SecretId=SECRET, RotationLambdaARN=fn, RotationRules={"AutomaticallyAfterDays": 30}, RotateImmediately=False
+    )
+    lambda_handler.reset()
+    return str(fn)
+
+
+def _step(step: str, token: str, secret_id: str = SECRET) -> dict[str, Any]:
+    return lambda_handler.rotation_handler({"Step": step, "SecretId": secret_id, "ClientRequestToken": token}, None)
+
+
+def test_native_rotation_four_steps_replayed(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    lambda_handler.scheduled_handler({}, None)
+    old = _current(env["raw"])["keyId"]
+    _enable_rotation(env, monkeypatch)
+    token = str(uuid.uuid4())
+    arn = env["raw"].describe_secret(SecretId=SECRET)["ARN"]
+    created = _step("createSecret", token, arn)
+    assert created["status"] == "created"
+    assert _step("createSecret", token)["status"].startswith("done")  # replay: no second key
+    assert _step("setSecret", token)["status"].startswith("nothing")
+    assert _step("testSecret", token)["key_id"] == created["key_id"]
+    assert _step("testSecret", token)["status"] == "ok"
+    assert _step("finishSecret", token)["status"] == "AWSCURRENT moved"
+    for step in ("createSecret", "setSecret", "testSecret", "finishSecret"):
+        assert _step(step, token)["status"].startswith("done")  # every step replays as a no-op
+    stored = _current(env["raw"])
+    assert stored["keyId"] == created["key_id"]
+    stages = env["raw"].describe_secret(SecretId=SECRET)["VersionIdsToStages"]
+    assert "AWSPREVIOUS" in next(labels for vid, labels in stages.items() if vid != token and labels)
+    live = {k.key_id for k, _ in env["emulator"].list_key_infos()}
+    assert {old, created["key_id"]} <= live  # the old key is not revoked by the rotation itself
+    marked = [k for k, _ in env["emulator"].list_key_infos() if k.policy == "lambda-demo"]
+    assert len(marked) == 2
+
+
+def test_native_rotation_steps_out_of_order_fail_cleanly(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    lambda_handler.scheduled_handler({}, None)
+    before = _current(env["raw"])
+    _enable_rotation(env, monkeypatch)
+    token = str(uuid.uuid4())
+    for step in ("testSecret", "finishSecret", "setSecret"):
+        with pytest.raises(NativeRotationError, match="no stage for rotation"):
+            _step(step, token)
+    assert _current(env["raw"]) == before
+    _step("createSecret", token)
+    newer = str(uuid.uuid4())
+    _step("createSecret", newer)  # a newer rotation takes AWSPENDING over
+    with pytest.raises(NativeRotationError, match="not AWSPENDING"):
+        _step("finishSecret", token)
+    assert _current(env["raw"]) == before
+
+
+def test_native_rotation_refuses_an_unknown_secret_and_a_bad_event(env: dict[str, Any]) -> None:
+    from rotator.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no policy has an aws target"):
+        _step("createSecret", str(uuid.uuid4()), "other/secret")
+    with pytest.raises(NativeRotationError, match="not a Secrets Manager rotation event"):
+        lambda_handler.rotation_handler({"Step": "dropSecret"}, None)
+
+
+def test_a_pass_after_native_rotation_revokes_the_old_key_after_grace(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lambda_handler.scheduled_handler({}, None)
+    old = _current(env["raw"])["keyId"]
+    _enable_rotation(env, monkeypatch)
+    token = str(uuid.uuid4())
+    for step in ("createSecret", "setSecret", "testSecret", "finishSecret"):
+        _step(step, token)
+    new = _current(env["raw"])["keyId"]
+    # inside grace: nothing is revoked
+    summary = lambda_handler.scheduled_handler({}, None)
+    assert summary["counts"]["revoked"] == 0
+    app = lambda_handler.get_app()
+    later = datetime.now(UTC) + timedelta(hours=2)
+    app.engine.clock = lambda: later
+    summary = lambda_handler.scheduled_handler({}, None)
+    assert summary["counts"]["revoked"] == 1
+    live = {k.key_id for k, _ in env["emulator"].list_key_infos()}
+    assert new in live and old not in live
+
+
+def test_the_lambda_path_loads_no_azure_google_or_apscheduler(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lambda_handler.scheduled_handler({}, None)
+    _enable_rotation(env, monkeypatch)
+    script = (
+        "import json, sys, uuid\n"
+        "import rotator.runtime.lambda_handler as h\n"
+        "s = h.scheduled_handler({}, None)\n"
+        "t = str(uuid.uuid4())\n"
+        "for step in ('createSecret', 'setSecret', 'testSecret', 'finishSecret'):\n"
+        "    h.rotation_handler({'Step': step, 'SecretId': %r, 'ClientRequestToken': t}, None)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('azure', 'google', 'apscheduler', 'kubernetes'))\n"
+        "print(json.dumps({'ok': s['ok'], 'loaded': bad}))\n"
+    ) % SECRET
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ), timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"ok": True, "loaded": []}
