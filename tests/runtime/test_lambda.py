@@ -215,10 +215,10 @@ def test_the_lambda_path_loads_no_azure_google_or_apscheduler(
         "s = h.scheduled_handler({}, None)\n"
         "t = str(uuid.uuid4())\n"
         "for step in ('createSecret', 'setSecret', 'testSecret', 'finishSecret'):\n"
-        "    h.rotation_handler({'Step': step, 'SecretId': %r, 'ClientRequestToken': t}, None)\n"
+        f"    h.rotation_handler({{'Step': step, 'SecretId': {SECRET!r}, 'ClientRequestToken': t}}, None)\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('azure', 'google', 'apscheduler', 'kubernetes'))\n"
         "print(json.dumps({'ok': s['ok'], 'loaded': bad}))\n"
-    ) % SECRET
+    )
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ), timeout=120
     )
