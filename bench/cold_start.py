@@ -32,9 +32,27 @@ CASES: dict[str, str] = {
 }
 
 
+LAMBDA_CONFIG = {
+    "issuer": {"type": "momento", "management_key": {"env": "MOMENTO_MANAGEMENT_KEY"},
+               "endpoint": "cell-4-us-west-2-1.prod.a.momentohq.com"},
+    "stores": {"aws": {"type": "aws", "region": "us-east-1"}},
+    "policies": [{"name": "checkout-api", "role": "operator", "targets": [{"store": "aws", "secret": "momento/x"}]}],
+}
+
+LAMBDA_CASES: dict[str, str] = {
+    "baseline: import boto3; boto3.client('secretsmanager')": "import boto3; boto3.client('secretsmanager')",
+    "lambda: import handler, load config, build the SM client": (
+        "import rotator.runtime.lambda_handler as h; from rotator.runtime.app import open_stores;"
+        "c = h.load_config(); s = open_stores(c); s['aws']._client('us-east-1')"
+    ),
+}
+
+
 def measure(snippet: str, runs: int) -> tuple[float, int]:
     times, rss = [], []
-    env = dict(os.environ, AWS_DEFAULT_REGION=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    env = dict(os.environ, AWS_DEFAULT_REGION=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+               AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",  # noqa: S106 - not a credential
+               ROTATOR_CONFIG_YAML=json.dumps(LAMBDA_CONFIG), MOMENTO_MANAGEMENT_KEY="unused")
     for _ in range(runs):
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", snippet + TAIL], capture_output=True, text=True, check=True,
@@ -47,8 +65,9 @@ def measure(snippet: str, runs: int) -> tuple[float, int]:
 def main(cases: dict[str, str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--lambda", dest="lambda_", action="store_true", help="the Lambda cold start against boto3")
     args = ap.parse_args()
-    cases = cases or CASES
+    cases = cases or (LAMBDA_CASES if args.lambda_ else CASES)
     width = max(len(k) for k in cases)
     print(f"{'case'.ljust(width)}  wall (median, ms)  peak RSS (MiB)")
     for name, snippet in cases.items():

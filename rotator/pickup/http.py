@@ -149,6 +149,15 @@ def _display(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
+def _valid_header_value(value: SecretText) -> bool:
+    text = value.reveal()
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return not any(c in text for c in "\r\n\0")
+
+
 def _field_value(data: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(data, dict):
@@ -201,6 +210,15 @@ class HttpCheck:
                     "which is not set in rotator's environment",
                 )
             token = SecretText(raw)
+            if not _valid_header_value(token):
+                return PickupVerdict(
+                    check=self.name,
+                    key_id=key_id,
+                    ok=False,
+                    lagging=tuple(f"{_display(u)} (env var {auth.env} is not a valid header value)" for u in urls),
+                    detail=f"cannot ask the consumers: the env var {auth.env} (for the {auth.name} header) holds "
+                    "line breaks or characters outside Latin-1",
+                )
             headers[auth.name] = token.reveal()
         with ThreadPoolExecutor(max_workers=min(len(urls), MAX_WORKERS), thread_name_prefix="pickup-http") as pool:
             futures = [pool.submit(self._ask, url, headers) for url in urls]
