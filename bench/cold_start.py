@@ -51,7 +51,7 @@ LAMBDA_CASES: dict[str, str] = {
 def measure(snippet: str, runs: int) -> tuple[float, int]:
     times, rss = [], []
     env = dict(os.environ, AWS_DEFAULT_REGION=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-               AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",  # noqa: S106 - not a credential
+               AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
                ROTATOR_CONFIG_YAML=json.dumps(LAMBDA_CONFIG), MOMENTO_MANAGEMENT_KEY="unused")
     for _ in range(runs):
         t0 = time.perf_counter()

@@ -22,16 +22,16 @@ import os
 # installed distribution's entry points (~50 ms). Set before pydantic is first imported.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
-import threading  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import threading
+from pathlib import Path
+from typing import Any
 
-import yaml  # noqa: E402
+import yaml
 
-from rotator.config import Config, from_mapping, load  # noqa: E402
-from rotator.errors import RotatorError  # noqa: E402
-from rotator.observability import configure_logging, get_logger  # noqa: E402
-from rotator.runtime.app import App, build  # noqa: E402
+from rotator.config import Config, from_mapping, load
+from rotator.errors import RotatorError
+from rotator.observability import configure_logging, get_logger
+from rotator.runtime.app import App, build
 
 log = get_logger()
 
