@@ -505,10 +505,12 @@ def _resolve_policy(
     if p.max_wait is not None and p.revoke_after is not None and p.max_wait > p.revoke_after:
         issues.append(ConfigIssue(f"{path}.max_wait", "must not exceed revoke_after: notify before revoking anyway"))
     if (p.max_wait is not None or p.revoke_after is not None) and not p.pickup:
-        issues.append(ConfigIssue(
-            f"{path}.max_wait" if p.max_wait is not None else f"{path}.revoke_after",
-            "only applies with pickup checks (pickup: [...]); without them grace alone decides",
-        ))
+        issues.append(
+            ConfigIssue(
+                f"{path}.max_wait" if p.max_wait is not None else f"{path}.revoke_after",
+                "only applies with pickup checks (pickup: [...]); without them grace alone decides",
+            )
+        )
     if p.self_:
         _check_self(path, p, targets, raw, issues)
     if len(issues) > start:
@@ -556,24 +558,37 @@ def _check_self(path: str, p: RawPolicy, targets: list[Target], raw: RawConfig, 
     """``self: true``: the policy rotates rotator's own management key, which must be read from its target."""
     mk = raw.issuer.management_key
     if p.role.lower() != "owner":
-        issues.append(ConfigIssue(f"{path}.role", "a policy with self: true must use role owner (rotator's own key "
-                                                  "creates and revokes keys)"))
+        issues.append(
+            ConfigIssue(
+                f"{path}.role",
+                "a policy with self: true must use role owner (rotator's own key creates and revokes keys)",
+            )
+        )
     if mk is None or mk.store is None:
-        issues.append(ConfigIssue(
-            f"{path}.self",
-            "rotator can rotate its own key only when it reads the key from a store this policy writes: set "
-            "issuer.management_key: {store: <store>, secret: <secret>} to one of this policy's targets",
-        ))
+        issues.append(
+            ConfigIssue(
+                f"{path}.self",
+                "rotator can rotate its own key only when it reads the key from a store this policy writes: set "
+                "issuer.management_key: {store: <store>, secret: <secret>} to one of this policy's targets",
+            )
+        )
         return
     if not any(t.store == mk.store and t.secret == mk.secret for t in targets):
-        issues.append(ConfigIssue(
-            f"{path}.targets",
-            f"must include the secret rotator reads its management key from ({mk.store}:{mk.secret})",
-        ))
+        issues.append(
+            ConfigIssue(
+                f"{path}.targets",
+                f"must include the secret rotator reads its management key from ({mk.store}:{mk.secret})",
+            )
+        )
     for t in targets:
         if t.store == mk.store and t.secret == mk.secret and t.format != mk.format:
-            issues.append(ConfigIssue(f"{path}.targets", f"the management key target's format ({t.format}) must "
-                                                          f"match issuer.management_key.format ({mk.format})"))
+            issues.append(
+                ConfigIssue(
+                    f"{path}.targets",
+                    f"the management key target's format ({t.format}) must "
+                    f"match issuer.management_key.format ({mk.format})",
+                )
+            )
 
 
 def _resolve_targets(
@@ -625,20 +640,58 @@ def from_mapping(data: Any, *, source: str | None = None) -> Config:
             [ConfigIssue("", "the config must be a YAML mapping with issuer, stores and policies")], source=source
         )
     issues: list[ConfigIssue] = []
+    broken: set[str] = set()
     try:
         raw = RawConfig.model_validate(data)
     except ValidationError as exc:
+        # go on with every top-level field that is fine, so a broken one does not hide the other errors
         issues = _issues(exc)
-        # go on with what can be checked without a valid top level: the stores
-        stores = data.get("stores")
-        if isinstance(stores, dict):
-            fake = RawConfig.model_construct(
-                issuer=IssuerConfig(), policies=[], stores={k: v for k, v in stores.items() if isinstance(v, dict)}
-            )
-            _store_specs(fake, issues)
-        raise ConfigError(_dedupe(issues), source=source) from None
+        broken = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        rest = {k: v for k, v in data.items() if k not in broken and k in RawConfig.model_fields}
+        if "issuer" not in rest:
+            rest["issuer"], broken = {"type": "emulator"}, broken | {"issuer"}
+        if "policies" not in rest:
+            rest["policies"], broken = [{}], broken | {"policies"}
+        try:
+            raw = RawConfig.model_validate(rest)
+        except ValidationError:
+            raise ConfigError(_dedupe(issues), source=source) from None
 
     specs = _store_specs(raw, issues)
+    if "issuer" not in broken:
+        _check_issuer(raw, issues)
+    from rotator.notify import AlertsConfig
+
+    alerts = AlertsConfig()
+    try:
+        alerts = AlertsConfig.model_validate(raw.alerts)
+    except ValidationError as exc:
+        issues.extend(_issues(exc, "alerts"))
+    policies = [] if "policies" in broken else _resolve_policies(raw, specs, issues)
+    if issues:
+        raise ConfigError(_dedupe(issues), source=source)
+    drift = None if raw.drift_check_every == "never" else raw.drift_check_every
+    assert drift is None or isinstance(drift, timedelta)
+    return Config(
+        issuer=raw.issuer,
+        interval=raw.interval,
+        jitter=raw.jitter,
+        concurrency=raw.concurrency,
+        pass_timeout=raw.pass_timeout,
+        drift_check_every=drift,
+        verify_for=raw.verify_for,
+        clock_skew=raw.clock_skew,
+        log_level=raw.log_level,
+        stores=specs,
+        policies=tuple(policies),
+        source=source,
+        http=raw.http,
+        metrics=raw.metrics,
+        alerts=alerts,
+    )
+
+
+def _check_issuer(raw: RawConfig, issues: list[ConfigIssue]) -> None:
     if raw.issuer.endpoint is not None:
         try:
             check_endpoint(raw.issuer.endpoint, private=raw.issuer.private_endpoints)
@@ -654,6 +707,8 @@ def from_mapping(data: Any, *, source: str | None = None) -> Config:
     if mk is not None and mk.store is not None and mk.store not in raw.stores:
         issues.append(ConfigIssue("issuer.management_key.store", f"no store named {mk.store!r}"))
 
+
+def _resolve_policies(raw: RawConfig, specs: dict[str, StoreSpec], issues: list[ConfigIssue]) -> list[Policy]:
     policies: list[Policy] = []
     if sum(1 for b in raw.policies if isinstance(b, dict) and b.get("self")) > 1:
         issues.append(ConfigIssue("policies", "only one policy may set self: true"))
@@ -682,36 +737,7 @@ def from_mapping(data: Any, *, source: str | None = None) -> Config:
                     )
                 seen_targets.setdefault(tid, owner + (" (endpoint)" if sid == t.endpoint_secret else ""))
         policies.append(policy)
-
-    from rotator.notify import AlertsConfig
-
-    alerts = AlertsConfig()
-    try:
-        alerts = AlertsConfig.model_validate(raw.alerts)
-    except ValidationError as exc:
-        issues.extend(_issues(exc, "alerts"))
-
-    if issues:
-        raise ConfigError(_dedupe(issues), source=source)
-    drift = None if raw.drift_check_every == "never" else raw.drift_check_every
-    assert drift is None or isinstance(drift, timedelta)
-    return Config(
-        issuer=raw.issuer,
-        interval=raw.interval,
-        jitter=raw.jitter,
-        concurrency=raw.concurrency,
-        pass_timeout=raw.pass_timeout,
-        drift_check_every=drift,
-        verify_for=raw.verify_for,
-        clock_skew=raw.clock_skew,
-        log_level=raw.log_level,
-        stores=specs,
-        policies=tuple(policies),
-        source=source,
-        http=raw.http,
-        metrics=raw.metrics,
-        alerts=alerts,
-    )
+    return policies
 
 
 def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:

@@ -403,7 +403,12 @@ class Engine:
         try:
             all_keys = issuer.list_keys()
         except IssuerError as exc:
-            log.error("issuer unavailable", action="list_keys", error=_error_text(exc))
+            refused = isinstance(exc, IssuerAuthError | IssuerPermissionError)
+            log.error(
+                "management key refused" if refused else "issuer unavailable",
+                action="list_keys",
+                error=_error_text(exc),
+            )
             reports = [PolicyReport(p.name, None, error=f"issuer: {_error_text(exc)}") for p in policies]
             auth = isinstance(exc, IssuerAuthError | IssuerPermissionError)
             return PassReport(

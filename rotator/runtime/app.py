@@ -173,6 +173,10 @@ def build(
             raise ConfigError([ConfigIssue(f"issuer.{field_}", str(exc))]) from None
         issuer = MomentoIssuer(url, management_key, timeout=ic.timeout.total_seconds(), max_attempts=ic.max_attempts)
         closers.append(issuer.close)
+    except ConfigError as exc:
+        for c in reversed(closers):
+            c()
+        raise ConfigError(exc.issues, source=config.source) from None
     except (RotatorError, OSError):
         for c in reversed(closers):
             c()
