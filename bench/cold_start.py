@@ -33,8 +33,11 @@ CASES: dict[str, str] = {
 
 
 LAMBDA_CONFIG = {
-    "issuer": {"type": "momento", "management_key": {"env": "MOMENTO_MANAGEMENT_KEY"},
-               "endpoint": "cell-4-us-west-2-1.prod.a.momentohq.com"},
+    "issuer": {
+        "type": "momento",
+        "management_key": {"env": "MOMENTO_MANAGEMENT_KEY"},
+        "endpoint": "cell-4-us-west-2-1.prod.a.momentohq.com",
+    },
     "stores": {"aws": {"type": "aws", "region": "us-east-1"}},
     "policies": [{"name": "checkout-api", "role": "operator", "targets": [{"store": "aws", "secret": "momento/x"}]}],
 }
@@ -50,13 +53,24 @@ LAMBDA_CASES: dict[str, str] = {
 
 def measure(snippet: str, runs: int) -> tuple[float, int]:
     times, rss = [], []
-    env = dict(os.environ, AWS_DEFAULT_REGION=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-               AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-               ROTATOR_CONFIG_YAML=json.dumps(LAMBDA_CONFIG), MOMENTO_MANAGEMENT_KEY="unused")
+    env = dict(
+        os.environ,
+        AWS_DEFAULT_REGION=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        ROTATOR_CONFIG_YAML=json.dumps(LAMBDA_CONFIG),
+        MOMENTO_MANAGEMENT_KEY="unused",
+    )
     for _ in range(runs):
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", snippet + TAIL], capture_output=True, text=True, check=True,
-                             env=env, cwd=tempfile.gettempdir())
+        out = subprocess.run(
+            [sys.executable, "-c", snippet + TAIL],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+            cwd=tempfile.gettempdir(),
+        )
         times.append(time.perf_counter() - t0)
         rss.append(json.loads(out.stdout.strip().splitlines()[-1])["rss_kb"])
     return statistics.median(times), int(statistics.median(rss))

@@ -35,15 +35,26 @@ def main() -> None:
     clock = Clock()
     emu = Emulator(tmp / "emu.db", clock=lambda: clock.now.timestamp(), bootstrap_key_file=tmp / "owner.key")
     url = emu.start()
-    cfg = from_mapping({
-        "issuer": {"type": "momento", "url": url, "management_key": {"file": str(tmp / "owner.key")},
-                   "endpoint": "cell-1-us-east-1-1.emulator.local"},
-        "interval": "1m", "drift_check_every": "never", "verify_for": "0s", "log_level": "error",
-        "defaults": {"lifetime": "30d", "rotate_before": "7d", "grace": "1h", "orphan_after": "15m"},
-        "stores": {"local": {"type": "file", "path": str(tmp / "secrets")}},
-        "policies": [{"name": f"bench-{i}", "role": "operator", "targets": [{"store": "local", "secret": f"b/{i}"}]}
-                     for i in range(n)],
-    })
+    cfg = from_mapping(
+        {
+            "issuer": {
+                "type": "momento",
+                "url": url,
+                "management_key": {"file": str(tmp / "owner.key")},
+                "endpoint": "cell-1-us-east-1-1.emulator.local",
+            },
+            "interval": "1m",
+            "drift_check_every": "never",
+            "verify_for": "0s",
+            "log_level": "error",
+            "defaults": {"lifetime": "30d", "rotate_before": "7d", "grace": "1h", "orphan_after": "15m"},
+            "stores": {"local": {"type": "file", "path": str(tmp / "secrets")}},
+            "policies": [
+                {"name": f"bench-{i}", "role": "operator", "targets": [{"store": "local", "secret": f"b/{i}"}]}
+                for i in range(n)
+            ],
+        }
+    )
     from rotator.observability import configure_logging
 
     configure_logging("error")

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -264,8 +266,12 @@ def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
 
     tty = sys.stdout.isatty()
     metrics = Metrics()
+    # in a container `once` is PID 1, which ignores SIGTERM without a handler: finish the action in flight,
+    # skip the rest (the next run picks it up) and exit 143
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        report = app.engine.run_pass(only=only, progress=ProgressBar() if tty else None)
+        report = app.engine.run_pass(only=only, progress=ProgressBar() if tty else None, stop=stop)
         metrics.observe(report)
         AlertHub(app.config.alerts, clock=clock).handle(report)
         if app.config.metrics.pushgateway:
@@ -275,12 +281,17 @@ def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
                 print(f"rotator: could not push metrics to {app.config.metrics.pushgateway}: {exc}", file=sys.stderr)
     finally:
         metrics.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if tty:
         _print_plan(report, app.config, clock(), as_json=False, results=True)
     print(json.dumps({"summary": report.to_json()}, default=str), flush=True)
     if report.issuer_auth_error:
         print(f"rotator: the management key was refused: {report.error}", file=sys.stderr)
         return 2
+    if stop.is_set():
+        print("rotator: stopped by a signal; the next pass finishes the rest", file=sys.stderr)
+        return 143
     return int(report.exit_code)
 
 
