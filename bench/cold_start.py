@@ -51,8 +51,26 @@ LAMBDA_CASES: dict[str, str] = {
 }
 
 
-def measure(snippet: str, runs: int) -> tuple[float, int]:
-    times, rss = [], []
+def _once(snippet: str, env: dict[str, str]) -> tuple[float, int]:
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", snippet + TAIL],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=tempfile.gettempdir(),
+    )
+    wall = time.perf_counter() - t0
+    return wall, int(json.loads(out.stdout.strip().splitlines()[-1])["rss_kb"])
+
+
+def main(cases: dict[str, str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--lambda", dest="lambda_", action="store_true", help="the Lambda cold start against boto3")
+    args = ap.parse_args()
+    cases = cases or (LAMBDA_CASES if args.lambda_ else CASES)
     env = dict(
         os.environ,
         AWS_DEFAULT_REGION=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
@@ -61,32 +79,21 @@ def measure(snippet: str, runs: int) -> tuple[float, int]:
         ROTATOR_CONFIG_YAML=json.dumps(LAMBDA_CONFIG),
         MOMENTO_MANAGEMENT_KEY="unused",
     )
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        out = subprocess.run(
-            [sys.executable, "-c", snippet + TAIL],
-            capture_output=True,
-            text=True,
-            check=True,
-            env=env,
-            cwd=tempfile.gettempdir(),
-        )
-        times.append(time.perf_counter() - t0)
-        rss.append(json.loads(out.stdout.strip().splitlines()[-1])["rss_kb"])
-    return statistics.median(times), int(statistics.median(rss))
-
-
-def main(cases: dict[str, str] | None = None) -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--lambda", dest="lambda_", action="store_true", help="the Lambda cold start against boto3")
-    args = ap.parse_args()
-    cases = cases or (LAMBDA_CASES if args.lambda_ else CASES)
+    # the cases take turns in every round, so a busy machine slows them alike
+    walls: dict[str, list[float]] = {k: [] for k in cases}
+    rss: dict[str, list[int]] = {k: [] for k in cases}
+    for _ in range(args.runs):
+        for name, snippet in cases.items():
+            w, r = _once(snippet, env)
+            walls[name].append(w)
+            rss[name].append(r)
+    first = next(iter(cases))
+    base_w, base_r = statistics.median(walls[first]), statistics.median(rss[first])
     width = max(len(k) for k in cases)
-    print(f"{'case'.ljust(width)}  wall (median, ms)  peak RSS (MiB)")
-    for name, snippet in cases.items():
-        wall, rss = measure(snippet, args.runs)
-        print(f"{name.ljust(width)}  {wall * 1000:17.0f}  {rss / 1024:14.1f}")
+    print(f"{'case'.ljust(width)}  wall (median, ms)  peak RSS (MiB)  vs first row (wall, RSS)")
+    for name in cases:
+        w, r = statistics.median(walls[name]), statistics.median(rss[name])
+        print(f"{name.ljust(width)}  {w * 1000:17.0f}  {r / 1024:14.1f}  {w / base_w:5.2f}x, {r / base_r:4.2f}x")
 
 
 if __name__ == "__main__":

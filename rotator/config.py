@@ -262,6 +262,46 @@ class MetricsConfig(BaseModel):
     job: str = "rotator"
 
 
+# ---- alerts (rotator.notify sends them) -----------------------------------------------------------------
+
+
+class WebhookConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["webhook"]
+    url: str | SecretSource
+    headers: dict[str, str | SecretSource] = {}
+    timeout: Duration = timedelta(seconds=5)
+
+
+class SlackConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["slack"]
+    url: str | SecretSource
+    timeout: Duration = timedelta(seconds=5)
+
+
+class SnsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["sns"]
+    topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
+    region: str | None = None
+    endpoint_url: str | None = None
+
+
+NotifierConfig = Annotated[WebhookConfig | SlackConfig | SnsConfig, Field(discriminator="type")]
+
+
+class AlertsConfig(BaseModel):
+    """``alerts:`` in the config."""
+
+    model_config = ConfigDict(extra="forbid")
+    notifiers: list[NotifierConfig] = []
+    alert_before: Duration = timedelta(days=3)
+    alert_every: Duration = timedelta(hours=1)
+    on_success: bool = False
+    state_file: str | None = None
+
+
 class RawConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -660,8 +700,6 @@ def from_mapping(data: Any, *, source: str | None = None) -> Config:
     specs = _store_specs(raw, issues)
     if "issuer" not in broken:
         _check_issuer(raw, issues)
-    from rotator.notify import AlertsConfig
-
     alerts = AlertsConfig()
     try:
         alerts = AlertsConfig.model_validate(raw.alerts)

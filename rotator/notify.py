@@ -17,16 +17,15 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import httpx
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
 
-from rotator.config import Duration, SecretSource
+from rotator.config import AlertsConfig, SecretSource, SlackConfig, SnsConfig, WebhookConfig
 from rotator.engine import PassReport
 from rotator.model import CreateKey, Revoke
 from rotator.observability import record_call, redact_text
@@ -44,10 +43,8 @@ class Alert:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-# ---- config ---------------------------------------------------------------------------------------------
-
-
 def _value(v: str | SecretSource) -> str:
+    """A notifier setting: a literal, or read from {env: VAR} / {file: path} when it is sent."""
     if isinstance(v, str):
         return v
     if v.env:
@@ -55,43 +52,6 @@ def _value(v: str | SecretSource) -> str:
     if v.file:
         return Path(v.file).read_text().strip()
     raise ValueError("notifier settings come from a literal, {env: VAR} or {file: path}")
-
-
-class WebhookConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["webhook"]
-    url: str | SecretSource
-    headers: dict[str, str | SecretSource] = {}
-    timeout: Duration = timedelta(seconds=5)
-
-
-class SlackConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["slack"]
-    url: str | SecretSource
-    timeout: Duration = timedelta(seconds=5)
-
-
-class SnsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["sns"]
-    topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?$")
-    region: str | None = None
-    endpoint_url: str | None = None
-
-
-NotifierConfig = Annotated[WebhookConfig | SlackConfig | SnsConfig, Field(discriminator="type")]
-
-
-class AlertsConfig(BaseModel):
-    """``alerts:`` in the config."""
-
-    model_config = ConfigDict(extra="forbid")
-    notifiers: list[NotifierConfig] = []
-    alert_before: Duration = timedelta(days=3)
-    alert_every: Duration = timedelta(hours=1)
-    on_success: bool = False
-    state_file: str | None = None
 
 
 # ---- deciding ---------------------------------------------------------------------------------------------
@@ -312,4 +272,4 @@ class AlertHub:
         return sent
 
 
-__all__ = ["Alert", "AlertHub", "AlertsConfig", "alerts_for", "asdict"]
+__all__ = ["Alert", "AlertHub", "AlertsConfig", "alerts_for"]
