@@ -1,0 +1,84 @@
+"""The SAM template grants only what rotator uses, on named resources (cfn-lint checks the rest in make test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "aws-lambda" / "template.yaml"
+
+
+class _CfnLoader(yaml.SafeLoader):
+    """Reads CloudFormation's short-form intrinsics (!Ref, !GetAtt, !Sub...) as {"Fn": value}."""
+
+
+def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
+    return {suffix: value}
+
+
+_CfnLoader.add_multi_constructor("!", _intrinsic)
+
+
+def _template() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.load(TEMPLATE.read_text(), Loader=_CfnLoader)
+    return data
+
+
+def _statements(node: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        if "Effect" in node and "Action" in node:
+            out.append(node)
+        for v in node.values():
+            out.extend(_statements(v))
+    elif isinstance(node, list):
+        for v in node:
+            out.extend(_statements(v))
+    return out
+
+
+def test_no_statement_grants_a_wildcard_resource() -> None:
+    statements = _statements(_template()["Resources"])
+    assert statements, "the template grants nothing?"
+    for st in statements:
+        resources = st.get("Resource")
+        flat = resources if isinstance(resources, list) else [resources]
+        assert "*" not in flat, st
+        assert all(not (isinstance(r, str) and r.endswith(":*")) for r in flat), st
+
+
+def test_secrets_manager_actions_are_limited_to_what_the_store_calls() -> None:
+    used = {
+        "secretsmanager:DescribeSecret",
+        "secretsmanager:GetSecretValue",
+        "secretsmanager:PutSecretValue",
+        "secretsmanager:UpdateSecretVersionStage",
+        "secretsmanager:CreateSecret",
+        "secretsmanager:TagResource",
+        "secretsmanager:ListSecretVersionIds",
+        "secretsmanager:ReplicateSecretToRegions",  # replica_regions
+    }
+    granted = set()
+    for st in _statements(_template()["Resources"]):
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        granted |= {a for a in actions if a.startswith("secretsmanager:")}
+    assert granted <= used, granted - used
+    assert "secretsmanager:PutSecretValue" in granted
+
+
+def test_the_scheduled_function_has_reserved_concurrency_one_and_a_failure_destination() -> None:
+    resources = _template()["Resources"]
+    functions = {k: v for k, v in resources.items() if v.get("Type") == "AWS::Serverless::Function"}
+    scheduled = [v for v in functions.values() if v["Properties"].get("Handler", "").endswith("scheduled_handler")]
+    assert len(scheduled) == 1
+    props = scheduled[0]["Properties"]
+    assert props["ReservedConcurrentExecutions"] == 1
+    assert "OnFailure" in str(props.get("EventInvokeConfig", {})) or "DeadLetterQueue" in props
