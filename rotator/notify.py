@@ -79,7 +79,9 @@ def alerts_for(report: PassReport, cfg: AlertsConfig, now: datetime) -> list[Ale
                 )
             )
         rotated = any(isinstance(r.action, CreateKey) and r.ok for r in p.results)
-        if not rotated:
+        # a steady key is not due yet: however close alert_before puts it, rotation has not failed to happen
+        steady = p.plan is not None and p.plan.phase == "steady" and p.ok
+        if not rotated and not steady:
             for target, key in p.held_keys().items():
                 if key is None or key.expires_at is None:
                     continue
@@ -247,7 +249,13 @@ class AlertHub:
             # a policy that is fine again may alert at once next time it fails
             failing = {a.policy for a in due if a.kind == "rotation_failed"}
             for p in report.policies:
-                if p.policy not in failing and report.error is None:
+                # recovered only when every target holds a live key again, not merely because this pass had
+                # nothing to do (e.g. it waited for a key a failing store never took)
+                healthy = p.plan is not None and (
+                    p.plan.phase in ("steady", "awaiting-pickup", "revoking")
+                    or any(isinstance(r.action, CreateKey) and r.ok for r in p.results)
+                )
+                if p.policy not in failing and report.error is None and healthy:
                     self._sent.pop(f"{p.policy}/rotation_failed", None)
             for a in due:
                 key = f"{a.policy}/{a.kind}" + (f"/{a.details.get('target')}" if a.kind == "expiring" else "")

@@ -118,12 +118,12 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
                 out.append(tid)
         return out
 
-    # the active key: the newest key that some target holds
+    # the active key: the newest key that some target holds. The issuer dates keys to the second, so two keys
+    # created within one second tie: then the one a target holds as current is the newer (it was promoted)
     active: KeyInfo | None = None
-    for k in reversed(keys):
-        if holders(k.key_id):
-            active = k
-            break
+    held = [k for k in keys if holders(k.key_id)]
+    if held:
+        active = max(held, key=lambda k: (k.issued_at, bool(holders(k.key_id, current_only=True)), k.key_id))
 
     for tid, s in states.items():
         if s.current_key_id is not None and s.current_key_id not in live_ids:
@@ -251,6 +251,9 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
                         blocked = (
                             f"pickup: consumers lag on key {active.key_id} since {_fmt_time(last)} ({waited}): {who}"
                         )
+                        for k in old:
+                            if k.expires_at is not None:
+                                blocked += f"; old key {k.key_id} expires at {_fmt_time(k.expires_at)} regardless"
                         if policy.revoke_after is not None and now >= last + policy.revoke_after:
                             after = format_duration(policy.revoke_after)
                             notes.append(f"! pickup: revoking anyway, revoke_after ({after}) passed; lagging: {who}")
@@ -260,8 +263,10 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
                                 wake = _min(wake, last + policy.revoke_after)
                             if policy.max_wait is not None:
                                 if now >= last + policy.max_wait:
-                                    notes.append(f"! pickup overdue for {p_name(policy)}: consumers still lag "
-                                                 f"{waited} after key {active.key_id} was published: {who}")
+                                    notes.append(
+                                        f"! pickup overdue for {p_name(policy)}: consumers still lag "
+                                        f"{waited} after key {active.key_id} was published: {who}"
+                                    )
                                 else:
                                     wake = _min(wake, last + policy.max_wait)
         if blocked is not None:

@@ -195,3 +195,12 @@ def test_two_lost_keys_and_no_key_held_backs_off() -> None:
     assert not any(isinstance(a, CreateKey) for a in p.actions)
     one = plan(POLICY, obs([k2], SecretState(False), SecretState(False)), NOW)
     assert any(isinstance(a, CreateKey) for a in one.actions)
+
+
+def test_keys_issued_in_the_same_second_prefer_the_current_one() -> None:
+    # the issuer dates keys to the second; found by the native-rotation test, where the old key won the tie
+    k_old, k_new = key("kz-old", timedelta(minutes=10)), key("ka-new", timedelta(minutes=10))
+    a = state(("kz-old", False), ("ka-new", True), since=timedelta(minutes=1))
+    p = plan(POLICY, obs([k_old, k_new], a, a), NOW)
+    assert p.current_key == "ka-new"
+    assert not any(isinstance(x, Publish) for x in p.actions)

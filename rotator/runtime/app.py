@@ -87,11 +87,15 @@ def _read_source(source: SecretSource, stores: dict[str, SecretStore], what: str
             # first start: rotator has not written its own key there yet; the self: true policy will
             return _read_source(SecretSource(env=source.bootstrap_env), stores, what)
         why = "does not exist" if not state.exists else "has no current version written by rotator"
-        raise ConfigError([ConfigIssue(
-            path,
-            f"secret {source.secret!r} in store {source.store!r} {why}; set bootstrap_env: VAR to start from a "
-            "key in an environment variable (a policy with self: true then writes its own), or use {env: VAR}",
-        )])
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    path,
+                    f"secret {source.secret!r} in store {source.store!r} {why}; set bootstrap_env: VAR to start from a "
+                    "key in an environment variable (a policy with self: true then writes its own), or use {env: VAR}",
+                )
+            ]
+        )
     return keyfmt.parse_api_key(source.format, store.read(ref, state.current_key_id))
 
 
@@ -102,11 +106,15 @@ def _check_not_expired(key: SecretText, source: SecretSource | None, now: dateti
     if isinstance(exp, int | float) and exp <= now.timestamp():
         when = datetime.fromtimestamp(exp, tz=now.tzinfo).strftime("%Y-%m-%dT%H:%M:%SZ")
         where = source.describe() if source else "the emulator's bootstrap key file"
-        raise ConfigError([ConfigIssue(
-            "issuer.management_key",
-            f"the management key (from {where}) expired at {when}: create a new API key with the Owner role in "
-            f"the Momento console, put it in {where}, and let a policy with self: true keep it fresh",
-        )])
+        raise ConfigError(
+            [
+                ConfigIssue(
+                    "issuer.management_key",
+                    f"the management key (from {where}) expired at {when}: create a new API key with the Owner role in "
+                    f"the Momento console, put it in {where}, and let a policy with self: true keep it fresh",
+                )
+            ]
+        )
 
 
 def open_stores(config: Config, *, clock: Clock = system_clock, **injected: Any) -> dict[str, SecretStore]:

@@ -72,9 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON document")
     r = sub.add_parser("rotate", parents=[common], help="rotate a policy now (--emergency for a leaked key)")
     r.add_argument("name", metavar="POLICY")
-    r.add_argument("--emergency", action="store_true",
-                   help="a leaked key: publish a new key and revoke the old one as soon as every target holds "
-                        "the new one, ignoring grace and pickup")
+    r.add_argument(
+        "--emergency",
+        action="store_true",
+        help="a leaked key: publish a new key and revoke the old one as soon as every target holds "
+        "the new one, ignoring grace and pickup",
+    )
     r.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     a = sub.add_parser("audit", parents=[common], help="classify every key in the Momento account, touching nothing")
     a.add_argument("--json", action="store_true", help="one JSON document")
@@ -130,7 +133,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         from rotator.runtime.daemon import run_daemon
 
-        return run_daemon(config, clock=clock, only=args.policy)
+        try:
+            return run_daemon(config, clock=clock, only=args.policy)
+        except (IssuerAuthError, IssuerPermissionError) as exc:
+            print(f"rotator: the management key was refused: {exc}{_key_remedy(config)}", file=sys.stderr)
+            return 2
     if args.command == "rotate":
         config.policy(args.name)  # exit 2 for an unknown policy, before anything is opened
         if not _confirm(args):
@@ -178,6 +185,20 @@ class ProgressBar:
         self.out.flush()
 
 
+def _key_remedy(config: Config | None) -> str:
+    """Where the refused management key came from, and what to put there."""
+    if config is None or config.issuer.management_key is None:
+        return ""
+    source = config.issuer.management_key
+    text = f"\n  the key was read from {source.describe()}: put a valid API key with the Owner role there"
+    if source.store:
+        text += (
+            f"; or set issuer.management_key.bootstrap_env to an env var holding one, clear {source.secret}'s "
+            "current version, and a policy with self: true writes a fresh key on the next pass"
+        )
+    return text
+
+
 def _confirm(args: argparse.Namespace) -> bool:
     if args.yes:
         return True
@@ -185,12 +206,21 @@ def _confirm(args: argparse.Namespace) -> bool:
         print("rotator: not on a terminal: pass --yes to confirm", file=sys.stderr)
         return False
     if args.emergency:
-        print(f"EMERGENCY rotation of {args.name}: a new key is published and the current key is revoked as soon "
-              "as every target holds the new one, without waiting for grace or consumers.", file=sys.stderr)
-        answer = input(f"Type the policy name ({args.name}) to confirm: ")
+        print(
+            f"EMERGENCY rotation of {args.name}: a new key is published and the current key is revoked as soon "
+            "as every target holds the new one, without waiting for grace or consumers.",
+            file=sys.stderr,
+        )
+        answer = _ask(f"Type the policy name ({args.name}) to confirm: ")
         return bool(answer.strip() == args.name)
-    answer = input(f"Rotate {args.name} now (normal grace and pickup apply)? [y/N] ")
+    answer = _ask(f"Rotate {args.name} now (normal grace and pickup apply)? [y/N] ")
     return answer.strip().lower() in ("y", "yes")
+
+
+def _ask(prompt: str) -> str:
+    """A question on stderr (stdout carries the JSON result), the answer from stdin."""
+    print(prompt, end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline()
 
 
 def _rotate(app: Any, name: str, *, emergency: bool, clock: Clock) -> int:
@@ -204,8 +234,12 @@ def _rotate(app: Any, name: str, *, emergency: bool, clock: Clock) -> int:
     if emergency and first.ok:
         # the new key is in every target now: the planner revokes the old one without grace or pickup
         reports.append(engine.run_pass(only=[name], emergency=[name]))
-    result: dict[str, Any] = {"policy": name, "emergency": emergency, "ok": all(r.ok for r in reports),
-                              "passes": [r.to_json() for r in reports]}
+    result: dict[str, Any] = {
+        "policy": name,
+        "emergency": emergency,
+        "ok": all(r.ok for r in reports),
+        "passes": [r.to_json() for r in reports],
+    }
     if emergency:
         after = engine.run_pass(dry_run=True, only=[name], read_targets=True).policies[0]
         new_key = after.plan.current_key if after.plan else None
@@ -215,8 +249,15 @@ def _rotate(app: Any, name: str, *, emergency: bool, clock: Clock) -> int:
             for v in engine.pickup(app.config.policy(name), new_key, states):
                 lagging.extend(f"{v.check}: {c}" for c in v.lagging)
         revoked = leaked is not None and leaked not in {k.key_id for k in after.keys}
-        result.update({"leaked_key": leaked, "targets_that_held_it": held_by, "new_key": new_key,
-                       "leaked_key_revoked": revoked, "consumers_not_on_new_key": lagging})
+        result.update(
+            {
+                "leaked_key": leaked,
+                "targets_that_held_it": held_by,
+                "new_key": new_key,
+                "leaked_key_revoked": revoked,
+                "consumers_not_on_new_key": lagging,
+            }
+        )
         out = sys.stderr
         print(f"leaked key: {leaked or '-'} ({'revoked' if revoked else 'NOT revoked yet'})", file=out)
         print(f"targets that held it: {', '.join(held_by) or '-'}", file=out)
@@ -252,8 +293,17 @@ def _audit(app: Any, now: datetime, *, window: str, as_json: bool) -> int:
     table = [["KEY ID", "ROLE", "ISSUED", "EXPIRES IN", "CLASS", "POLICY", "FLAGS"]]
     for r in rows:
         exp = "never" if r.key.expires_at is None else human_delta(r.key.expires_at - now)
-        table.append([r.key.key_id, r.role, r.key.issued_at.strftime("%Y-%m-%d %H:%M"), exp, r.cls, r.policy or "-",
-                      ", ".join(r.flags) or "-"])
+        table.append(
+            [
+                r.key.key_id,
+                r.role,
+                r.key.issued_at.strftime("%Y-%m-%d %H:%M"),
+                exp,
+                r.cls,
+                r.policy or "-",
+                ", ".join(r.flags) or "-",
+            ]
+        )
     _table(table, sys.stdout)
     counts = {c: sum(1 for r in rows if r.cls == c) for c in ("managed", "orphaned", "unmanaged")}
     print(f"{len(rows)} keys: " + ", ".join(f"{n} {c}" for c, n in counts.items()))
@@ -287,7 +337,7 @@ def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
         _print_plan(report, app.config, clock(), as_json=False, results=True)
     print(json.dumps({"summary": report.to_json()}, default=str), flush=True)
     if report.issuer_auth_error:
-        print(f"rotator: the management key was refused: {report.error}", file=sys.stderr)
+        print(f"rotator: the management key was refused: {report.error}{_key_remedy(app.config)}", file=sys.stderr)
         return 2
     if stop.is_set():
         print("rotator: stopped by a signal; the next pass finishes the rest", file=sys.stderr)

@@ -597,7 +597,7 @@ class AwsSecretsManagerStore:
         if opts.adopt:
             return
         current = d.holder(CURRENT)
-        if current is not None and key_id_of(current) is None:
+        if current is not None and self._key_of(ref, opts, current, d.stages.get(current, [])) is None:
             raise StoreConflict(
                 f"refusing to {action}: the secret's AWSCURRENT version {current} was not written by rotator; "
                 "set 'adopt: true' on the target to take the secret over",

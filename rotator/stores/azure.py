@@ -346,9 +346,7 @@ def _make_credential(config: StoreConfig) -> Any:
             return identity.WorkloadIdentityCredential(**({"client_id": client_id} if client_id else {}))
         if config.credential == "azure_cli":
             return identity.AzureCliCredential()
-        return identity.DefaultAzureCredential(
-            **({"managed_identity_client_id": client_id} if client_id else {})
-        )
+        return identity.DefaultAzureCredential(**({"managed_identity_client_id": client_id} if client_id else {}))
     except ValueError as exc:  # e.g. workload identity without AZURE_TENANT_ID / AZURE_FEDERATED_TOKEN_FILE
         raise ConfigError(f"credential {config.credential!r} for {config.vault_url}: {exc}") from exc
 
@@ -524,9 +522,7 @@ class AzureKeyVaultStore:
             listing = self._known(ref) if attempt == 0 else None
             if listing is None or not any(v.key_id == key_id for v in listing.versions.values()):
                 listing = self._list(ref)
-            holders = sorted(
-                (v for v in listing.versions.values() if v.key_id == key_id), key=_age_key, reverse=True
-            )
+            holders = sorted((v for v in listing.versions.values() if v.key_id == key_id), key=_age_key, reverse=True)
             if not holders:
                 raise StoreNotFound(
                     f"no version in Key Vault {self.vault_url} holds key {key_id}", store=self.name, secret=ref.secret
@@ -569,9 +565,7 @@ class AzureKeyVaultStore:
         listing = self._listing(ref)
         if not any(v.key_id == key_id for v in listing.versions.values()):
             listing = self._list(ref)
-        holders = sorted(
-            (v for v in listing.versions.values() if v.key_id == key_id), key=_age_key, reverse=True
-        )
+        holders = sorted((v for v in listing.versions.values() if v.key_id == key_id), key=_age_key, reverse=True)
         if not holders:
             raise StoreNotFound(
                 f"nothing to promote: no version in Key Vault {self.vault_url} holds key {key_id}",
@@ -820,9 +814,7 @@ class AzureKeyVaultStore:
                     **where,
                 ) from exc
             if status == 403 and inner == "SecretDisabled":
-                raise _VersionDisabled(
-                    f"the version is disabled in Key Vault {self.vault_url}", **where
-                ) from exc
+                raise _VersionDisabled(f"the version is disabled in Key Vault {self.vault_url}", **where) from exc
             if status == 403 and inner == "ForbiddenByFirewall":
                 raise StorePermissionError(
                     f"Key Vault {self.vault_url} refused to {doing}: its network rules do not admit this "

@@ -519,8 +519,7 @@ class GcpSecretManagerStore:
         if isinstance(exc, g.Forbidden):  # PermissionDenied over gRPC, Forbidden over REST
             perm, role = PERMISSIONS.get(op, ("secretmanager.*", "roles/secretmanager.admin"))
             return StorePermissionError(
-                f"permission denied: {op} needs {perm}; grant {role} ({CUSTOM_ROLE_HINT}) "
-                f"to rotator's service account",
+                f"permission denied: {op} needs {perm}; grant {role} ({CUSTOM_ROLE_HINT}) to rotator's service account",
                 store=self.name,
                 secret=ref.secret,
             )
@@ -641,9 +640,7 @@ class GcpSecretManagerStore:
         self._remember(ref, updated)
         return updated
 
-    def _update(
-        self, ref: TargetRef, secret: _Secret | None, mutate: Callable[[_Secret], _Change | None]
-    ) -> _Secret:
+    def _update(self, ref: TargetRef, secret: _Secret | None, mutate: Callable[[_Secret], _Change | None]) -> _Secret:
         """Apply ``mutate`` with an etag-guarded PATCH, re-reading and redoing it after a concurrent change.
 
         ``mutate`` returns ``None`` when there is nothing (left) to change. Raises StoreNotFound when the
@@ -772,9 +769,7 @@ class GcpSecretManagerStore:
     def _list_first_page(self, ref: TargetRef, size: int = 25) -> list[tuple[int, int, datetime | None]]:
         """The newest ``size`` versions as ``(number, state, created)``: one ListSecretVersions call."""
         request = {"parent": self._secret_name(ref), "page_size": size}
-        pager = self._call(
-            "ListSecretVersions", ref, lambda: self._client.list_secret_versions(**self._kw(request))
-        )
+        pager = self._call("ListSecretVersions", ref, lambda: self._client.list_secret_versions(**self._kw(request)))
         out = []
         for v in pager.versions:  # the first page only: the pager would fetch more pages lazily
             created = v.create_time
