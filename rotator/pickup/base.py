@@ -18,11 +18,21 @@ from __future__ import annotations
 import importlib
 from datetime import datetime
 from types import ModuleType
-from typing import Any, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator, Field
 
+from rotator.config import parse_duration
 from rotator.model import PickupVerdict
+
+
+def _seconds(value: Any) -> float:
+    """A timeout as float seconds: a number, or a duration such as ``"5s"`` or ``"500ms"``."""
+    return parse_duration(value).total_seconds()
+
+
+#: a check's per-request timeout: seconds or a duration, more than 0 and at most 300 s
+Timeout = Annotated[float, BeforeValidator(_seconds), Field(gt=0, le=300)]
 
 #: check type -> module
 REGISTRY: dict[str, str] = {

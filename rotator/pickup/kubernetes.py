@@ -46,7 +46,7 @@ from rotator.errors import MissingExtraError, PickupError
 from rotator.keys import key_id_of
 from rotator.model import PickupVerdict, SecretText
 from rotator.observability import get_logger, record_call, redact_text
-from rotator.pickup.http import Seconds
+from rotator.pickup.base import Timeout
 
 SERVICE = "kubernetes"
 #: pods asked for per list request
@@ -113,20 +113,13 @@ class CheckConfig(BaseModel):
     #: in-cluster service account; None = in-cluster when KUBERNETES_SERVICE_HOST is set, else kubeconfig
     in_cluster: bool | None = None
     #: seconds (or a duration like ``10s``) to wait for each API request
-    timeout: Seconds = 10.0
+    timeout: Timeout = 10.0
 
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, v: str) -> str:
         if not _DNS_LABEL_RE.match(v):
             raise ValueError(f"{v!r} is not a namespace name (lower case DNS label, e.g. payments)")
-        return v
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout(cls, v: float) -> float:
-        if not 0 < v <= 300:
-            raise ValueError("timeout must be more than 0 and at most 300 seconds")
         return v
 
     @model_validator(mode="after")
