@@ -33,6 +33,7 @@ from rotator.model import (
     KeyInfo,
     Observation,
     Phase,
+    PickupVerdict,
     Plan,
     Publish,
     Retire,
@@ -222,56 +223,12 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
     old = [k for k in keys if active is not None and k.key_id != active.key_id and k.key_id in ever_held]
     needs_pickup: str | None = None
     if old and active is not None:
-        blocked: str | None = None
-        if unknown:
-            blocked = "some targets could not be read"
-        elif publishing or create_reason is not None:
-            blocked = f"key {active.key_id} is not yet current in every target"
-        else:
-            sinces = [states[t.id].current_since for t in policy.targets]
-            if any(s is None for s in sinces):
-                blocked = "a target does not say since when it holds the new key"
-            else:
-                last = max(s for s in sinces if s is not None)
-                grace_end = last + policy.grace
-                if now < grace_end and not opts.emergency:
-                    blocked = (
-                        f"grace: the last target took key {active.key_id} at {_fmt_time(last)}; "
-                        f"old keys stay valid until {_fmt_time(grace_end)} ({format_duration(policy.grace)} grace)"
-                    )
-                    wake = _min(wake, grace_end)
-                elif obs.pickup is None and policy.pickup and not opts.emergency:
-                    needs_pickup = active.key_id
-                    blocked = "pickup checks have not been asked yet"
-                elif obs.pickup is not None and not opts.emergency:
-                    lagging = [v for v in obs.pickup if v.key_id == active.key_id and not v.ok]
-                    if lagging:
-                        who = "; ".join(f"{v.check}: {', '.join(v.lagging) or v.detail}" for v in lagging)
-                        waited = format_duration(now - last)
-                        blocked = (
-                            f"pickup: consumers lag on key {active.key_id} since {_fmt_time(last)} ({waited}): {who}"
-                        )
-                        for k in old:
-                            if k.expires_at is not None:
-                                blocked += f"; old key {k.key_id} expires at {_fmt_time(k.expires_at)} regardless"
-                        if policy.revoke_after is not None and now >= last + policy.revoke_after:
-                            after = format_duration(policy.revoke_after)
-                            notes.append(f"! pickup: revoking anyway, revoke_after ({after}) passed; lagging: {who}")
-                            blocked = None
-                        else:
-                            if policy.revoke_after is not None:
-                                wake = _min(wake, last + policy.revoke_after)
-                            if policy.max_wait is not None:
-                                if now >= last + policy.max_wait:
-                                    notes.append(
-                                        f"! pickup overdue for {p_name(policy)}: consumers still lag "
-                                        f"{waited} after key {active.key_id} was published: {who}"
-                                    )
-                                else:
-                                    wake = _min(wake, last + policy.max_wait)
-        if blocked is not None:
+        busy = publishing or create_reason is not None
+        gate = _revocation_gate(policy, obs, opts, active, old, states, bool(unknown), busy, now, notes)
+        wake, needs_pickup = _min(wake, gate.wake), gate.needs_pickup
+        if gate.blocked is not None:
             phase = "awaiting-pickup" if phase == "steady" else phase
-            notes.append(f"{len(old)} old key(s) kept: {blocked}")
+            notes.append(f"{len(old)} old key(s) kept: {gate.blocked}")
         else:
             for k in old:
                 retire_in = tuple(tid for tid in holders(k.key_id) if states[tid].current_key_id != k.key_id)
@@ -293,8 +250,86 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
     )
 
 
-def p_name(policy: Policy) -> str:
-    return policy.name
+@dataclass(frozen=True)
+class _Gate:
+    """Why old keys must stay (``blocked``, or ``None``: revoke), and when that may change on its own."""
+
+    blocked: str | None = None
+    wake: datetime | None = None
+    needs_pickup: str | None = None
+
+
+def _revocation_gate(
+    policy: Policy,
+    obs: Observation,
+    opts: Options,
+    active: KeyInfo,
+    old: list[KeyInfo],
+    states: dict[str, SecretState],
+    unknown: bool,
+    busy: bool,
+    now: datetime,
+    notes: list[str],
+) -> _Gate:
+    """May the keys ``active`` replaced be revoked now? Every target must hold ``active`` as current, the last
+    of them for at least ``grace``, and every pickup verdict must agree (an emergency skips grace and pickup)."""
+    if unknown:
+        return _Gate("some targets could not be read")
+    if busy:
+        return _Gate(f"key {active.key_id} is not yet current in every target")
+    sinces = [states[t.id].current_since for t in policy.targets]
+    if any(s is None for s in sinces):
+        return _Gate("a target does not say since when it holds the new key")
+    last = max(s for s in sinces if s is not None)
+    if opts.emergency:
+        return _Gate()
+    grace_end = last + policy.grace
+    if now < grace_end:
+        return _Gate(
+            f"grace: the last target took key {active.key_id} at {_fmt_time(last)}; "
+            f"old keys stay valid until {_fmt_time(grace_end)} ({format_duration(policy.grace)} grace)",
+            wake=grace_end,
+        )
+    if obs.pickup is not None:
+        return _pickup_gate(policy, obs.pickup, active, old, last, now, notes)
+    if policy.pickup:
+        return _Gate("pickup checks have not been asked yet", needs_pickup=active.key_id)
+    return _Gate()
+
+
+def _pickup_gate(
+    policy: Policy,
+    verdicts: tuple[PickupVerdict, ...],
+    active: KeyInfo,
+    old: list[KeyInfo],
+    last: datetime,
+    now: datetime,
+    notes: list[str],
+) -> _Gate:
+    """Lagging consumers keep the old keys, until ``revoke_after``; past ``max_wait`` they raise an alert."""
+    lagging = [v for v in verdicts if v.key_id == active.key_id and not v.ok]
+    if not lagging:
+        return _Gate()
+    who = "; ".join(f"{v.check}: {', '.join(v.lagging) or v.detail}" for v in lagging)
+    waited = format_duration(now - last)
+    blocked = f"pickup: consumers lag on key {active.key_id} since {_fmt_time(last)} ({waited}): {who}"
+    for k in old:
+        if k.expires_at is not None:
+            blocked += f"; old key {k.key_id} expires at {_fmt_time(k.expires_at)} regardless"
+    if policy.revoke_after is not None and now >= last + policy.revoke_after:
+        after = format_duration(policy.revoke_after)
+        notes.append(f"! pickup: revoking anyway, revoke_after ({after}) passed; lagging: {who}")
+        return _Gate()
+    wake = last + policy.revoke_after if policy.revoke_after is not None else None
+    if policy.max_wait is not None:
+        if now >= last + policy.max_wait:
+            notes.append(
+                f"! pickup overdue for {policy.name}: consumers still lag {waited} after key {active.key_id} "
+                f"was published: {who}"
+            )
+        else:
+            wake = _min(wake, last + policy.max_wait)
+    return _Gate(blocked, wake)
 
 
 def _plan_without_targets(policy: Policy, keys: list[KeyInfo], now: datetime, opts: Options) -> Plan:
