@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
 import uuid
-import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +18,7 @@ import pytest
 from rotator.issuers.emulator import Emulator
 from rotator.runtime import lambda_handler
 from rotator.runtime.native_rotation import NativeRotationError
-from tests.servers.moto_server import MotoServer, running_moto
+from tests.servers.moto_server import MotoServer, point_rotation_at_lambda, running_moto
 
 REGION = "us-east-1"
 SECRET = "momento/lambda-demo"
@@ -92,37 +90,8 @@ def test_scheduled_handler_raises_when_the_pass_fails(env: dict[str, Any]) -> No
 
 def _enable_rotation(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> str:
     """Point the secret's native rotation at a (do-nothing) moto Lambda that stands for rotator's function."""
-    moto, raw = env["moto"], env["raw"]
-    moto.configure({"lambda": {"use_docker": False}})
-    iam = boto3.client("iam", region_name=REGION, endpoint_url=moto.url)
-    role = iam.create_role(
-        RoleName="rotator-role",
-        AssumeRolePolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-                ],
-            }
-        ),
-    )["Role"]["Arn"]
-    code = io.BytesIO()
-    with zipfile.ZipFile(code, "w") as z:
-        z.writestr("index.py", "def handler(event, context):\n    return None\n")
-    fn = boto3.client("lambda", region_name=REGION, endpoint_url=moto.url).create_function(
-        FunctionName="rotator-rotation",
-        Runtime="python3.11",
-        Role=role,
-        Handler="index.handler",
-        Code={"ZipFile": code.getvalue()},
-    )["FunctionArn"]
+    fn = point_rotation_at_lambda(env["moto"], SECRET, "rotator-rotation", REGION)
     monkeypatch.setenv("ROTATOR_LAMBDA_ARN", fn)
-    for vid, labels in raw.describe_secret(SecretId=SECRET).get("VersionIdsToStages", {}).items():
-        if "AWSPENDING" in labels:
-            raw.update_secret_version_stage(SecretId=SECRET, VersionStage="AWSPENDING", RemoveFromVersionId=vid)
-    raw.rotate_secret(
-        SecretId=SECRET, RotationLambdaARN=fn, RotationRules={"AutomaticallyAfterDays": 30}, RotateImmediately=False
-    )
     lambda_handler.reset()
     return str(fn)
 

@@ -46,9 +46,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
-API_VERSIONS = frozenset(
-    {"2016-10-01", "7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01", "2026-04-01"}
-)
+from tests.servers.loopback import serve, shut
+
+API_VERSIONS = frozenset({"2016-10-01", "7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01", "2026-04-01"})
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
 MAX_TAGS = 15
@@ -214,23 +214,13 @@ class KeyVaultServer:
         class Handler(_Handler):
             kv = server
 
-        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        httpd.daemon_threads = True
-        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-        self._httpd = httpd
-        self.url = f"https://127.0.0.1:{httpd.server_address[1]}/"
-        self._thread = threading.Thread(target=httpd.serve_forever, name="kv-test-server", daemon=True)
-        self._thread.start()
+        self._httpd, self._thread = serve(Handler, "kv-test-server", tls=ctx)
+        self.url = f"https://127.0.0.1:{self._httpd.server_address[1]}/"
         return self
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut(self._httpd, self._thread)
+        self._httpd, self._thread = None, None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -297,9 +287,7 @@ class KeyVaultServer:
     def count(self, method: str | None = None, path_prefix: str = "") -> int:
         """How many requests (challenges included) matched."""
         with self._lock:
-            return sum(
-                1 for m, p, _ in self.requests if (method is None or m == method) and p.startswith(path_prefix)
-            )
+            return sum(1 for m, p, _ in self.requests if (method is None or m == method) and p.startswith(path_prefix))
 
     # ---- the service -------------------------------------------------------------------------------------
 
@@ -532,9 +520,7 @@ class KeyVaultServer:
         next_link = None
         if start + size < len(items):
             skip = base64.urlsafe_b64encode(str(start + size).encode()).decode()
-            next_link = (
-                f"{base}/secrets/{name}/versions?api-version=2026-04-01&$skiptoken={skip}&maxresults={size}"
-            )
+            next_link = f"{base}/secrets/{name}/versions?api-version=2026-04-01&$skiptoken={skip}&maxresults={size}"
         return {"value": [_item(base, name, v) for v in page], "nextLink": next_link}
 
     def _deleted_bundle(self, base: str, d: DeletedSecret) -> dict[str, Any]:

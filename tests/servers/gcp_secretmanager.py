@@ -50,6 +50,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import google_crc32c
 
+from tests.servers.loopback import serve, shut
+
 SECRET_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,255}$")
 ANNOTATION_KEY_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9._-]{0,61}[a-zA-Z0-9])?$")
 LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -190,20 +192,12 @@ class SecretManagerServer:
         class Handler(_Handler):
             owner = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="gcp-secretmanager", daemon=True)
-        self._thread.start()
+        self._httpd, self._thread = serve(Handler, "gcp-secretmanager")
         return self
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut(self._httpd, self._thread)
+        self._httpd, self._thread = None, None
 
     def __enter__(self) -> SecretManagerServer:
         return self.start()

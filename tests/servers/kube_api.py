@@ -40,6 +40,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tests.servers.loopback import serve, shut
+
 DEFAULT_TOKEN = "test"
 DEFAULT_USER = "system:serviceaccount:rotator:rotator"
 
@@ -214,20 +216,12 @@ class KubeApiServer:
         class Handler(_Handler):
             api = server
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="kube-api", daemon=True)
-        self._thread.start()
+        self._httpd, self._thread = serve(Handler, "kube-api", poll=0.05)
         return self
 
     def stop(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        shut(self._httpd, self._thread)
+        self._httpd, self._thread = None, None
 
     def __enter__(self) -> KubeApiServer:
         return self.start()

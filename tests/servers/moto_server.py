@@ -118,3 +118,39 @@ def moto(moto_server: MotoServer) -> MotoServer:
     """The session's moto server, wiped before the test."""
     moto_server.reset()
     return moto_server
+
+
+def point_rotation_at_lambda(server: MotoServer, secret: str, name: str, region: str = "us-east-1") -> str:
+    """Create a do-nothing moto Lambda ``name`` and make it ``secret``'s native rotation function; its ARN.
+
+    moto refuses ``rotate_secret`` while AWSPENDING sits on the AWSCURRENT version (AWS documents that state as
+    a finished rotation), so the label is taken off first.
+    """
+    import io
+    import zipfile
+
+    import boto3
+
+    server.configure({"lambda": {"use_docker": False}})
+    iam = boto3.client("iam", region_name=region, endpoint_url=server.url)
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
+        ],
+    }
+    role = iam.create_role(RoleName=f"{name}-role", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as z:
+        z.writestr("index.py", "def handler(event, context):\n    return None\n")
+    fn = boto3.client("lambda", region_name=region, endpoint_url=server.url).create_function(
+        FunctionName=name, Runtime="python3.11", Role=role, Handler="index.handler", Code={"ZipFile": code.getvalue()}
+    )["FunctionArn"]
+    raw = boto3.client("secretsmanager", region_name=region, endpoint_url=server.url)
+    for vid, labels in raw.describe_secret(SecretId=secret).get("VersionIdsToStages", {}).items():
+        if "AWSPENDING" in labels:
+            raw.update_secret_version_stage(SecretId=secret, VersionStage="AWSPENDING", RemoveFromVersionId=vid)
+    raw.rotate_secret(
+        SecretId=secret, RotationLambdaARN=fn, RotationRules={"AutomaticallyAfterDays": 30}, RotateImmediately=False
+    )
+    return str(fn)

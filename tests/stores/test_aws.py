@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import sys
 import uuid
-import zipfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +28,7 @@ from rotator.stores.aws import (
 )
 from rotator.stores.base import TargetRef, VersionMeta
 from tests.servers.fault_proxy import Fault, FaultProxy
-from tests.servers.moto_server import MotoServer, running_moto
+from tests.servers.moto_server import MotoServer, point_rotation_at_lambda, running_moto
 from tests.stores.contract import StoreContract
 from tests.support.crash import SimulatedCrash, count_calls, crash_after
 
@@ -231,38 +229,7 @@ def test_secret_of_another_policy_is_refused(store: AwsSecretsManagerStore) -> N
 
 def _foreign_lambda(moto: MotoServer, raw: Any, secret: str, name: str) -> str:
     """Point ``secret``'s native rotation at a (do-nothing) Lambda function ``name``; return its ARN."""
-    moto.configure({"lambda": {"use_docker": False}})
-    iam = boto3.client("iam", region_name=REGION, endpoint_url=moto.url)
-    role = iam.create_role(
-        RoleName=f"{name}-role",
-        AssumeRolePolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-                ],
-            }
-        ),
-    )["Role"]["Arn"]
-    code = io.BytesIO()
-    with zipfile.ZipFile(code, "w") as z:
-        z.writestr("index.py", "def handler(event, context):\n    return None\n")
-    fn = boto3.client("lambda", region_name=REGION, endpoint_url=moto.url).create_function(
-        FunctionName=name,
-        Runtime="python3.11",
-        Role=role,
-        Handler="index.handler",
-        Code={"ZipFile": code.getvalue()},
-    )["FunctionArn"]
-    # moto refuses rotate_secret while AWSPENDING sits on the AWSCURRENT version (AWS documents that state
-    # as a finished rotation); take it off first
-    for vid, labels in raw.describe_secret(SecretId=secret).get("VersionIdsToStages", {}).items():
-        if "AWSPENDING" in labels:
-            raw.update_secret_version_stage(SecretId=secret, VersionStage="AWSPENDING", RemoveFromVersionId=vid)
-    raw.rotate_secret(
-        SecretId=secret, RotationLambdaARN=fn, RotationRules={"AutomaticallyAfterDays": 30}, RotateImmediately=False
-    )
-    return str(fn)
+    return point_rotation_at_lambda(moto, secret, name, REGION)
 
 
 def test_foreign_rotation_lambda_is_refused(store: AwsSecretsManagerStore, raw: Any, moto: MotoServer) -> None:
