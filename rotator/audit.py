@@ -53,6 +53,13 @@ def classify(
     could not be read).
     """
     policies = {p.name: p for p in config.policies}
+    # the newest key of each policy, found once (not per key: that was quadratic in the fleet)
+    newest_of: dict[str, KeyInfo] = {}
+    for x in keys:
+        if x.policy is not None:
+            best = newest_of.get(x.policy)
+            if best is None or (x.issued_at, x.key_id) > (best.issued_at, best.key_id):
+                newest_of[x.policy] = x
     out: list[KeyAudit] = []
     for k in sorted(keys, key=lambda k: (k.policy or "~", k.issued_at, k.key_id)):
         role = roles.get(k.role_id, k.role_id)
@@ -68,7 +75,7 @@ def classify(
             holding = [tid for tid, s in states.items() if s is not None and s.holds(k.key_id)]
             current = [tid for tid, s in states.items() if s is not None and s.current_key_id == k.key_id]
             unreadable = any(s is None for s in states.values())
-            newest = max((x for x in keys if x.policy == policy), key=lambda x: (x.issued_at, x.key_id))
+            newest = newest_of[policy]
             pending = newest.key_id == k.key_id and now - k.issued_at < policies[policy].orphan_after
             if holding or pending or unreadable:
                 cls = "managed"

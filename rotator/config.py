@@ -392,9 +392,14 @@ class Config:
     alerts: Any = None  # rotator.notify.AlertsConfig (validated here, defined there)
 
     def policy(self, name: str) -> Policy:
-        for p in self.policies:
-            if p.name == name:
-                return p
+        # a dict built on first use: the engine looks a policy up once per policy in a pass
+        index: dict[str, Policy] | None = self.__dict__.get("_policy_index")
+        if index is None:
+            index = {p.name: p for p in self.policies}
+            object.__setattr__(self, "_policy_index", index)
+        found = index.get(name)
+        if found is not None:
+            return found
         raise ConfigError([ConfigIssue("policy", f"no policy named {name!r}; known: {', '.join(self.names())}")])
 
     def names(self) -> list[str]:

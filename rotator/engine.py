@@ -416,13 +416,18 @@ class Engine:
             )
 
         counter = _Counter(progress, "plan", len(policies))
+        # Index the listing once per pass: each policy then sees only its own keys, so a pass is linear in the
+        # fleet instead of policies x keys.
+        by_policy: dict[str | None, list[KeyInfo]] = {}
+        for k in all_keys:
+            by_policy.setdefault(k.policy, []).append(k)
 
         def one(policy: Policy) -> PolicyReport:
             with structlog.contextvars.bound_contextvars(policy=policy.name), counter:
                 try:
                     return self._plan_policy(
                         policy,
-                        all_keys,
+                        by_policy.get(policy.name, []),
                         stores,
                         force=policy.name in force_set,
                         emergency=policy.name in emergency_set,
@@ -461,7 +466,7 @@ class Engine:
     def _plan_policy(
         self,
         policy: Policy,
-        all_keys: list[KeyInfo],
+        mine_keys: list[KeyInfo],
         stores: dict[str, Any],
         *,
         force: bool,
@@ -469,7 +474,7 @@ class Engine:
         read_targets: bool,
     ) -> PolicyReport:
         now = self.clock()
-        mine = tuple(k for k in all_keys if k.policy == policy.name)
+        mine = tuple(mine_keys)
         opts = Options(
             clock_skew=self.config.clock_skew,
             drift_check=read_targets or drift_check_due(self.config, policy.name, now),

@@ -6,6 +6,7 @@ inside :class:`SecretText`, whose ``repr``/``str`` never show the value.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import weakref
@@ -104,8 +105,11 @@ class KeyInfo:
     issued_at: datetime
     expires_at: datetime | None
 
-    @property
+    @functools.cached_property
     def policy(self) -> str | None:
+        # Cached: a pass asks every key for its policy at least once per policy that looks at it, and the
+        # marker regex is the cost of a steady pass at fleet scale (issue 13). cached_property writes to the
+        # instance __dict__ directly, so it works on a frozen dataclass and is not part of eq/hash.
         return policy_of(self.description)
 
 
