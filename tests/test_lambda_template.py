@@ -82,3 +82,13 @@ def test_the_scheduled_function_has_reserved_concurrency_one_and_a_failure_desti
     props = scheduled[0]["Properties"]
     assert props["ReservedConcurrentExecutions"] == 1
     assert "OnFailure" in str(props.get("EventInvokeConfig", {})) or "DeadLetterQueue" in props
+
+
+def test_the_rotation_function_has_no_reserved_concurrency_of_one() -> None:
+    # Secrets Manager throttles rotations when the rotation function's reserved concurrency is below 10
+    resources = _template()["Resources"]
+    functions = {k: v for k, v in resources.items() if v.get("Type") == "AWS::Serverless::Function"}
+    rotation = [v for v in functions.values() if v["Properties"].get("Handler", "").endswith("rotation_handler")]
+    assert len(rotation) == 1
+    reserved = rotation[0]["Properties"].get("ReservedConcurrentExecutions")
+    assert reserved is None or reserved >= 10, reserved
