@@ -28,7 +28,8 @@ speaks the parts of the Key Vault secrets REST API that rotator and its tests us
 - injectable faults: :meth:`KeyVaultServer.fail_next` queues statuses (429 with ``Retry-After``, 500...)
   for the next matching requests, either instead of carrying the request out or, with ``after=True``, after
   carrying it out (a response lost on the way back, as a gateway timeout or a reset connection loses it: the
-  version exists although the client saw an error, and a retried ``PUT`` makes a second one);
+  version exists although the client saw an error, and a retried ``PUT`` makes a second one); status ``0``
+  closes the connection without an answer (a reset);
   :attr:`KeyVaultServer.fail_rate` fails a seeded random share of them, and :meth:`KeyVaultServer.deny`
   answers 403 for a permission (``get``, ``list``, ``set``...).
 
@@ -367,6 +368,8 @@ class KeyVaultServer:
 
     @staticmethod
     def _raise_fault(status: int, retry_after: str | None, code: str | None) -> None:
+        if status == 0:
+            raise _Reply(0)  # no answer at all: the handler closes the connection
         headers = {"Retry-After": retry_after} if retry_after is not None else {}
         if status == 429:
             raise _error(
@@ -661,6 +664,9 @@ class _Handler(BaseHTTPRequestHandler):
         status, payload, headers = self.kv.handle(self.command, split.path, query, self.headers, body)
         with self.kv._lock:
             self.kv.requests.append((self.command, split.path, status))
+        if status == 0:  # an injected reset: close without answering
+            self.close_connection = True
+            return
         data = json.dumps(payload).encode() if payload is not None else b""
         self.send_response(status)
         if payload is not None:

@@ -1021,6 +1021,17 @@ def test_a_put_whose_answer_was_lost_makes_one_version(
     assert store.inspect(ref).current_key_id == "k2"
 
 
+def test_a_put_whose_connection_was_reset_after_it_was_made_makes_one_version(
+    kv: KeyVaultServer, store: AzureKeyVaultStore, ref: TargetRef
+) -> None:
+    store.stage(ref, value("k1"), meta("k1"))
+    kv.fail_next(0, op="set_secret", after=True)  # made, then the connection closes with no answer
+    with count_calls(SERVICE) as calls:
+        store.stage(ref, value("k2"), meta("k2"))
+    assert [(v.tags or {}).get("rotator-key-id") for v in kv.versions(ref.secret)] == ["k1", "k2"]
+    assert [op for op, _ in kv_calls(calls)] == ["set_secret", "get_secret"]
+
+
 def test_a_put_that_failed_before_it_was_made_is_sent_again(
     kv: KeyVaultServer, store: AzureKeyVaultStore, ref: TargetRef
 ) -> None:
