@@ -3,7 +3,9 @@
 Each store runs behind its local over-the-wire server (the file store on a temp dir, moto for AWS, the
 project's Key Vault and Secret Manager servers), with the Momento emulator, through the real engine and the
 real client libraries. A rotation is the due pass (create + publish) plus the pass after grace (retire +
-revoke). Usage: python bench/store_calls.py
+revoke). The last row measures the Azure rotation again on secrets that already went through ``HISTORY``
+rotations (one version each, never deleted), to show the cost does not grow with the number of versions.
+Usage: python bench/store_calls.py
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from rotator.runtime.app import build  # noqa: E402
 from tests.support.crash import count_calls  # noqa: E402
 
 TARGETS = 3  # targets per policy: the figures are divided by this
+HISTORY = 60  # rotations before the measured one, for the "after many versions" row
 
 
 class Clock:
@@ -75,7 +78,7 @@ def store_setup(kind: str, tmp: Path) -> Iterator[tuple[str, dict[str, Any], dic
             )
 
 
-def measure(kind: str) -> dict[str, float]:
+def measure(kind: str, history: int = 0) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix=f"rotator-bench-{kind}-"))
     clock = Clock()
     with ExitStack() as stack:
@@ -108,6 +111,11 @@ def measure(kind: str) -> dict[str, float]:
         app = stack.enter_context(build(config, clock=clock, store_options={"s": injected}))
         first = app.engine.run_pass()
         assert first.ok, first.to_json()
+        for _ in range(history):
+            clock.now += timedelta(days=24)
+            app.engine.run_pass()
+            clock.now += timedelta(hours=2)
+            app.engine.run_pass()
         with count_calls(service) as steady:
             for _ in range(5):
                 app.engine.run_pass()
@@ -128,12 +136,13 @@ def measure(kind: str) -> dict[str, float]:
 def main() -> None:
     configure_logging("error")
     rows = []
-    for kind in ("file", "aws", "azure", "gcp"):
-        m = measure(kind)
-        rows.append((kind, m["publish"] + m["revoke"], m["publish"], m["revoke"], m["steady"]))
-    print("store  calls/rotation/target  (due pass + after-grace pass)  calls/steady-state pass")
-    for kind, total, pub, rev, steady in rows:
-        print(f"{kind:6} {total:21.1f}  ({pub:.1f} + {rev:.1f}){'':20} {steady:.1f}")
+    for kind, history in (("file", 0), ("aws", 0), ("azure", 0), ("gcp", 0), ("azure", HISTORY)):
+        m = measure(kind, history)
+        label = kind if not history else f"{kind} after {history} rotations"
+        rows.append((label, m["publish"] + m["revoke"], m["publish"], m["revoke"], m["steady"]))
+    print(f"{'store':26} calls/rotation/target  (due pass + after-grace pass)  calls/steady-state pass")
+    for label, total, pub, rev, steady in rows:
+        print(f"{label:26} {total:21.1f}  ({pub:.1f} + {rev:.1f}){'':20} {steady:.1f}")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,9 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Captured]:
     buf = io.StringIO()
     try:
         with harness(tmp_path_factory.mktemp("no-leak")) as h:
-            cfg_path = h.write_config([CHECKOUT, REPORTING, BROKEN])
+            # retired values are kept (destroy_after), so that every key minted is known to look for below
+            local_store = {"type": "file", "path": str(h.secrets), "destroy_after": "30d"}
+            cfg_path = h.write_config([CHECKOUT, REPORTING, BROKEN], stores={"local": local_store})
             (h.secrets / "broken" / "momento").mkdir(parents=True)
             (h.secrets / "broken" / "momento" / "versions").write_text("not a directory\n")
             cfg = config_mod.load(cfg_path)

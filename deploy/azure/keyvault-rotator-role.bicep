@@ -6,10 +6,10 @@
 //     -p vaultName=kv-prod-example principalId=<object id of rotator's identity>
 //
 // What each data action is for (and the access-policy permission it matches):
-//   secrets/readMetadata/action  list a secret's versions and their tags          (secrets: list)
-//   secrets/getSecret/action     read a version back after writing it             (secrets: get)
-//   secrets/setSecret/action     write a new version (one per new key)           (secrets: set)
-//   secrets/update/action        disable the old key's versions after revoking   (secrets: set)
+//   secrets/readMetadata/action  list a secret's versions (secrets it does not track yet) (secrets: list)
+//   secrets/getSecret/action     read the latest version; read a version back      (secrets: get)
+//   secrets/setSecret/action     write a new version (one per new key)            (secrets: set)
+//   secrets/update/action        disable old versions; update the tracking tag    (secrets: set)
 // Vaults still on access policies: grant the secret permissions get, list and set instead.
 
 targetScope = 'resourceGroup'

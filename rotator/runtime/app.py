@@ -129,6 +129,8 @@ def open_stores(config: Config, *, clock: Clock = system_clock, **injected: Any)
         extra = dict(injected.get(name, {}))
         if spec.type in ("file", "gcp"):
             extra.setdefault("clock", clock)
+        if spec.type == "file":
+            extra.setdefault("pass_timeout", config.pass_timeout)  # the age of an abandoned temp file
         stores[name] = open_store(spec.type, name, spec.config, **extra)
     return stores
 

@@ -4,16 +4,28 @@ How rotator maps its store contract onto Key Vault:
 
 - **A key is a version.** :meth:`AzureKeyVaultStore.stage` calls ``set_secret``, which creates a new version
   carrying ``contentType`` (``VersionMeta.content_type``), ``exp`` (the key's expiry, informational: Key
-  Vault still serves expired versions) and the tags ``rotator-key-id``, ``rotator-policy`` and
-  ``managed-by: rotator`` (plus the target's own ``tags``). The tags let rotator tell which key a version
-  holds from the version list alone, without reading values.
+  Vault still serves expired versions) and the tags ``rotator-key-id``, ``rotator-policy``,
+  ``managed-by: rotator`` and ``rotator-tracks`` (plus the target's own ``tags``). The tags let rotator tell
+  which key a version holds without reading its value.
+- **Bounded versions.** Key Vault cannot delete a version ("It is not possible to delete previous versions",
+  and a secret with more than 500 versions cannot be backed up:
+  https://learn.microsoft.com/azure/key-vault/general/backup#limitations), and lists versions 25 a page in no
+  useful order. So :meth:`~AzureKeyVaultStore.inspect` does not list them: one ``GET`` of the latest version
+  says the current key (``rotator-key-id``) and the older versions rotator still tracks (``rotator-tracks``:
+  ``<version>=<key id>,...``, the previous key until it is retired). A new version tracks the one it replaces
+  and what that one tracked; retiring a key drops it from the current version's tag. The versions are listed
+  only as a fallback (a latest version that is disabled, foreign, written before this tracking, or tracking
+  more than a tag holds). Every ``PUT`` makes a version, so a ``PUT`` is never resent blindly: see
+  :meth:`AzureKeyVaultStore._write`.
+- **Names are case-insensitive** (https://learn.microsoft.com/azure/key-vault/about-keys-secrets-and-certificates#object-identifiers),
+  so the store's per-secret knowledge is keyed by the lower-case name.
 - **No staging.** A new Key Vault version is what consumers reading "latest" get at once, so ``stage``
   publishes and :meth:`~AzureKeyVaultStore.promote` usually only checks that the key's version is still the
   latest. When it is not (two passes raced, or an older key is promoted back), promote writes that key's
   value again as a new version, the only way to make it latest in Key Vault.
-- **Current** is the latest version (the newest by creation time, which is what ``GET /secrets/{name}``
-  serves) when it is enabled. When the latest version is disabled, consumers reading "latest" get 403, so
-  nothing is current and the planner will publish again. ``current_since`` is the latest version's
+- **Current** is the latest version (what ``GET /secrets/{name}/`` serves) when it is enabled. When the
+  latest version is disabled, consumers reading "latest" get 403, so nothing is current and the planner will
+  publish again. ``current_since`` is the latest version's
   ``created``; ``foreign`` means the current version has no ``rotator-key-id`` tag.
 - **Retire** sets ``enabled=false`` on the old key's versions (they can no longer be read, an operator can
   still see and re-enable them); nothing is ever deleted or purged.
@@ -24,12 +36,13 @@ How rotator maps its store contract onto Key Vault:
 API calls (each HTTP attempt is one :func:`~rotator.observability.record_call` with service
 ``azure-keyvault``, counted by a pipeline policy placed after azure-core's retry policy and before the
 Key Vault challenge policy: retries count, the 401 bearer-challenge round trip does not). The store keeps
-a short-lived per-process copy of each secret's version list (``metadata_cache_seconds``), refreshed by
-every :meth:`inspect` and updated by its own writes, so a rotation costs: inspect 1 (one per 25 versions,
-plus 1 when the secret does not exist yet, to tell "never created" from "soft-deleted"), stage 1 (the
-``set_secret``), read-back 1, promote 0, and later retire 1 ``PATCH`` per enabled version of the old key.
-Without a recent inspect in this process, stage, promote and retire list the versions first (one more call).
-A steady-state pass makes no call at all (the engine does not read the stores then).
+a short-lived per-process copy of what it knows of each secret (``metadata_cache_seconds``), refreshed by
+every :meth:`inspect` and updated by its own writes, so a rotation costs: inspect 1 ``GET`` however many
+versions (plus 1 when the secret does not exist yet, to tell "never created" from "soft-deleted"), stage 1
+(the ``set_secret``), read-back 1, promote 0, and later inspect 1 and retire 1 ``PATCH`` per enabled version
+of the old key plus 1 ``PATCH`` of the current version's ``rotator-tracks`` tag: 3 + 3. Without a recent
+inspect in this process, stage, promote and retire look first (one ``GET``). A steady-state pass makes no
+call at all (the engine does not read the stores then).
 """
 
 from __future__ import annotations
@@ -64,8 +77,13 @@ KEY_ID_TAG = "rotator-key-id"
 POLICY_TAG = "rotator-policy"
 MANAGED_BY_TAG = "managed-by"
 MANAGED_BY = "rotator"
-RESERVED_TAGS = frozenset({KEY_ID_TAG, POLICY_TAG, MANAGED_BY_TAG})
+#: on the version rotator writes: the other versions it still tracks (``<version>=<key id>,...``, newest first)
+TRACKS_TAG = "rotator-tracks"
+NOTHING_TRACKED = "-"
+TOO_MANY_TRACKED = "*"  # more than a tag value holds: the versions are listed instead
+RESERVED_TAGS = frozenset({KEY_ID_TAG, POLICY_TAG, MANAGED_BY_TAG, TRACKS_TAG})
 MAX_TAGS = 15  # Key Vault's limit per version
+MAX_TAG_VALUE = 256  # characters in a tag value
 MAX_EXTRA_TAGS = MAX_TAGS - len(RESERVED_TAGS)
 
 #: the Key Vault DNS suffixes of the Azure clouds (public, China, US Government, Germany)
@@ -310,9 +328,15 @@ def _call_recorder() -> Any:
 
 
 def _retry_policy(config: StoreConfig) -> Any:
-    """azure-core's RetryPolicy (429/408/5xx, connection errors, ``Retry-After``), also retrying PATCH.
+    """azure-core's RetryPolicy (429/408/5xx, connection errors, ``Retry-After``), also retrying PATCH, never PUT.
 
-    Disabling a version (the only PATCH rotator sends) is idempotent, so it is as safe to retry as a GET.
+    Disabling a version or setting its tags (the PATCHes rotator sends) is idempotent, so it is as safe to
+    retry as a GET. A ``PUT /secrets/{name}`` is not: "If the named secret already exists, Azure Key Vault
+    creates a new version of that secret" (Set Secret, https://learn.microsoft.com/rest/api/keyvault/secrets/set-secret/set-secret),
+    so a PUT retried after a 5xx or a lost response whose first attempt had landed makes a second version,
+    and versions can never be deleted. azure-core retries PUT by default (it is in its method allowlist);
+    here it never does, and :meth:`AzureKeyVaultStore._write` checks whether the key landed before sending
+    it again.
     """
     from azure.core.pipeline.policies import RetryPolicy
 
@@ -321,6 +345,17 @@ def _retry_policy(config: StoreConfig) -> Any:
             settings = super().configure_retries(options)
             settings["methods"] = frozenset(settings["methods"]) | {"PATCH"}
             return settings
+
+        def is_retry(self, settings: dict[str, Any], response: Any) -> bool:
+            if response.http_request.method.upper() == "PUT":
+                return False  # even with Retry-After: the store decides
+            return bool(super().is_retry(settings, response))
+
+        def increment(self, settings: dict[str, Any], response: Any = None, error: Any = None) -> bool:
+            request = getattr(response, "http_request", None)
+            if error is not None and request is not None and request.method.upper() == "PUT":
+                return False
+            return bool(super().increment(settings, response=response, error=error))
 
     n = config.max_retries
     return Retry(
@@ -375,27 +410,68 @@ class _VersionDisabled(StoreNotFound):
 class _Version:
     version: str
     key_id: str | None
-    created: datetime | None
+    created: datetime | None  # None for a version known only from the current version's TRACKS_TAG
     enabled: bool
+    tags: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass
 class _Listing:
-    """What this process knows of one secret's versions. ``latest`` is None when not known for sure."""
+    """What this process knows of one secret's versions. ``latest`` is None when not known for sure.
+
+    ``partial``: only the latest version and the versions its ``rotator-tracks`` tag names are known (one
+    ``GET``); otherwise every version was listed.
+    """
 
     versions: dict[str, _Version] = field(default_factory=dict)
     latest: str | None = None
     listed_at: float = 0.0
+    partial: bool = False
 
 
 def _version_of(props: Any) -> _Version:
-    tags = props.tags or {}
+    tags = dict(props.tags or {})
     return _Version(
         version=str(props.version),
         key_id=tags.get(KEY_ID_TAG),
         created=props.created_on,
         enabled=props.enabled is not False,
+        tags=tags,
     )
+
+
+_TRACK_ITEM_RE = re.compile(r"^([0-9a-fA-F]{32})=([^,=\s]{1,128})$")
+
+
+def encode_tracks(versions: list[tuple[str, str]]) -> str:
+    """The ``rotator-tracks`` tag value for ``(version, key id)`` pairs, newest first.
+
+    ``-`` for none; ``*`` when they do not fit in a tag value (256 characters, about three entries with
+    UUID key ids) or a key id cannot be written there: then the versions are listed instead.
+    """
+    if not versions:
+        return NOTHING_TRACKED
+    items = [f"{version}={key}" for version, key in versions]
+    text = ",".join(items)
+    if len(text) > MAX_TAG_VALUE or not all(_TRACK_ITEM_RE.match(item) for item in items):
+        return TOO_MANY_TRACKED
+    return text
+
+
+def decode_tracks(text: str | None) -> list[tuple[str, str]] | None:
+    """The ``(version, key id)`` pairs a ``rotator-tracks`` value names; None when it is absent (a version
+    written before rotator tracked versions, or by someone else), ``*`` or malformed: list the versions."""
+    if text is None or text == TOO_MANY_TRACKED:
+        return None
+    if text == NOTHING_TRACKED:
+        return []
+    out = []
+    for item in text.split(","):
+        m = _TRACK_ITEM_RE.match(item)
+        if m is None:
+            return None
+        out.append((m.group(1).lower(), m.group(2)))
+    return out
 
 
 def _short(text: str | None, limit: int = 240) -> str:
@@ -449,6 +525,9 @@ class AzureKeyVaultStore:
         options["retry_policy"] = _retry_policy(config)
         self._client = SecretClient(config.vault_url, credential, **options)
         self._lock = threading.Lock()
+        # per secret, by lower-case name: Key Vault names are case-insensitive ("Objects are uniquely identified
+        # within Key Vault using a case-insensitive identifier", https://learn.microsoft.com/azure/key-vault/about-keys-secrets-and-certificates#object-identifiers),
+        # so two targets spelling one secret differently share what is known of it
         self._listings: dict[str, _Listing] = {}
         self._closed = False
         self._log = get_logger(store=name)
@@ -459,15 +538,18 @@ class AzureKeyVaultStore:
     # ---- the contract -----------------------------------------------------------------------------------
 
     def inspect(self, ref: TargetRef) -> SecretState:
-        """The secret's versions (from the version list, never values), which is current and since when.
+        """The current version (its tags say which key it holds) and the versions rotator still tracks.
 
-        Lists the versions afresh (one call per 25 versions). When the two newest versions share a creation
-        second and hold different keys, one more ``GET`` of the latest version tells which is newest. A
-        secret that does not exist costs one more call, to tell it from a soft-deleted one.
+        One ``GET`` of the latest version, whatever the number of versions: its ``rotator-key-id`` tag is the
+        current key, its ``rotator-tracks`` tag the older versions still enabled (the previous key until it is
+        retired). Key Vault cannot answer this without the value, which is dropped at once. The version list is
+        read instead (one call per 25 versions) only when the latest version does not say: it is disabled, not
+        written by rotator, written before rotator tracked versions, or tracks more than a tag holds. A secret
+        that does not exist costs one more call, to tell it from a soft-deleted one.
 
         Raises: StoreConflict (the secret is soft-deleted), StoreUnavailable, StorePermissionError.
         """
-        listing = self._list(ref)
+        listing = self._observe(ref)
         if not listing.versions:
             self._check_not_deleted(ref)
             return SecretState(exists=False)
@@ -493,9 +575,10 @@ class AzureKeyVaultStore:
     def stage(self, ref: TargetRef, value: SecretText, meta: VersionMeta) -> None:
         """Write ``value`` as a new version tagged with ``meta`` (it is "latest" at once: Key Vault has no staging).
 
-        A no-op when a version already holds ``meta.key_id``. Refuses (StoreConflict) when the current
-        value was not written by rotator, unless the target sets ``adopt: true``. One ``set_secret`` call when
-        the version list is known from a recent :meth:`inspect`, else one more to list the versions.
+        A no-op when the current version, or a version it tracks, already holds ``meta.key_id``. Refuses
+        (StoreConflict) when the current value was not written by rotator, unless the target sets ``adopt:
+        true``. One ``set_secret`` call after a recent :meth:`inspect`, else one ``GET`` more to look first; a
+        ``set_secret`` whose answer was lost is checked, not resent blindly (:meth:`_write`).
 
         Raises: StoreConflict (foreign current value; secret soft-deleted), StoreUnavailable,
         StorePermissionError, StoreError (the vault rejected the request, e.g. too many tags).
@@ -608,7 +691,9 @@ class AzureKeyVaultStore:
     def retire(self, ref: TargetRef, key_id: str) -> None:
         """Disable (``enabled=false``) every enabled version holding ``key_id``; never deletes or purges.
 
-        One ``PATCH`` per version to disable, plus a list call unless a recent :meth:`inspect` is known.
+        One ``PATCH`` per version to disable, one ``PATCH`` of the current version's ``rotator-tracks`` tag (so
+        the next inspect no longer reports them), plus one ``GET`` unless a recent :meth:`inspect` is known.
+        No list: the versions to disable are the ones the current version tracks.
         Retiring a key that is retired already or was never written is a no-op.
 
         Raises: StoreConflict (``key_id`` is the current key), StoreUnavailable, StorePermissionError.
@@ -630,6 +715,34 @@ class AzureKeyVaultStore:
             if not self._disable(ref, v.version):
                 return
             self._log.info("retire: disabled version", target=ref.id, key_id=key_id, version=v.version)
+        self._untrack(ref)
+
+    def _untrack(self, ref: TargetRef) -> None:
+        """Make the current version's ``rotator-tracks`` tag name only the versions still enabled (one PATCH
+        of its tags when that changes; none when the current version is not rotator's)."""
+        listing = self._known(ref)
+        if listing is None or listing.latest is None:
+            return
+        current = listing.versions.get(listing.latest)
+        if current is None or current.key_id is None or not current.enabled:
+            return
+        tracks = encode_tracks(_tracked(listing, but=current.version))
+        if current.tags.get(TRACKS_TAG) == tracks:
+            return
+        tags = {**current.tags, TRACKS_TAG: tracks}
+        try:
+            props = self._call(
+                "update",
+                ref,
+                lambda: self._client.update_secret_properties(ref.secret, current.version, tags=tags),
+            )
+        except StoreNotFound:
+            self._forget(ref)
+            return
+        with self._lock:
+            known = self._listings.get(_cache_key(ref))
+            if known is not None:
+                known.versions[current.version] = _version_of(props)
 
     def _write(
         self,
@@ -640,20 +753,72 @@ class AzureKeyVaultStore:
         content_type: str | None,
         expires_on: datetime | None,
     ) -> str:
-        """``set_secret``: a new version, which becomes the latest. Returns its version id."""
-        secret = self._call(
-            "set",
-            ref,
-            lambda: self._client.set_secret(
-                ref.secret, value.reveal(), tags=tags, content_type=content_type, expires_on=expires_on
-            ),
-        )
-        written = _version_of(secret.properties)
+        """``set_secret``: a new version, which becomes the latest. Returns its version id.
+
+        The new version's ``rotator-tracks`` tag names the enabled versions rotator knows (the one that was
+        current, and those it tracked), so the next :meth:`inspect` needs one ``GET``. A PUT is never resent
+        blindly (each one makes a version): after an answer that leaves open whether it landed (5xx, a lost
+        response), one ``GET`` of the latest version says whether it holds the key; only if not is the PUT
+        sent again, at most ``max_retries`` times. A throttled (429) or timed-out (408) request was not
+        carried out and is sent again after ``Retry-After`` or the backoff.
+        """
+        from azure.core.exceptions import ServiceRequestError
+
+        known = self._known(ref) or _Listing()
+        tags = dict(tags)
+        tags[TRACKS_TAG] = encode_tracks(_tracked(known))
+        key_id = tags.get(KEY_ID_TAG)
+        props: Any = None
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                secret = self._call(
+                    "set",
+                    ref,
+                    lambda: self._client.set_secret(
+                        ref.secret, value.reveal(), tags=tags, content_type=content_type, expires_on=expires_on
+                    ),
+                )
+                props = secret.properties
+                break
+            except StoreUnavailable as exc:
+                cause = exc.__cause__
+                status = getattr(cause, "status_code", None)
+                not_carried_out = status in (408, 429) or isinstance(cause, ServiceRequestError)
+                if not not_carried_out and key_id is not None:
+                    props = self._latest_holding(ref, key_id)
+                    if props is not None:
+                        self._log.info("stage: the write had landed although its answer was lost", target=ref.id)
+                        break
+                if attempt == self.config.max_retries:
+                    raise
+                time.sleep(self._backoff(attempt, cause))
+        written = _version_of(props)
         with self._lock:
-            known = self._listings.setdefault(ref.secret, _Listing())
+            known = self._listings.setdefault(_cache_key(ref), _Listing())
             known.versions[written.version] = written
             known.latest = written.version
         return written.version
+
+    def _latest_holding(self, ref: TargetRef, key_id: str) -> Any:
+        """The latest version's properties if it holds ``key_id`` (a write whose answer was lost had landed)."""
+        try:
+            secret = self._call("get", ref, lambda: self._client.get_secret(ref.secret))
+        except StoreNotFound:  # no version, or the latest is disabled: ours did not land as the latest
+            return None
+        props = secret.properties
+        return props if (props.tags or {}).get(KEY_ID_TAG) == key_id else None
+
+    def _backoff(self, attempt: int, cause: BaseException | None) -> float:
+        """Seconds to wait before sending a PUT again: the vault's ``Retry-After``, else exponential backoff."""
+        response = getattr(cause, "response", None)
+        retry_after = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
+        backoff = min(self.config.retry_backoff * 2**attempt, self.config.retry_backoff_max)
+        try:
+            # the vault's Retry-After is honoured as azure-core's policy honours it (not capped by the backoff)
+            wait = float(retry_after) if retry_after is not None else backoff
+        except ValueError:
+            wait = backoff
+        return max(0.0, min(wait, 600.0))
 
     def _refuse_foreign(self, ref: TargetRef, current: _Version | None) -> None:
         """StoreConflict when the current version was not written by rotator and the target may not adopt it."""
@@ -676,7 +841,7 @@ class AzureKeyVaultStore:
             self._forget(ref)  # the secret went away meanwhile: nothing left to retire
             return False
         with self._lock:
-            known = self._listings.get(ref.secret)
+            known = self._listings.get(_cache_key(ref))
             if known is not None:
                 known.versions[version] = _version_of(props)
         return True
@@ -694,22 +859,47 @@ class AzureKeyVaultStore:
 
     def _known(self, ref: TargetRef) -> _Listing | None:
         with self._lock:
-            return self._listings.get(ref.secret)
+            return self._listings.get(_cache_key(ref))
 
     def _forget(self, ref: TargetRef) -> None:
         with self._lock:
-            self._listings.pop(ref.secret, None)
+            self._listings.pop(_cache_key(ref), None)
 
     def _listing(self, ref: TargetRef) -> _Listing:
-        """The version list known from the last ``metadata_cache_seconds``, or a fresh one."""
+        """What is known from the last ``metadata_cache_seconds``, or a fresh look (:meth:`_observe`)."""
         known = self._known(ref)
         ttl = self.config.metadata_cache_seconds
         if known is not None and ttl > 0 and time.monotonic() - known.listed_at <= ttl:
             return known
-        return self._list(ref)
+        return self._observe(ref)
 
-    def _list(self, ref: TargetRef) -> _Listing:
-        """List the versions (every page); a secret that does not exist has none."""
+    def _observe(self, ref: TargetRef) -> _Listing:
+        """The latest version and the versions it tracks, with one ``GET``; the full list when it does not say."""
+        try:
+            secret = self._call("get", ref, lambda: self._client.get_secret(ref.secret))
+        except _VersionDisabled:
+            return self._list(ref)  # the latest version is disabled: only the list tells the rest
+        except StoreNotFound:
+            listing = _Listing(listed_at=time.monotonic())
+            with self._lock:
+                self._listings[_cache_key(ref)] = listing
+            return listing
+        current = _version_of(secret.properties)
+        del secret  # the value: not needed, not kept
+        tracked = decode_tracks(current.tags.get(TRACKS_TAG))
+        if current.key_id is None or tracked is None:
+            return self._list(ref, latest=current.version)
+        versions = {current.version: current}
+        for version, key_id in tracked:
+            versions.setdefault(version, _Version(version, key_id, None, True))
+        listing = _Listing(versions, current.version, time.monotonic(), partial=True)
+        with self._lock:
+            self._listings[_cache_key(ref)] = listing
+        return listing
+
+    def _list(self, ref: TargetRef, *, latest: str | None = None) -> _Listing:
+        """List the versions (every page); a secret that does not exist has none. ``latest``: the latest
+        version's id when a ``GET`` just said it (no tie of creation seconds to break then)."""
 
         def fetch() -> list[_Version]:
             return [_version_of(p) for p in self._client.list_properties_of_secret_versions(ref.secret)]
@@ -720,12 +910,13 @@ class AzureKeyVaultStore:
             found = []
         versions = {v.version: v for v in found}
         with self._lock:
-            previous = self._listings.get(ref.secret)
-            latest = None
-            if previous is not None and previous.latest in versions and set(previous.versions) == set(versions):
-                latest = previous.latest  # no version came or went since we knew which one is latest
+            previous = self._listings.get(_cache_key(ref))
+            if latest not in versions:
+                latest = None
+                if previous is not None and previous.latest in versions and set(previous.versions) == set(versions):
+                    latest = previous.latest  # no version came or went since we knew which one is latest
             listing = _Listing(versions, latest or _unique_newest(versions), time.monotonic())
-            self._listings[ref.secret] = listing
+            self._listings[_cache_key(ref)] = listing
         return listing
 
     def _current(self, ref: TargetRef, listing: _Listing) -> _Version | None:
@@ -852,6 +1043,21 @@ class AzureKeyVaultStore:
                 f"{_short(str(exc.message))}",
                 **where,
             ) from exc
+
+
+def _cache_key(ref: TargetRef) -> str:
+    """Key Vault secret names are case-insensitive: so is what the store remembers about them."""
+    return ref.secret.lower()
+
+
+def _tracked(listing: _Listing, *, but: str | None = None) -> list[tuple[str, str]]:
+    """The enabled versions rotator wrote, newest first (except ``but``): what a new version's tag tracks."""
+    ordered = list(listing.versions.values())
+    if not listing.partial:
+        ordered.sort(key=_age_key, reverse=True)
+    elif listing.latest in listing.versions:  # the latest first, then the versions it tracks, in its order
+        ordered.sort(key=lambda v: v.version != listing.latest)
+    return [(v.version, v.key_id) for v in ordered if v.enabled and v.key_id is not None and v.version != but]
 
 
 def _age_key(v: _Version) -> tuple[float, str]:

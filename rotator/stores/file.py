@@ -6,9 +6,20 @@ Layout under ``path`` (directories 0700, files 0600)::
     <secret>/versions/<version>.json    its metadata: key id, policy, created, promoted, expires, enabled
     <secret>/current                    symlink to the current version's .value (what consumers read)
 
-Every write is atomic (temp file in the same directory, fsync, rename, fsync of the directory), so a
-reader or a crash never sees half a file. The version name is derived from the key id, so staging the same
-key twice rewrites the same file. Retiring a version marks it disabled in its metadata; nothing is deleted.
+Every write is atomic (temp file in the same directory, written in full, fsync, rename, fsync of the
+directory), so a reader or a crash never sees half a file. ``write(2)`` may write fewer bytes than asked
+("the number of bytes written may be less than count", write(2) in the Linux man-pages; RLIMIT_FSIZE,
+a full disk or a signal can do it), so every write loops until the whole buffer is written. The version name
+is derived from the key id, so staging the same key twice rewrites the same file.
+
+Retiring a version marks it disabled in its metadata (``retired_at``) and removes its ``.value`` file, the
+plaintext of the old key, once ``destroy_after`` has passed (by default at once: retiring happens with the
+revoke). The metadata stays, so the version is still listed as having held its key.
+
+A process killed between writing a temp file and renaming it leaves a ``.tmp-*`` file behind, which may hold
+a live plaintext key. A temp file older than ``pass_timeout`` (no pass can still be writing it) is removed by
+the next inspect or write of that secret. A metadata file that is not a JSON object is a
+:class:`~rotator.errors.StoreError` naming the file.
 """
 
 from __future__ import annotations
@@ -18,14 +29,16 @@ import json
 import os
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from rotator.config import Duration
 from rotator.errors import StoreConflict, StoreError, StoreNotFound, StorePermissionError
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import record_call
@@ -34,6 +47,10 @@ from rotator.stores.base import SecretStore, TargetRef, VersionMeta
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _VERSION_NS = uuid.UUID("6f1b2a4e-6c1e-4c8e-9d1e-2f6a7c0b9e31")
 _SAFE_KEY_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+#: names of the temporary files the store creates (values and metadata; the symlink promote swaps in)
+_TEMP_PREFIXES = (".tmp-", ".current-")
+#: how old a temporary file must be before it is taken as left behind by a dead process (``pass_timeout``)
+DEFAULT_STALE_AFTER = timedelta(minutes=5)
 
 
 class StoreConfig(BaseModel):
@@ -43,6 +60,9 @@ class StoreConfig(BaseModel):
 
     type: Literal["file"]
     path: str = "./.rotator/secrets"
+    #: remove a retired version's ``.value`` (the old key's plaintext) this long after it was retired, at the
+    #: next retire of the secret; ``0s`` (the default) removes it with the retire itself, just before the revoke
+    destroy_after: Duration = timedelta(0)
 
 
 def _check_secret_name(value: str) -> str:
@@ -87,12 +107,30 @@ def _parse(t: Any) -> datetime | None:
 
 
 class FileStore:
-    """A :class:`~rotator.stores.base.SecretStore` on a local directory."""
+    """A :class:`~rotator.stores.base.SecretStore` on a local directory.
 
-    def __init__(self, name: str, root: Path, *, clock: Callable[[], datetime] | None = None) -> None:
+    ``destroy_after``: how long a retired version's value file is kept (0: removed when it is retired).
+    ``stale_after``: the age (by mtime, wall clock) at which a temporary file is taken as abandoned by a dead
+    writer and removed; the engine passes ``pass_timeout``. ``write`` is ``os.write`` (tests pass a writer
+    that writes a few bytes per call).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: Path,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        destroy_after: timedelta = timedelta(0),
+        stale_after: timedelta = DEFAULT_STALE_AFTER,
+        write: Callable[[int, memoryview], int] = os.write,
+    ) -> None:
         self.name = name
         self.root = root
+        self.destroy_after = destroy_after
+        self.stale_after = stale_after
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._write = write
 
     def __repr__(self) -> str:
         return f"FileStore(name={self.name!r}, root={str(self.root)!r})"
@@ -130,7 +168,7 @@ class FileStore:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
         try:
             os.fchmod(fd, 0o600)
-            os.write(fd, data)
+            self._write_all(fd, data)
             os.fsync(fd)
             os.close(fd)
             fd = -1
@@ -143,9 +181,52 @@ class FileStore:
                 os.unlink(tmp)
             raise
 
+    def _write_all(self, fd: int, data: bytes) -> None:
+        """Write every byte of ``data``: ``write(2)`` may write fewer than asked and must then be called again."""
+        view = memoryview(data)
+        while view:
+            n = self._write(fd, view)
+            if n <= 0:  # never for a regular file, but a zero would loop forever
+                raise OSError(f"write returned {n}")
+            view = view[n:]
+
     def _read_meta(self, path: Path) -> dict[str, Any]:
-        data: dict[str, Any] = json.loads(path.read_text())
+        """A version's metadata. Raises StoreError naming the file when it is not a JSON object."""
+        raw = path.read_bytes()
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise self._corrupt(path, f"not JSON ({type(exc).__name__} at byte {_position(exc)})") from None
+        if not isinstance(data, dict):
+            raise self._corrupt(path, f"a JSON {type(data).__name__}, not an object")
         return data
+
+    def _corrupt(self, path: Path, what: str) -> StoreError:
+        secret = str(path.parent.parent.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+        return StoreError(
+            f"corrupt metadata file {path}: {what}; restore it from a backup, or move the version's .json and "
+            ".value files away if that version is not needed",
+            store=self.name,
+            secret=secret,
+        )
+
+    def _sweep_temp_files(self, d: Path) -> None:
+        """Remove temporary files in ``d`` and ``d/versions`` older than ``stale_after``: a writer killed between
+        creating one and renaming it left it there, possibly with a plaintext key in it. Younger ones may belong
+        to a pass still writing, and are left alone. Compared by mtime against the wall clock (not the injected
+        clock), since mtimes are wall-clock times."""
+        limit = time.time() - self.stale_after.total_seconds()
+        for where in (d, d / "versions"):
+            try:
+                entries = list(os.scandir(where))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if not entry.name.startswith(_TEMP_PREFIXES):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if entry.stat(follow_symlinks=False).st_mtime < limit:
+                        os.unlink(entry.path)
 
     def _current_version(self, d: Path) -> str | None:
         try:
@@ -161,13 +242,19 @@ class FileStore:
         try:
             if not d.is_dir():
                 return SecretState(exists=False)
+            self._sweep_temp_files(d)
             current = self._current_version(d)
             versions: list[StoredVersion] = []
             current_key: str | None = None
             current_since: datetime | None = None
             foreign = False
             vdir = d / "versions"
-            names = sorted(p.name.removesuffix(".value") for p in vdir.glob("*.value")) if vdir.is_dir() else []
+            # a version whose value was destroyed after it was retired is still listed from its metadata
+            names = (
+                sorted({p.stem for p in vdir.iterdir() if p.suffix in (".value", ".json") and p.name[0] != "."})
+                if vdir.is_dir()
+                else []
+            )
             for name in names:
                 meta_path = vdir / f"{name}.json"
                 meta = self._read_meta(meta_path) if meta_path.exists() else {}
@@ -204,6 +291,7 @@ class FileStore:
         name = version_name(meta.key_id)
         try:
             self._mkdirs(d / "versions")
+            self._sweep_temp_files(d)
             value_path = d / "versions" / f"{name}.value"
             meta_path = d / "versions" / f"{name}.json"
             if meta_path.exists() and value_path.exists():
@@ -261,19 +349,42 @@ class FileStore:
         name = version_name(key_id)
         meta_path = d / "versions" / f"{name}.json"
         try:
-            if not meta_path.exists():
+            if not d.is_dir():
                 return
-            if self._current_version(d) == name:
-                raise StoreConflict(
-                    f"refusing to retire key {key_id}: it is current", store=self.name, secret=ref.secret
-                )
-            meta = self._read_meta(meta_path)
-            if meta.get("enabled", True):
-                meta["enabled"] = False
-                meta["retired_at"] = _iso(self._clock())
-                self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+            self._sweep_temp_files(d)
+            if meta_path.exists():
+                if self._current_version(d) == name:
+                    raise StoreConflict(
+                        f"refusing to retire key {key_id}: it is current", store=self.name, secret=ref.secret
+                    )
+                meta = self._read_meta(meta_path)
+                if meta.get("enabled", True):
+                    meta["enabled"] = False
+                    meta["retired_at"] = _iso(self._clock())
+                    self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+            self._destroy_retired(d)
         except OSError as exc:
             raise self._wrap(exc, ref, "retire the version") from exc
+
+    def _destroy_retired(self, d: Path) -> None:
+        """Remove the value files of versions retired at least ``destroy_after`` ago (never the current one)."""
+        vdir = d / "versions"
+        if not vdir.is_dir():
+            return
+        now = self._clock()
+        current = self._current_version(d)
+        for meta_path in sorted(vdir.glob("*.json")):
+            value_path = meta_path.with_suffix(".value")
+            if meta_path.stem == current or not value_path.exists():
+                continue
+            meta = self._read_meta(meta_path)
+            retired_at = _parse(meta.get("retired_at"))
+            if meta.get("enabled", True) or retired_at is None or retired_at + self.destroy_after > now:
+                continue
+            os.unlink(value_path)
+            meta["destroyed_at"] = _iso(now)
+            self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+            self._fsync_dir(vdir)
 
     # every operation is recorded once, like a cloud store's API call (metrics, benchmarks, crash tests)
     def _counted(self, op: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -306,6 +417,26 @@ class FileStore:
         return None
 
 
-def open_store(name: str, config: StoreConfig, *, clock: Callable[[], datetime] | None = None, **_: Any) -> SecretStore:
-    """Open a file store rooted at ``config.path`` (created 0700 on first write)."""
-    return FileStore(name, Path(config.path).expanduser(), clock=clock)
+def _position(exc: ValueError) -> int:
+    return int(getattr(exc, "pos", None) or getattr(exc, "start", 0) or 0)
+
+
+def open_store(
+    name: str,
+    config: StoreConfig,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    pass_timeout: timedelta | None = None,
+    **_: Any,
+) -> SecretStore:
+    """Open a file store rooted at ``config.path`` (created 0700 on first write).
+
+    ``pass_timeout`` (the config's) is the age at which a temporary file is taken as abandoned.
+    """
+    return FileStore(
+        name,
+        Path(config.path).expanduser(),
+        clock=clock,
+        destroy_after=config.destroy_after,
+        stale_after=DEFAULT_STALE_AFTER if pass_timeout is None else pass_timeout,
+    )

@@ -16,9 +16,22 @@ speaks the parts of the Key Vault secrets REST API that rotator and its tests us
   ``created``/``updated`` in whole unix seconds, like the service); reading a disabled version (or the latest
   one when it is disabled) gives 403 ``Forbidden`` / innererror ``SecretDisabled``;
 - writing a soft-deleted name gives 409 ``Conflict`` / innererror ``ObjectIsDeletedButRecoverable``;
+- names are case-insensitive, as the service's are: "Objects are uniquely identified within Key Vault using
+  a case-insensitive identifier ... [identifiers] should always be compared as case-insensitive strings"
+  (https://learn.microsoft.com/azure/key-vault/about-keys-secrets-and-certificates#object-identifiers).
+  ``momento-key`` and ``Momento-Key`` are one secret, which keeps the case it was created with;
+- every ``PUT`` makes a new version, a repeated or retried one too: "If the named secret already exists,
+  Azure Key Vault creates a new version of that secret"
+  (https://learn.microsoft.com/rest/api/keyvault/secrets/set-secret/set-secret). :meth:`KeyVaultServer.version_count`
+  counts them. Key Vault cannot delete a version, and cannot back up a secret with more than 500 of them
+  (https://learn.microsoft.com/azure/key-vault/general/backup#limitations);
 - injectable faults: :meth:`KeyVaultServer.fail_next` queues statuses (429 with ``Retry-After``, 500...)
-  for the next matching requests, :attr:`KeyVaultServer.fail_rate` fails a seeded random share of them, and
-  :meth:`KeyVaultServer.deny` answers 403 for a permission (``get``, ``list``, ``set``...).
+  for the next matching requests, either instead of carrying the request out or, with ``after=True``, after
+  carrying it out (a response lost on the way back, as a gateway timeout or a reset connection loses it: the
+  version exists although the client saw an error, and a retried ``PUT`` makes a second one); status ``0``
+  closes the connection without an answer (a reset);
+  :attr:`KeyVaultServer.fail_rate` fails a seeded random share of them, and :meth:`KeyVaultServer.deny`
+  answers 403 for a permission (``get``, ``list``, ``set``...).
 
 Faults and denials apply only to authenticated requests, never to the challenge round trip. Everything the
 server saw is in :attr:`KeyVaultServer.requests` as ``(method, path, status)``.
@@ -141,6 +154,7 @@ class Fault:
     method: str | None = None
     op: str | None = None
     code: str | None = None
+    after: bool = False  # carry the request out first, then answer the fault (the response was lost)
 
     def matches(self, method: str, op: str) -> bool:
         return (self.method is None or self.method == method) and (self.op is None or self.op == op)
@@ -242,12 +256,17 @@ class KeyVaultServer:
         method: str | None = None,
         op: str | None = None,
         code: str | None = None,
+        after: bool = False,
     ) -> None:
-        """Answer the next ``times`` authenticated requests (matching ``method``/``op``) with ``status``."""
+        """Answer the next ``times`` authenticated requests (matching ``method``/``op``) with ``status``.
+
+        With ``after``, each request is carried out first and its answer replaced by the fault: the change is
+        made, the client sees an error (and may send the request again).
+        """
         ra = None if retry_after is None else str(retry_after)
         with self._lock:
             for _ in range(times):
-                self.faults.append(Fault(status, ra, method, op, code))
+                self.faults.append(Fault(status, ra, method, op, code, after))
 
     def deny(self, permission: str, *, style: str = "rbac") -> None:
         """Answer 403 to every operation needing ``permission`` (``get``, ``list``, ``set``, ``delete``...).
@@ -273,16 +292,22 @@ class KeyVaultServer:
             self.fail_rate = 0.0
 
     def versions(self, name: str) -> list[Version]:
-        """The versions of ``name`` (live or soft-deleted), oldest first."""
+        """The versions of ``name`` (live or soft-deleted, any case), oldest first."""
+        key = name.lower()
         with self._lock:
-            secret = self.secrets.get(name) or (self.deleted[name].secret if name in self.deleted else None)
+            secret = self.secrets.get(key) or (self.deleted[key].secret if key in self.deleted else None)
             return sorted(secret.versions.values(), key=lambda v: v.seq) if secret else []
 
+    def version_count(self, name: str) -> int:
+        """How many versions ``name`` has: every ``PUT`` adds one and nothing takes one away."""
+        return len(self.versions(name))
+
     def soft_delete(self, name: str) -> None:
+        key = name.lower()
         with self._lock:
-            secret = self.secrets.pop(name)
+            secret = self.secrets.pop(key)
             now = int(self.clock())
-            self.deleted[name] = DeletedSecret(secret, now, now + 90 * 86400)
+            self.deleted[key] = DeletedSecret(secret, now, now + 90 * 86400)
 
     def count(self, method: str | None = None, path_prefix: str = "") -> int:
         """How many requests (challenges included) matched."""
@@ -320,22 +345,31 @@ class KeyVaultServer:
                     "Consider using the latest supported version (2026-04-01).",
                 )
             with self._lock:
-                self._maybe_fail(method, op)
+                late = self._maybe_fail(method, op)
                 self._check_permission(op)
-                return self._dispatch(op, parts, query, headers, body)
+                result = self._dispatch(op, parts, query, headers, body)
+                if late is not None:
+                    self._raise_fault(late.status, late.retry_after, late.code)
+                return result
         except _Reply as reply:
             return reply.status, reply.body, reply.headers
 
-    def _maybe_fail(self, method: str, op: str) -> None:
+    def _maybe_fail(self, method: str, op: str) -> Fault | None:
+        """Raise the first queued fault for this request, or return it when it applies after the request."""
         for fault in list(self.faults):
             if fault.matches(method, op):
                 self.faults.remove(fault)
+                if fault.after:
+                    return fault
                 self._raise_fault(fault.status, fault.retry_after, fault.code)
         if self.fail_rate and self._random.random() < self.fail_rate:
             self._raise_fault(self.fail_status, "0" if self.fail_status == 429 else None, None)
+        return None
 
     @staticmethod
     def _raise_fault(status: int, retry_after: str | None, code: str | None) -> None:
+        if status == 0:
+            raise _Reply(0)  # no answer at all: the handler closes the connection
         headers = {"Retry-After": retry_after} if retry_after is not None else {}
         if status == 429:
             raise _error(
@@ -385,29 +419,32 @@ class KeyVaultServer:
     ) -> tuple[int, dict[str, Any] | None, dict[str, str]]:
         host = headers.get("Host") or "127.0.0.1"
         base = f"https://{host}"
-        name = parts[1] if len(parts) > 1 else ""
-        if op != "unknown" and not NAME_RE.match(name):
+        given = parts[1] if len(parts) > 1 else ""
+        if op != "unknown" and not NAME_RE.match(given):
             raise _error(
                 400,
                 "BadParameter",
-                f"The request URI contains an invalid name: {name}. Follow this link for more information on "
+                f"The request URI contains an invalid name: {given}. Follow this link for more information on "
                 "naming objects: https://aka.ms/keyvault-naming",
             )
+        # names are case-insensitive: secrets are filed under the lower-case name and answer with the name
+        # they were created with
+        name = given.lower()
         if op == "set_secret":
-            return 200, self._set(base, name, _json(body)), {}
+            return 200, self._set(base, name, given, _json(body)), {}
         if op == "get_secret":
             secret = self._live(name)
             v = self._version(secret, parts[2] if len(parts) > 2 else "")
             if not v.enabled:
                 raise _error(403, "Forbidden", "Operation get is not allowed on a disabled secret.", "SecretDisabled")
-            return 200, _bundle(base, name, v, value=True), {}
+            return 200, _bundle(base, secret.name, v, value=True), {}
         if op == "list_secret_versions":
             return 200, self._list(base, name, query), {}
         if op == "update_secret":
             secret = self._live(name)
             v = self._version(secret, parts[2] if len(parts) > 2 else "")
             self._update(v, _json(body))
-            return 200, _bundle(base, name, v, value=False), {}
+            return 200, _bundle(base, secret.name, v, value=False), {}
         if op == "delete_secret":
             secret = self._live(name)
             now = int(self.clock())
@@ -430,11 +467,11 @@ class KeyVaultServer:
             self.secrets[name] = secret
             latest = secret.latest()
             assert latest is not None
-            return 200, _bundle(base, name, latest, value=False), {}
+            return 200, _bundle(base, secret.name, latest, value=False), {}
         raise _error(400, "BadParameter", "The request URI is not recognized.")
 
     def _live(self, name: str) -> Secret:
-        secret = self.secrets.get(name)
+        secret = self.secrets.get(name.lower())
         if secret is None:
             raise _error(
                 404,
@@ -456,7 +493,7 @@ class KeyVaultServer:
             )
         return v
 
-    def _set(self, base: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _set(self, base: str, name: str, given: str, body: dict[str, Any]) -> dict[str, Any]:
         if name in self.deleted:
             raise _error(
                 409,
@@ -488,8 +525,9 @@ class KeyVaultServer:
             updated=now,
             seq=self._seq,
         )
-        self.secrets.setdefault(name, Secret(name)).versions[v.version] = v
-        return _bundle(base, name, v, value=True)
+        secret = self.secrets.setdefault(name, Secret(given))
+        secret.versions[v.version] = v
+        return _bundle(base, secret.name, v, value=True)
 
     def _update(self, v: Version, body: dict[str, Any]) -> None:
         attrs = body.get("attributes") or {}
@@ -508,6 +546,8 @@ class KeyVaultServer:
 
     def _list(self, base: str, name: str, query: dict[str, list[str]]) -> dict[str, Any]:
         secret = self.secrets.get(name)
+        if secret is not None:
+            name = secret.name
         if secret is None:
             if self.missing_versions_status == 404:
                 self._live(name)
@@ -624,6 +664,9 @@ class _Handler(BaseHTTPRequestHandler):
         status, payload, headers = self.kv.handle(self.command, split.path, query, self.headers, body)
         with self.kv._lock:
             self.kv.requests.append((self.command, split.path, status))
+        if status == 0:  # an injected reset: close without answering
+            self.close_connection = True
+            return
         data = json.dumps(payload).encode() if payload is not None else b""
         self.send_response(status)
         if payload is not None:

@@ -248,10 +248,11 @@ def test_bad_endpoint_secret_name_is_rejected() -> None:
     assert "'momento-endpoint'" in str(err.value)
 
 
-def test_more_than_twelve_extra_tags_are_rejected() -> None:
+def test_more_than_eleven_extra_tags_are_rejected() -> None:
+    TargetOptions(store="kv-prod", secret="momento-key", tags={f"t{i}": "v" for i in range(11)})
     with pytest.raises(ValidationError) as err:
-        TargetOptions(store="kv-prod", secret="momento-key", tags={f"t{i}": "v" for i in range(13)})
-    assert "at most 12 tags" in str(err.value)
+        TargetOptions(store="kv-prod", secret="momento-key", tags={f"t{i}": "v" for i in range(12)})
+    assert "at most 11 tags" in str(err.value)
 
 
 def test_rotator_tags_cannot_be_overridden() -> None:
@@ -320,7 +321,12 @@ def test_version_carries_key_id_policy_content_type_and_expiry(
 ) -> None:
     store.stage(ref, value("k1"), meta("k1"))
     [version] = kv.versions(ref.secret)
-    assert version.tags == {"rotator-key-id": "k1", "rotator-policy": "checkout", "managed-by": "rotator"}
+    assert version.tags == {
+        "rotator-key-id": "k1",
+        "rotator-policy": "checkout",
+        "managed-by": "rotator",
+        "rotator-tracks": "-",  # no older version to track yet
+    }
     assert version.content_type == "application/json"
     assert version.exp == int(EXPIRES.timestamp())
     assert version.enabled
@@ -363,13 +369,13 @@ def test_promote_changes_nothing_at_the_vault(kv: KeyVaultServer, store: AzureKe
     assert kv.count() == before
 
 
-def test_promote_in_a_fresh_process_checks_the_version_with_one_list(
+def test_promote_in_a_fresh_process_checks_the_version_with_one_get(
     store: AzureKeyVaultStore, fresh_store: Callable[[], AzureKeyVaultStore], ref: TargetRef
 ) -> None:
     store.stage(ref, value("k1"), meta("k1"))
     with count_calls(SERVICE) as calls:
         fresh_store().promote(ref, "k1")
-    assert kv_calls(calls) == [("list_secret_versions", "200")]
+    assert kv_calls(calls) == [("get_secret", "200")]
 
 
 def test_retire_disables_the_old_version_and_deletes_nothing(
@@ -460,8 +466,8 @@ def test_versions_written_in_the_same_second_are_ordered_by_the_vault(
         state = fresh_store().inspect(ref)
     assert state.current_key_id == "k3"
     assert [v.key_id for v in state.versions if v.current] == ["k3"]
-    # two pages of versions, then one GET of "latest" to break the tie
-    assert kv_calls(calls) == [("list_secret_versions", "200")] * 2 + [("get_secret", "200")]
+    # the GET of "latest" says which one is newest: no tie to break
+    assert kv_calls(calls) == [("get_secret", "200")]
 
 
 def test_newer_versions_win_by_creation_time_without_reading_values(
@@ -476,7 +482,7 @@ def test_newer_versions_win_by_creation_time_without_reading_values(
         state = fresh_store().inspect(ref)
     assert state.current_key_id == "k3"
     assert state.current_since == datetime.fromtimestamp(T0 + 120, UTC)
-    assert {op for op, _ in kv_calls(calls)} == {"list_secret_versions"}
+    assert {op for op, _ in kv_calls(calls)} == {"get_secret"}
 
 
 def test_foreign_write_in_the_same_second_is_seen_as_current(
@@ -504,14 +510,19 @@ def test_disabled_latest_version_leaves_nothing_current(
 
 
 def test_versions_over_several_pages_are_all_seen(
-    store: AzureKeyVaultStore, fresh_store: Callable[[], AzureKeyVaultStore], ref: TargetRef
+    kv: KeyVaultServer, store: AzureKeyVaultStore, fresh_store: Callable[[], AzureKeyVaultStore], ref: TargetRef
 ) -> None:
-    for i in range(5):
-        store.stage(ref, value(f"k{i}"), meta(f"k{i}"))
+    # five enabled versions with UUID key ids: more than the latest version's rotator-tracks tag can name
+    # (256 characters), so it says "*" and inspect lists the versions, page by page
+    keys = [str(uuid.uuid4()) for _ in range(5)]
+    for k in keys:
+        store.stage(ref, value(k), meta(k))
+    assert (kv.versions(ref.secret)[-1].tags or {})["rotator-tracks"] == "*"
     with count_calls(SERVICE) as calls:
         state = fresh_store().inspect(ref)
-    assert {v.key_id for v in state.versions} == {f"k{i}" for i in range(5)}
-    assert kv_calls(calls)[:3] == [("list_secret_versions", "200")] * 3
+    assert {v.key_id for v in state.versions} == set(keys)
+    assert state.current_key_id == keys[-1]
+    assert kv_calls(calls) == [("get_secret", "200")] + [("list_secret_versions", "200")] * 3
 
 
 def test_missing_secret_listed_as_404_does_not_exist(fresh_store: Callable[[], AzureKeyVaultStore]) -> None:
@@ -557,6 +568,7 @@ def test_throttling_is_retried_after_retry_after(kv: KeyVaultServer, store: Azur
     with count_calls(SERVICE) as calls:
         store.stage(ref, value("k1"), meta("k1"))
     assert time.monotonic() - started >= 0.9
+    # a throttled request was not carried out: sent again without looking first
     assert kv_calls(calls) == [("set_secret", "429"), ("set_secret", "200")]
     assert len(kv.versions(ref.secret)) == 1
 
@@ -569,7 +581,9 @@ def test_server_errors_outlasting_the_retries_are_unavailable(
     kv.fail_next(500, times=MAX_RETRIES + 1, op="set_secret")
     with count_calls(SERVICE) as calls, pytest.raises(StoreUnavailable) as err:
         store.stage(ref, v, meta("k1"))
-    assert kv_calls(calls) == [("set_secret", "500")] * (MAX_RETRIES + 1)
+    # after each 500 a GET of the latest version says whether the PUT had landed (here: no secret yet)
+    assert kv_calls(calls) == [("set_secret", "500"), ("get_secret", "404")] * (MAX_RETRIES + 1)
+    assert kv.version_count(ref.secret) == 0
     assert "500" in str(err.value)
     assert v.reveal() not in str(err.value) + repr(err.value)
 
@@ -587,7 +601,7 @@ def test_disabling_a_version_is_retried_after_a_server_error(
 @pytest.mark.parametrize(
     ("denied", "action", "permission"),
     [
-        ("list", "inspect", "secrets/list"),
+        ("get", "inspect", "secrets/get"),
         ("set", "stage", "secrets/set"),
         ("get", "read", "secrets/get"),
         ("set", "retire", "secrets/set"),
@@ -617,7 +631,7 @@ def test_access_denied_names_vault_secret_and_permission(
 def test_firewall_denial_points_at_the_network_rules(
     kv: KeyVaultServer, store: AzureKeyVaultStore, ref: TargetRef
 ) -> None:
-    kv.deny("list", style="firewall")
+    kv.deny("get", style="firewall")
     with pytest.raises(StorePermissionError, match="network rules"):
         store.inspect(ref)
 
@@ -639,7 +653,7 @@ def test_credential_that_cannot_get_a_token_is_a_permission_error(
 # ---- API calls -----------------------------------------------------------------------------------------------
 
 
-def test_inspect_stage_read_promote_and_retire_cost_four_calls(store: AzureKeyVaultStore, ref: TargetRef) -> None:
+def test_inspect_stage_read_promote_and_retire_cost_five_calls(store: AzureKeyVaultStore, ref: TargetRef) -> None:
     store.stage(ref, value("k1"), meta("k1"))
     with count_calls(SERVICE) as calls:
         store.inspect(ref)
@@ -648,10 +662,11 @@ def test_inspect_stage_read_promote_and_retire_cost_four_calls(store: AzureKeyVa
         store.promote(ref, "k2")
         store.retire(ref, "k1")
     assert kv_calls(calls) == [
-        ("list_secret_versions", "200"),
+        ("get_secret", "200"),  # inspect: the latest version
         ("set_secret", "200"),
-        ("get_secret", "200"),
-        ("update_secret", "200"),
+        ("get_secret", "200"),  # read-back
+        ("update_secret", "200"),  # disable k1's version
+        ("update_secret", "200"),  # the current version no longer tracks it
     ]
 
 
@@ -667,7 +682,7 @@ def test_stage_read_and_promote_after_inspect_cost_two_calls(store: AzureKeyVaul
 def test_inspecting_a_missing_secret_also_checks_for_a_deleted_one(store: AzureKeyVaultStore, ref: TargetRef) -> None:
     with count_calls(SERVICE) as calls:
         assert not store.inspect(ref).exists
-    assert kv_calls(calls) == [("list_secret_versions", "200"), ("get_deleted_secret", "404")]
+    assert kv_calls(calls) == [("get_secret", "404"), ("get_deleted_secret", "404")]
 
 
 def test_bearer_challenge_is_not_counted_as_a_call() -> None:
@@ -679,8 +694,8 @@ def test_bearer_challenge_is_not_counted_as_a_call() -> None:
         finally:
             s.close()
         assert other.requests[0][2] == 401  # the challenge round trip happened...
-        assert ("list_secret_versions", "401") not in kv_calls(calls)  # ...and was not counted
-        assert kv_calls(calls)[0] == ("list_secret_versions", "200")
+        assert ("get_secret", "401") not in kv_calls(calls)  # ...and was not counted
+        assert kv_calls(calls)[0] == ("get_secret", "404")
 
 
 @pytest.mark.parametrize(
@@ -715,7 +730,7 @@ def _rotate(store: AzureKeyVaultStore, ref: TargetRef, new: str, old: str | None
         store.retire(ref, old)
 
 
-@pytest.mark.parametrize("crash_at", range(1, 6))
+@pytest.mark.parametrize("crash_at", range(1, 7))
 def test_a_crash_after_any_call_converges_on_rerun(
     kv: KeyVaultServer, fresh_store: Callable[[], AzureKeyVaultStore], crash_at: int
 ) -> None:
@@ -724,7 +739,7 @@ def test_a_crash_after_any_call_converges_on_rerun(
     v2 = value("k2")
     with crash_after(crash_at, service=SERVICE) as seen, contextlib.suppress(SimulatedCrash):
         _rotate(fresh_store(), ref, "k2", "k1", v2)
-    assert len(seen) == min(crash_at, 4)
+    assert len(seen) == min(crash_at, 5)
     _rotate(fresh_store(), ref, "k2", "k1", v2)  # a new process runs the pass again
     state = fresh_store().inspect(ref)
     assert state.current_key_id == "k2"
@@ -879,12 +894,14 @@ def test_three_rotations_end_to_end(world: dict[str, Any]) -> None:
                 revoke = app.engine.run_pass()
             assert due.ok and due.counts()["created"] == 1
             assert revoke.ok and revoke.counts()["revoked"] == 1
-            # due pass: inspect, set, read back; revoke pass: inspect, disable the old version
+            # due pass: inspect (one GET, however many versions), set, read back; revoke pass: inspect,
+            # disable the old version, drop it from the current version's rotator-tracks tag
             assert kv_calls(rotation) == [
-                ("list_secret_versions", "200"),
+                ("get_secret", "200"),
                 ("set_secret", "200"),
                 ("get_secret", "200"),
-                ("list_secret_versions", "200"),
+                ("get_secret", "200"),
+                ("update_secret", "200"),
                 ("update_secret", "200"),
             ]
             seen.append(converged(world))
@@ -913,3 +930,165 @@ def test_engine_crash_between_any_two_calls_converges_on_rerun(world: dict[str, 
         with build_app(world) as app:
             assert app.engine.run_pass().ok
     assert converged(world) != first
+
+
+# ---- issue 11 item 9: bounded versions -----------------------------------------------------------------------
+
+
+def _rotations(store: AzureKeyVaultStore, ref: TargetRef, n: int, *, retire: bool = True) -> list[str]:
+    """``n`` rotations as the engine makes them: inspect, stage, read back, promote; then inspect and retire."""
+    keys: list[str] = []
+    for i in range(n):
+        k = f"k{i:03d}-{uuid.uuid4().hex[:8]}"
+        store.inspect(ref)
+        v = value(k)
+        store.stage(ref, v, meta(k))
+        assert store.read(ref, k) == v
+        store.promote(ref, k)
+        if retire and keys:
+            store.inspect(ref)
+            store.retire(ref, keys[-1])
+        keys.append(k)
+    return keys
+
+
+def test_inspect_is_one_get_of_the_current_version_however_many_versions_there_are(
+    kv: KeyVaultServer, store: AzureKeyVaultStore, fresh_store: Callable[[], AzureKeyVaultStore], ref: TargetRef
+) -> None:
+    keys = _rotations(store, ref, 12)
+    assert kv.version_count(ref.secret) == 12
+    with count_calls(SERVICE) as calls:
+        state = fresh_store().inspect(ref)
+    # before: one list call per page of versions (pages of two here: 6 calls)
+    assert kv_calls(calls) == [("get_secret", "200")]
+    assert state.current_key_id == keys[-1]
+    assert state.current_since is not None
+    assert not state.foreign
+
+
+def test_inspect_still_sees_the_old_key_until_it_is_retired(
+    store: AzureKeyVaultStore, fresh_store: Callable[[], AzureKeyVaultStore], ref: TargetRef
+) -> None:
+    # the planner must know that the previous key is still held (or it would revoke it at once as an orphan)
+    keys = _rotations(store, ref, 3, retire=False)
+    state = fresh_store().inspect(ref)
+    assert state.current_key_id == keys[-1]
+    assert all(state.holds(k) for k in keys)
+    assert state.enabled_key_ids() == set(keys)
+    fresh_store().retire(ref, keys[0])
+    state = fresh_store().inspect(ref)
+    assert state.enabled_key_ids() == set(keys[1:])
+
+
+def test_retire_in_a_fresh_process_disables_the_version_without_listing(
+    kv: KeyVaultServer, store: AzureKeyVaultStore, fresh_store: Callable[[], AzureKeyVaultStore], ref: TargetRef
+) -> None:
+    keys = _rotations(store, ref, 8)
+    s = fresh_store()
+    s.inspect(ref)
+    _rotations(s, ref, 1, retire=False)
+    with count_calls(SERVICE) as calls:
+        s.inspect(ref)
+        s.retire(ref, keys[-1])
+    # one GET (inspect), one PATCH to disable the old version, one PATCH of the current version's tags
+    assert kv_calls(calls) == [("get_secret", "200"), ("update_secret", "200"), ("update_secret", "200")]
+    enabled = [v for v in kv.versions(ref.secret) if v.enabled]
+    assert len(enabled) == 1
+    assert fresh_store().inspect(ref).enabled_key_ids() == {(enabled[0].tags or {})["rotator-key-id"]}
+
+
+def test_a_rotation_costs_the_same_after_hundreds_of_versions(
+    kv: KeyVaultServer, store: AzureKeyVaultStore, fresh_store: Callable[[], AzureKeyVaultStore], ref: TargetRef
+) -> None:
+    _rotations(store, ref, 40)
+    with count_calls(SERVICE) as calls:
+        _rotations(fresh_store(), ref, 2)
+    ops = [op for op, _ in kv_calls(calls)]
+    assert "list_secret_versions" not in ops
+    assert len(ops) == 2 * 3 + 3  # two publishes (get, set, get), one retire (get, patch, patch)
+
+
+def test_a_put_whose_answer_was_lost_makes_one_version(
+    kv: KeyVaultServer, store: AzureKeyVaultStore, ref: TargetRef
+) -> None:
+    # the vault made the version, then the answer was lost (a 500 from a gateway, a reset connection): the SDK's
+    # retry policy sends the PUT again, and Key Vault makes a second version of the same key
+    store.stage(ref, value("k1"), meta("k1"))
+    kv.fail_next(500, op="set_secret", after=True)
+    store.stage(ref, value("k2"), meta("k2"))
+    held = [(v.tags or {}).get("rotator-key-id") for v in kv.versions(ref.secret)]
+    assert held == ["k1", "k2"]
+    assert store.inspect(ref).current_key_id == "k2"
+
+
+def test_a_put_whose_connection_was_reset_after_it_was_made_makes_one_version(
+    kv: KeyVaultServer, store: AzureKeyVaultStore, ref: TargetRef
+) -> None:
+    store.stage(ref, value("k1"), meta("k1"))
+    kv.fail_next(0, op="set_secret", after=True)  # made, then the connection closes with no answer
+    with count_calls(SERVICE) as calls:
+        store.stage(ref, value("k2"), meta("k2"))
+    assert [(v.tags or {}).get("rotator-key-id") for v in kv.versions(ref.secret)] == ["k1", "k2"]
+    assert [op for op, _ in kv_calls(calls)] == ["set_secret", "get_secret"]
+
+
+def test_a_put_that_failed_before_it_was_made_is_sent_again(
+    kv: KeyVaultServer, store: AzureKeyVaultStore, ref: TargetRef
+) -> None:
+    store.stage(ref, value("k1"), meta("k1"))
+    kv.fail_next(503, op="set_secret")
+    with count_calls(SERVICE) as calls:
+        store.stage(ref, value("k2"), meta("k2"))
+    assert [(v.tags or {}).get("rotator-key-id") for v in kv.versions(ref.secret)] == ["k1", "k2"]
+    # the failed PUT, a GET showing the key did not land, the PUT again
+    assert kv_calls(calls) == [("set_secret", "503"), ("get_secret", "200"), ("set_secret", "200")]
+
+
+def test_lost_answers_to_every_put_still_make_one_version(
+    kv: KeyVaultServer, store: AzureKeyVaultStore, ref: TargetRef
+) -> None:
+    store.stage(ref, value("k1"), meta("k1"))
+    kv.fail_next(500, op="set_secret", times=20, after=True)
+    store.stage(ref, value("k2"), meta("k2"))  # the check after the first lost answer finds the version
+    assert kv.version_count(ref.secret) == 2
+
+
+def test_server_names_are_case_insensitive(kv: KeyVaultServer, raw_client: Any) -> None:
+    raw_client.set_secret("Momento-Checkout", "one")
+    raw_client.set_secret("momento-checkout", "two")
+    assert kv.version_count("MOMENTO-CHECKOUT") == 2
+    got = raw_client.get_secret("MOMENTO-checkout")
+    assert got.value == "two"
+    assert got.name == "Momento-Checkout"  # the name keeps the case it was created with
+
+
+def test_the_version_cache_is_case_insensitive(kv: KeyVaultServer, store: AzureKeyVaultStore) -> None:
+    # two spellings of one secret (Key Vault names are case-insensitive): what one learns, the other knows
+    upper, lower = target("Momento-Checkout"), target("momento-checkout")
+    store.inspect(lower)
+    store.stage(upper, value("k1"), meta("k1"))
+    store.stage(lower, value("k1"), meta("k1"))  # the key is there already: before, a second version
+    assert kv.version_count("momento-checkout") == 1
+    store.stage(lower, value("k2"), meta("k2"))
+    assert store.inspect(upper).current_key_id == "k2"
+    assert kv.version_count("momento-checkout") == 2
+
+
+def test_a_secret_written_before_version_tracking_is_listed_once_then_tracked(
+    kv: KeyVaultServer, raw_client: Any, fresh_store: Callable[[], AzureKeyVaultStore], ref: TargetRef
+) -> None:
+    # versions an older rotator wrote: key tags, no rotator-tracks tag
+    for k in ("k1", "k2"):
+        tags = {"rotator-key-id": k, "rotator-policy": "checkout", "managed-by": "rotator"}
+        raw_client.set_secret(ref.secret, f"payload-{k}", tags=tags)
+    s = fresh_store()
+    with count_calls(SERVICE) as calls:
+        state = s.inspect(ref)
+    assert [op for op, _ in kv_calls(calls)] == ["get_secret", "list_secret_versions"]
+    assert state.enabled_key_ids() == {"k1", "k2"}
+    s.retire(ref, "k1")  # disables k1 and records what is still tracked on the current version
+    with count_calls(SERVICE) as calls:
+        state = fresh_store().inspect(ref)
+    assert kv_calls(calls) == [("get_secret", "200")]
+    assert state.enabled_key_ids() == {"k2"}
+    assert state.holds("k2")

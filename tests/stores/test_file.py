@@ -1,11 +1,20 @@
 from __future__ import annotations
 
+import os
+import signal
 import stat
+import subprocess
+import sys
+import textwrap
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from rotator.errors import StoreError, StoreNotFound
 from rotator.model import SecretText
 from rotator.stores.base import TargetRef
 from rotator.stores.file import FileStore, StoreConfig, TargetOptions, open_store
@@ -74,3 +83,229 @@ class TestMemoryStoreContract(StoreContract):
         from tests.support.memory import MemoryStore
 
         return MemoryStore("mem", lambda: datetime.now(UTC))
+
+
+# ---- issue 11 item 10: short writes, corrupt metadata, destroy_after, stale temporary files -----------------
+
+SUBPROCESS_ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+
+
+def _ref(secret: str = "demo") -> TargetRef:
+    return TargetRef("local", secret, "p")
+
+
+def _rotate(store: FileStore, ref: TargetRef, *keys: str) -> None:
+    for k in keys:
+        store.stage(ref, SecretText(f"payload-{k}-plaintext"), _meta(k))
+        store.promote(ref, k)
+
+
+_SHORT_WRITE_CHILD = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from pathlib import Path
+    from rotator.errors import StoreError
+    from rotator.model import SecretText
+    from rotator.stores.base import TargetRef
+    from rotator.stores.file import StoreConfig, open_store
+    from tests.stores.contract import _meta
+
+    store = open_store("local", StoreConfig(type="file", path=sys.argv[1]))
+    # files larger than 64 bytes cannot grow past it: the kernel writes the first 64 bytes and returns a
+    # short count (write(2) "may write less than count bytes ... if the RLIMIT_FSIZE resource limit is
+    # encountered"); the next write fails with EFBIG instead of raising SIGXFSZ, which is ignored here
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64, resource.RLIM_INFINITY))
+    try:
+        store.stage(TargetRef("local", "demo", "p"), SecretText("x" * 1000), _meta("k1"))
+    except StoreError as exc:
+        print("StoreError:", exc)
+        sys.exit(3)
+    print("staged")
+    """
+)
+
+
+def test_a_short_write_is_never_published_as_the_whole_value(tmp_path: Path) -> None:
+    # a real short write(2): RLIMIT_FSIZE lets the kernel write only part of the buffer
+    root = tmp_path / "secrets"
+    out = subprocess.run(
+        [sys.executable, "-c", _SHORT_WRITE_CHILD, str(root)],
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    values = list(root.rglob("*.value"))
+    # before the fix the 64 bytes written were renamed into place as if they were the whole payload
+    assert [p for p in values if p.stat().st_size != 1000] == []
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "could not write the new version" in out.stdout
+    assert list(root.rglob(".tmp-*")) == []  # the partial temp file is removed
+
+
+def test_writes_loop_until_every_byte_is_written(tmp_path: Path) -> None:
+    # a writer that accepts at most 7 bytes per call, as write(2) may (signals, quotas, pipes): every byte
+    # still lands in the value file
+    from rotator.stores import file as file_store
+
+    written: list[int] = []
+
+    def short_write(fd: int, data: bytes | memoryview) -> int:
+        n = os.write(fd, bytes(data[:7]))
+        written.append(n)
+        return n
+
+    store = file_store.FileStore("local", tmp_path / "secrets", write=short_write)
+    ref, payload = _ref(), "payload-" + "y" * 100
+    store.stage(ref, SecretText(payload), _meta("k1"))
+    assert len(written) > 10
+    assert store.read(ref, "k1").reveal() == payload
+
+
+@pytest.mark.parametrize("garbage", [b"{not json", b"\xff\xfe", b"[1, 2]", b""])
+def test_corrupt_metadata_is_a_store_error_naming_the_file(store: FileStore, tmp_path: Path, garbage: bytes) -> None:
+    ref = _ref()
+    _rotate(store, ref, "k1", "k2")
+    meta = tmp_path / "secrets" / "demo" / "versions" / "k1.json"
+    meta.write_bytes(garbage)
+    for call in (lambda: store.inspect(ref), lambda: store.read(ref, "k1"), lambda: store.retire(ref, "k1")):
+        with pytest.raises(StoreError) as err:
+            call()
+        assert str(meta) in str(err.value)
+        assert "corrupt" in str(err.value)
+
+
+def test_retired_values_are_removed_with_the_revoke_by_default(store: FileStore, tmp_path: Path) -> None:
+    ref = _ref()
+    _rotate(store, ref, "k1", "k2")
+    versions = tmp_path / "secrets" / "demo" / "versions"
+    store.retire(ref, "k1")
+    assert not (versions / "k1.value").exists()  # the plaintext of a retired key is gone
+    assert (versions / "k2.value").exists()
+    # the bookkeeping stays: the version is still listed, disabled, and still says which key it held
+    state = store.inspect(ref)
+    assert state.holds("k1")
+    assert "k1" not in state.enabled_key_ids()
+    assert state.current_key_id == "k2"
+    with pytest.raises(StoreNotFound):
+        store.read(ref, "k1")
+    store.retire(ref, "k1")  # idempotent
+
+
+def test_retired_values_stay_until_destroy_after_has_passed(tmp_path: Path) -> None:
+    clock = Clock(datetime(2030, 1, 1, tzinfo=UTC))
+    config = StoreConfig(type="file", path=str(tmp_path / "secrets"), destroy_after="7d")
+    store = open_store("local", config, clock=clock)
+    ref = _ref()
+    _rotate(store, ref, "k1", "k2")
+    versions = tmp_path / "secrets" / "demo" / "versions"
+    store.retire(ref, "k1")
+    assert (versions / "k1.value").exists()  # kept: an operator may still want it back within 7 days
+    clock.now += timedelta(days=6)
+    _rotate(store, ref, "k3")
+    store.retire(ref, "k2")
+    assert (versions / "k1.value").exists()
+    clock.now += timedelta(days=1)
+    store.retire(ref, "k2")  # the next retire after 7 days removes it
+    assert not (versions / "k1.value").exists()
+    assert (versions / "k2.value").exists()
+    assert store.inspect(ref).holds("k1")
+
+
+def test_destroy_after_must_be_a_duration() -> None:
+    with pytest.raises(ValidationError, match="destroy_after"):
+        StoreConfig(type="file", destroy_after="soon")
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    from rotator.model import SecretText
+    from rotator.stores.base import TargetRef
+    from rotator.stores.file import StoreConfig, open_store
+    from tests.stores.contract import _meta
+
+    def stop_before_rename(event, args):
+        # the store has written and fsynced the temp file and is about to rename it into place: tell the
+        # parent and wait here to be killed
+        if event == "os.rename" and ".tmp-" in str(args[0]):
+            os.write(1, b"writing\\n")
+            time.sleep(600)
+
+    store = open_store("local", StoreConfig(type="file", path=sys.argv[1]))
+    sys.addaudithook(stop_before_rename)
+    store.stage(TargetRef("local", "demo", "p"), SecretText(sys.argv[2]), _meta("k9"))
+    """
+)
+
+
+def _killed_mid_write(root: Path, plaintext: str) -> Path:
+    """A real process writing through the store, SIGKILLed after writing its temp file, before the rename."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(root), plaintext], env=SUBPROCESS_ENV, stdout=subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"writing\n"
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    [tmp] = list(root.rglob(".tmp-*"))
+    assert tmp.read_text() == plaintext  # what a killed writer leaves behind: a live plaintext key
+    return tmp
+
+
+def _age(path: Path, seconds: float) -> None:
+    t = time.time() - seconds
+    os.utime(path, (t, t), follow_symlinks=False)
+
+
+def test_a_killed_writers_stale_temp_file_is_removed_by_the_next_inspect(tmp_path: Path) -> None:
+    root = tmp_path / "secrets"
+    tmp = _killed_mid_write(root, "plaintext-" + uuid.uuid4().hex)
+    store = FileStore("local", root, stale_after=timedelta(minutes=5))
+    _age(tmp, 60)  # a minute old: a pass may still be writing it
+    store.inspect(_ref())
+    assert tmp.exists()
+    _age(tmp, 301)  # older than pass_timeout: no pass can still be writing it
+    state = store.inspect(_ref())
+    assert not tmp.exists()
+    assert not state.holds("k9")
+
+
+def test_a_killed_writers_stale_temp_file_is_removed_by_the_next_write(tmp_path: Path) -> None:
+    root = tmp_path / "secrets"
+    tmp = _killed_mid_write(root, "plaintext-" + uuid.uuid4().hex)
+    _age(tmp, 3600)
+    store = FileStore("local", root, stale_after=timedelta(minutes=5))
+    store.stage(_ref(), SecretText("payload-k10-plaintext"), _meta("k10"))
+    assert not tmp.exists()
+    assert sorted(p.name for p in (root / "demo" / "versions").iterdir()) == ["k10.json", "k10.value"]
+
+
+def test_open_store_takes_pass_timeout_as_the_age_of_a_stale_temp_file(tmp_path: Path) -> None:
+    from rotator.config import from_mapping
+    from rotator.runtime.app import open_stores
+
+    config = from_mapping(
+        {
+            "issuer": {"type": "emulator"},
+            "pass_timeout": "2m",
+            "defaults": {"orphan_after": "15m"},
+            "stores": {"local": {"type": "file", "path": str(tmp_path / "secrets")}},
+            "policies": [{"name": "p", "role": "operator", "targets": [{"store": "local", "secret": "demo"}]}],
+        }
+    )
+    store = open_stores(config)["local"]
+    assert isinstance(store, FileStore)
+    assert store.stale_after == timedelta(minutes=2)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
