@@ -126,6 +126,14 @@ class StoreConflict(StoreError):
     """The secret is in a state rotator must not overwrite (foreign value, foreign rotation, deleted)."""
 
 
+class StorePreconditionFailed(StoreConflict):
+    """A compare-and-set found the target changed since it was read: the write was not made.
+
+    Not a failure of the store: another pass (or a person) got there first. The next pass re-reads and plans
+    again.
+    """
+
+
 class StoreIntegrityError(StoreError):
     """A read-back returned something other than what was written."""
 

@@ -60,7 +60,7 @@ from rotator.errors import (
 from rotator.keys import payload_key_id
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call, redact_text
-from rotator.stores.base import TargetRef, VersionMeta
+from rotator.stores.base import ANY_CURRENT, Expect, TargetRef, VersionMeta
 
 SERVICE = "aws-secretsmanager"
 
@@ -884,7 +884,7 @@ class AwsSecretsManagerStore:
             raise StoreIntegrityError(f"the version holding key {key_id} has no text value", **where)
         return SecretText(resp["SecretString"])
 
-    def promote(self, ref: TargetRef, key_id: str) -> None:
+    def promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
         """Move ``AWSCURRENT`` to the key's version (compare-and-swap on the old current version).
 
         A no-op when the key is already current. Raises StoreNotFound (nothing staged for the key),

@@ -70,7 +70,7 @@ from rotator.errors import (
 )
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call
-from rotator.stores.base import TargetRef, VersionMeta
+from rotator.stores.base import ANY_CURRENT, Expect, TargetRef, VersionMeta
 
 SERVICE = "azure-keyvault"
 KEY_ID_TAG = "rotator-key-id"
@@ -633,7 +633,7 @@ class AzureKeyVaultStore:
             f"no readable version in Key Vault {self.vault_url} holds key {key_id}", store=self.name, secret=ref.secret
         )
 
-    def promote(self, ref: TargetRef, key_id: str) -> None:
+    def promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
         """Make the version holding ``key_id`` the latest one; usually a no-op.
 
         Key Vault has no staging: the version :meth:`stage` wrote is "latest" (current) at once, so promoting

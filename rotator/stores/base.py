@@ -17,11 +17,12 @@ subclasses, whose messages name the store and the secret and never carry secret 
 
 from __future__ import annotations
 
+import enum
 import importlib
 from dataclasses import dataclass
 from datetime import datetime
 from types import ModuleType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -52,6 +53,17 @@ def require_extra(kind: str) -> None:
         importlib.import_module(sdk)
     except ImportError as exc:
         raise MissingExtraError(extra, sdk) from exc
+
+
+class _Unchecked(enum.Enum):
+    ANY = "any"
+
+
+#: ``promote(..., expect_current=ANY_CURRENT)``: promote whatever the target holds now (no compare-and-set)
+ANY_CURRENT = _Unchecked.ANY
+#: what ``promote`` expects the target's current version to hold: a key id, ``None`` (nothing current, or a
+#: value rotator did not write), or ``ANY_CURRENT``
+Expect = str | None | Literal[_Unchecked.ANY]
 
 
 @dataclass(frozen=True)
@@ -117,10 +129,16 @@ class SecretStore(Protocol):
         """
         ...
 
-    def promote(self, ref: TargetRef, key_id: str) -> None:
+    def promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
         """Make the staged version holding ``key_id`` current. Promoting the current version is a no-op.
 
-        Raises: StoreNotFound (nothing staged for key_id), StoreUnavailable, StorePermissionError.
+        Compare-and-set: unless ``expect_current`` is ``ANY_CURRENT``, the switch is made only if the current
+        version still holds ``expect_current`` (a key id, or ``None`` for no rotator-written current value),
+        using the store's own conditional primitive where it has one (docs/design-notes.md says which window
+        each store leaves); otherwise it raises StorePreconditionFailed and changes nothing.
+
+        Raises: StoreNotFound (nothing staged for key_id), StorePreconditionFailed, StoreUnavailable,
+        StorePermissionError.
         """
         ...
 

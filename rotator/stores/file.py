@@ -25,6 +25,7 @@ the next inspect or write of that secret. A metadata file that is not a JSON obj
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -39,10 +40,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from rotator.config import Duration
-from rotator.errors import StoreConflict, StoreError, StoreNotFound, StorePermissionError
+from rotator.errors import StoreConflict, StoreError, StoreNotFound, StorePermissionError, StorePreconditionFailed
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import record_call
-from rotator.stores.base import SecretStore, TargetRef, VersionMeta
+from rotator.stores.base import ANY_CURRENT, Expect, SecretStore, TargetRef, VersionMeta
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _VERSION_NS = uuid.UUID("6f1b2a4e-6c1e-4c8e-9d1e-2f6a7c0b9e31")
@@ -228,6 +229,19 @@ class FileStore:
                     if entry.stat(follow_symlinks=False).st_mtime < limit:
                         os.unlink(entry.path)
 
+    @contextlib.contextmanager
+    def _locked(self, d: Path) -> Any:
+        """An exclusive ``flock(2)`` on the secret's directory while a compare-and-set runs: promote and retire
+        re-read ``current`` under it, so two processes on this host never both act on what they read before the
+        other's switch. (flock is advisory and local: a store shared over NFS between hosts gets the re-read
+        but not the mutual exclusion; docs/design-notes.md.)"""
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the last descriptor releases the lock
+
     def _current_version(self, d: Path) -> str | None:
         try:
             target = os.readlink(d / "current")
@@ -327,22 +341,42 @@ class FileStore:
         except OSError as exc:
             raise self._wrap(exc, ref, "read the version") from exc
 
-    def _promote(self, ref: TargetRef, key_id: str) -> None:
+    def _promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
         value_path, meta_path = self._version_paths(ref, key_id)
         d = self._dir(ref)
         try:
-            if self._current_version(d) == value_path.name.removesuffix(".value"):
-                return
-            meta = self._read_meta(meta_path)
-            meta["promoted_at"] = _iso(self._clock())
-            meta["enabled"] = True
-            self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
-            tmp = d / f".current-{uuid.uuid4().hex}"
-            os.symlink(f"versions/{value_path.name}", tmp)
-            os.replace(tmp, d / "current")
-            self._fsync_dir(d)
+            with self._locked(d):
+                self._promote_locked(ref, d, key_id, value_path, meta_path, expect_current)
         except OSError as exc:
             raise self._wrap(exc, ref, "make the new version current") from exc
+
+    def _promote_locked(
+        self, ref: TargetRef, d: Path, key_id: str, value_path: Path, meta_path: Path, expect_current: Expect
+    ) -> None:
+        current = self._current_version(d)
+        if current == value_path.name.removesuffix(".value"):
+            return
+        if expect_current is not ANY_CURRENT:
+            held = None
+            if current is not None:
+                cur_meta = d / "versions" / f"{current}.json"
+                held = self._read_meta(cur_meta).get("key_id") if cur_meta.exists() else None
+            if held != expect_current:
+                raise StorePreconditionFailed(
+                    f"not promoting key {key_id}: the current version holds key {held or 'none'}, "
+                    f"not {expect_current or 'none'} as read before",
+                    store=self.name,
+                    secret=ref.secret,
+                )
+        meta = self._read_meta(meta_path)
+        meta["promoted_at"] = _iso(self._clock())
+        meta["enabled"] = True
+        self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+        tmp = d / f".current-{uuid.uuid4().hex}"
+        os.symlink(f"versions/{value_path.name}", tmp)
+        os.replace(tmp, d / "current")
+        self._fsync_dir(d)
+
 
     def _retire(self, ref: TargetRef, key_id: str) -> None:
         d = self._dir(ref)
@@ -352,17 +386,18 @@ class FileStore:
             if not d.is_dir():
                 return
             self._sweep_temp_files(d)
-            if meta_path.exists():
-                if self._current_version(d) == name:
-                    raise StoreConflict(
-                        f"refusing to retire key {key_id}: it is current", store=self.name, secret=ref.secret
-                    )
-                meta = self._read_meta(meta_path)
-                if meta.get("enabled", True):
-                    meta["enabled"] = False
-                    meta["retired_at"] = _iso(self._clock())
-                    self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
-            self._destroy_retired(d)
+            with self._locked(d):  # the current-version check and the write, atomic against a promote
+                if meta_path.exists():
+                    if self._current_version(d) == name:
+                        raise StoreConflict(
+                            f"refusing to retire key {key_id}: it is current", store=self.name, secret=ref.secret
+                        )
+                    meta = self._read_meta(meta_path)
+                    if meta.get("enabled", True):
+                        meta["enabled"] = False
+                        meta["retired_at"] = _iso(self._clock())
+                        self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+                self._destroy_retired(d)
         except OSError as exc:
             raise self._wrap(exc, ref, "retire the version") from exc
 
@@ -407,8 +442,8 @@ class FileStore:
         value: SecretText = self._counted("read", self._read, ref, key_id)
         return value
 
-    def promote(self, ref: TargetRef, key_id: str) -> None:
-        self._counted("promote", self._promote, ref, key_id)
+    def promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
+        self._counted("promote", self._promote, ref, key_id, expect_current)
 
     def retire(self, ref: TargetRef, key_id: str) -> None:
         self._counted("retire", self._retire, ref, key_id)

@@ -66,7 +66,7 @@ from rotator.errors import (
 from rotator.keys import jwt_claims
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call
-from rotator.stores.base import SecretStore, TargetRef, VersionMeta
+from rotator.stores.base import ANY_CURRENT, Expect, SecretStore, TargetRef, VersionMeta
 
 SERVICE = "gcp-secretmanager"
 
@@ -987,7 +987,7 @@ class GcpSecretManagerStore:
                             ) from None
             raise StoreNotFound(f"no enabled version holds key {key_id}", store=self.name, secret=ref.secret)
 
-    def promote(self, ref: TargetRef, key_id: str) -> None:
+    def promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
         """Point the alias ``current`` at the version holding ``key_id`` (``previous`` at the one before) and
         record when: one UpdateSecret. Promoting the current key again changes nothing.
 

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from rotator.errors import IssuerNotFound, StoreConflict, StoreNotFound, StoreUnavailable
+from rotator.errors import IssuerNotFound, StoreConflict, StoreNotFound, StorePreconditionFailed, StoreUnavailable
 from rotator.model import IssuedKey, KeyInfo, Role, SecretState, SecretText, StoredVersion
 from rotator.observability import record_call
-from rotator.stores.base import TargetRef, VersionMeta
+from rotator.stores.base import ANY_CURRENT, Expect, TargetRef, VersionMeta
 
 ROLES = [Role("r-owner", "owner"), Role("r-operator", "operator"), Role("r-viewer", "viewer")]
 
@@ -161,9 +161,13 @@ class MemoryStore:
         self._done("read")
         return v.value
 
-    def promote(self, ref: TargetRef, key_id: str) -> None:
+    def promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
         self._call("promote", ref)
         s, v = self._find(ref, key_id)
+        if s.current != v.version and expect_current is not ANY_CURRENT:
+            held = next((x.key_id for x in s.versions if x.version == s.current), None)
+            if held != expect_current:
+                raise StorePreconditionFailed("the current version changed", store=self.name, secret=ref.secret)
         if s.current != v.version:
             now = self.clock()
             if s.history and s.history[-1][2] is None:
