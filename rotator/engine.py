@@ -11,26 +11,31 @@ so a plan provably changes nothing.
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 
 from rotator import keys as keyfmt
-from rotator.config import Config, Policy, Target
+from rotator.config import Config, Policy, Target, format_duration
 from rotator.errors import (
     ConfigError,
     ConfigIssue,
+    DeadlinePassed,
     IssuerAuthError,
     IssuerError,
     IssuerPermissionError,
     RotatorError,
+    StoreError,
     StoreIntegrityError,
+    StorePreconditionFailed,
 )
 from rotator.issuers.base import KeyIssuer
 from rotator.model import (
@@ -48,8 +53,8 @@ from rotator.model import (
     SecretText,
     TargetObservation,
 )
-from rotator.planner import Options, plan
-from rotator.stores.base import SecretStore, TargetRef, VersionMeta
+from rotator.planner import Options, expired, plan
+from rotator.stores.base import ANY_CURRENT, Expect, SecretStore, TargetRef, VersionMeta
 
 Clock = Callable[[], datetime]
 PickupRunner = Callable[[Policy, str, dict[str, SecretState]], tuple[PickupVerdict, ...]]
@@ -70,9 +75,15 @@ class ActionResult:
     error: str | None = None
     key_id: str | None = None  # for create: the new key's id
     detail: dict[str, str] = field(default_factory=dict)
+    #: why the action was not carried out although nothing failed: its precondition no longer held when it
+    #: was re-checked against fresh state (compare-and-set), so the next pass decides again
+    skipped: str | None = None
+    deadline: bool = False  # not started (or stopped) because the pass ran past pass_timeout
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"action": self.action.kind, "ok": self.ok}
+        if self.skipped:
+            out["skipped"] = self.skipped
         for name in ("key_id", "target", "source", "reason"):
             v = getattr(self.action, name, None)
             if v is not None:
@@ -96,6 +107,10 @@ class PolicyReport:
     target_errors: dict[str, str] = field(default_factory=dict)
     keys: tuple[KeyInfo, ...] = ()
     target_ids: tuple[str, ...] = ()
+    #: what the plan was made from, so that an action can re-plan against fresh state right before it acts
+    opts: Options | None = field(default=None, repr=False)
+    verdicts: tuple[PickupVerdict, ...] | None = field(default=None, repr=False)
+    observed_targets: dict[str, TargetObservation] | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -152,21 +167,24 @@ class PassReport:
     error: str | None = None
     issuer_ok: bool = True
     issuer_auth_error: bool = False  # the management key was refused (401/403): bad input, exit code 2
+    deadline_passed: bool = False  # the pass ran past pass_timeout: the mutations left were not started
 
     @property
     def ok(self) -> bool:
-        return self.error is None and all(p.ok for p in self.policies)
+        return self.error is None and not self.deadline_passed and all(p.ok for p in self.policies)
 
     @property
     def exit_code(self) -> int:
         return 0 if self.ok else 1
 
     def counts(self) -> dict[str, int]:
-        c = {"created": 0, "published": 0, "retired": 0, "revoked": 0, "failed": 0}
+        c = {"created": 0, "published": 0, "retired": 0, "revoked": 0, "skipped": 0, "failed": 0}
         for p in self.policies:
             for r in p.results:
                 if not r.ok:
                     c["failed"] += 1
+                elif r.skipped:
+                    c["skipped"] += 1
                 elif isinstance(r.action, CreateKey):
                     c["created"] += 1
                 elif isinstance(r.action, Publish):
@@ -191,6 +209,7 @@ class PassReport:
             "duration_s": round((self.finished - self.started).total_seconds(), 3),
             "counts": self.counts(),
             "error": self.error,
+            "deadline_passed": self.deadline_passed,
             "policies": [p.to_json() for p in self.policies],
         }
 
@@ -241,6 +260,97 @@ class ReadOnlyStore:
 
     def close(self) -> None:
         self._inner.close()
+
+
+class _Deadline:
+    """The pass deadline on the monotonic clock: after it, no further mutation may start (``pass_timeout``).
+
+    A wall clock can jump (NTP, a resumed VM); the monotonic clock counts the time the process really had, and
+    a process paused by SIGSTOP, a long GC or a frozen VM finds its deadline passed when it resumes.
+    """
+
+    def __init__(self, timeout: float | None, monotonic: Callable[[], float]) -> None:
+        self.timeout = timeout
+        self._monotonic = monotonic
+        self.at = None if timeout is None else monotonic() + timeout
+
+    def remaining(self) -> float | None:
+        return None if self.at is None else self.at - self._monotonic()
+
+    def passed(self) -> bool:
+        r = self.remaining()
+        return r is not None and r <= 0
+
+    def check(self, what: str) -> None:
+        if self.passed():
+            limit = format_duration(timedelta(seconds=self.timeout or 0))
+            raise DeadlinePassed(f"deadline passed: pass_timeout ({limit}) ran out before {what}")
+
+
+class GuardedIssuer:
+    """The issuer seen by a pass with a deadline: every mutation first checks that the deadline has not passed."""
+
+    def __init__(self, inner: KeyIssuer, deadline: _Deadline) -> None:
+        self._inner, self._deadline = inner, deadline
+
+    def list_keys(self) -> list[KeyInfo]:
+        return self._inner.list_keys()
+
+    def list_roles(self) -> list[Any]:
+        return self._inner.list_roles()
+
+    def create_key(self, *a: Any, **k: Any) -> IssuedKey:
+        self._deadline.check("creating a key")
+        return self._inner.create_key(*a, **k)
+
+    def revoke_key(self, key_id: str) -> None:
+        self._deadline.check(f"revoking key {key_id}")
+        self._inner.revoke_key(key_id)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class GuardedStore:
+    """A store seen by a pass with a deadline: reads work, every write first checks the deadline."""
+
+    def __init__(self, inner: SecretStore, deadline: _Deadline) -> None:
+        self._inner, self._deadline = inner, deadline
+        self.name = inner.name
+
+    def inspect(self, ref: TargetRef) -> SecretState:
+        return self._inner.inspect(ref)
+
+    def read(self, ref: TargetRef, key_id: str) -> SecretText:
+        return self._inner.read(ref, key_id)
+
+    def stage(self, ref: TargetRef, value: SecretText, meta: VersionMeta) -> None:
+        self._deadline.check(f"staging key {meta.key_id} in {ref.id}")
+        self._inner.stage(ref, value, meta)
+
+    def promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
+        self._deadline.check(f"promoting key {key_id} in {ref.id}")
+        self._inner.promote(ref, key_id, expect_current)
+
+    def retire(self, ref: TargetRef, key_id: str) -> None:
+        self._deadline.check(f"retiring key {key_id} in {ref.id}")
+        self._inner.retire(ref, key_id)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class _Fresh:
+    """What one pass's act half re-reads before it mutates: one listing of the issuer's keys, taken after the
+    random start delay and right before the first create (so two passes that start together see each other's
+    new keys), and shared by every policy of the pass."""
+
+    def __init__(self, listing: list[KeyInfo] | None) -> None:
+        self.listing = listing
+        self.ids = None if listing is None else {k.key_id for k in listing}
+
+    def policy_keys(self, policy: str) -> list[KeyInfo] | None:
+        return None if self.listing is None else [k for k in self.listing if k.policy == policy]
 
 
 class _Counter:
@@ -296,8 +406,12 @@ class Engine:
         endpoint: str,
         clock: Clock = system_clock,
         pickup: PickupRunner | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self.monotonic = monotonic
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - a start delay, not cryptography
         self.issuer = issuer
         self.stores = stores
         self.endpoint = endpoint
@@ -358,19 +472,35 @@ class Engine:
         read_targets: bool = False,
         stop: threading.Event | None = None,
         progress: Progress | None = None,
+        pre_create_delay: float = 0.0,
     ) -> PassReport:
         """Observe, plan and (unless ``dry_run``) act on every policy, or on those named in ``only``.
 
         Never raises for a failing service: failures are in the report (exit code 1). ``read_targets`` reads
         every target even in steady state (status and drift checks). When ``stop`` is set, the action in
         flight finishes and the remaining actions are skipped (the next pass picks them up).
+
+        The pass has a deadline ``pass_timeout`` from now on the monotonic clock: no mutation starts after it,
+        and the report says ``deadline_passed`` (exit code 1). ``pre_create_delay``: before the first key is
+        created, wait a random time up to this many seconds (the runtimes pass ``jitter``), then list the keys
+        again, so that passes that started together do not both create a key for the same policy.
         """
-        report = self.observe(dry_run=dry_run, only=only, force=force, emergency=emergency, read_targets=read_targets)
+        deadline = _Deadline(self.config.pass_timeout.total_seconds(), self.monotonic)
+        report = self.observe(
+            dry_run=dry_run, only=only, force=force, emergency=emergency, read_targets=read_targets, progress=progress
+        )
         if not dry_run and report.error is None:
-            self.execute(report, stop=stop)
+            self.execute(report, stop=stop, progress=progress, deadline=deadline, pre_create_delay=pre_create_delay)
         report.finished = self.clock()
         c = report.counts()
-        log.info("pass finished", ok=report.ok, dry_run=dry_run, policies=len(report.policies), **c)
+        log.info(
+            "pass finished",
+            ok=report.ok,
+            dry_run=dry_run,
+            policies=len(report.policies),
+            deadline_passed=report.deadline_passed,
+            **c,
+        )
         return report
 
     def _views(self, dry_run: bool) -> tuple[KeyIssuer, dict[str, Any]]:
@@ -440,28 +570,71 @@ class Engine:
         return PassReport(started, self.clock(), dry_run, self._each(policies, one))
 
     def execute(
-        self, report: PassReport, *, stop: threading.Event | None = None, progress: Progress | None = None
+        self,
+        report: PassReport,
+        *,
+        stop: threading.Event | None = None,
+        progress: Progress | None = None,
+        deadline: _Deadline | None = None,
+        pre_create_delay: float = 0.0,
     ) -> PassReport:
-        """The act half of a pass: carry out each policy's planned actions, recording the results."""
+        """The act half of a pass: carry out each policy's planned actions, recording the results.
+
+        Every action re-checks its precondition against state read at that moment and does nothing (a
+        ``skipped`` result, logged) when it no longer holds: another pass may have acted since this one looked.
+        """
         issuer, stores = self._views(report.dry_run)
+        if deadline is None:
+            deadline = _Deadline(None, self.monotonic)
+        if not report.dry_run:
+            issuer = GuardedIssuer(issuer, deadline)
+            stores = {n: GuardedStore(s, deadline) for n, s in stores.items()}
         counter = _Counter(progress, "act", len(report.policies))
+        plans = [pr.plan for pr in report.policies if pr.plan is not None]
+        creates = any(isinstance(a, CreateKey) for p in plans for a in p.actions)
+        fresh = _Fresh(None)
+        if creates or any(isinstance(a, Publish) for p in plans for a in p.actions):
+            if creates and pre_create_delay > 0:
+                self._start_delay(pre_create_delay, deadline, stop)
+            try:
+                fresh = _Fresh(issuer.list_keys())
+            except IssuerError as exc:  # the creates and copies go ahead on the pass's first listing
+                log.warning("could not list keys again before acting", error=_error_text(exc))
 
         def one(pr: PolicyReport) -> PolicyReport:
             with structlog.contextvars.bound_contextvars(policy=pr.policy), counter:
                 if pr.plan is None or not pr.plan.actions:
                     return pr
                 policy = self.config.policy(pr.policy)
-                by_id = {k.key_id: k for k in pr.keys}
+                known = {k.key_id: k for k in pr.keys}
                 order = {"create": 0, "publish": 1, "retire": 2, "revoke": 3}
                 for action in sorted(pr.plan.actions, key=lambda a: order[a.kind]):
                     if stop is not None and stop.is_set():
                         log.info("stopping: remaining actions left to the next pass")
                         break
-                    pr.results.append(self._act(policy, action, by_id, issuer, stores))
+                    if deadline.passed():
+                        report.deadline_passed = True
+                        log.error("deadline passed: remaining actions left to the next pass", action=action.kind)
+                        break
+                    result = self._act(policy, action, pr, known, fresh, issuer, stores)
+                    pr.results.append(result)
+                    if result.deadline:
+                        report.deadline_passed = True
+                        break
                 return pr
 
         self._each(report.policies, one)
         return report
+
+    def _start_delay(self, most: float, deadline: _Deadline, stop: threading.Event | None) -> None:
+        """Wait a random time up to ``most`` seconds (and never past half the time the pass has left)."""
+        delay = self._rng.uniform(0, most)
+        left = deadline.remaining()
+        if left is not None:
+            delay = min(delay, max(0.0, left / 2))
+        if delay > 0:
+            log.debug("start delay before creating", seconds=round(delay, 3))
+            (stop or threading.Event()).wait(delay)
 
     def _plan_policy(
         self,
@@ -484,6 +657,7 @@ class Engine:
         )
         p = plan(policy, Observation(mine), now, opts)
         targets: dict[str, TargetObservation] | None = None
+        verdicts: tuple[PickupVerdict, ...] | None = None
         if p.needs_targets:
             targets = self.observe_targets(policy, stores)
             p = plan(policy, Observation(mine, targets), now, opts)
@@ -491,7 +665,10 @@ class Engine:
                 states = {tid: o.state for tid, o in targets.items() if o.state is not None}
                 verdicts = self.pickup(policy, p.needs_pickup, states)
                 p = plan(policy, Observation(mine, targets, verdicts), now, opts)
-        report = PolicyReport(policy.name, p, keys=mine, target_ids=tuple(t.id for t in policy.targets))
+        report = PolicyReport(
+            policy.name, p, keys=mine, target_ids=tuple(t.id for t in policy.targets), opts=opts, verdicts=verdicts
+        )
+        report.observed_targets = targets
         if targets is not None:
             report.targets = {tid: o.state for tid, o in targets.items()}
             report.target_errors = {tid: o.error for tid, o in targets.items() if o.error}
@@ -502,7 +679,14 @@ class Engine:
     # -- actions -------------------------------------------------------------------------------------
 
     def _act(
-        self, policy: Policy, action: Action, by_id: dict[str, KeyInfo], issuer: KeyIssuer, stores: dict[str, Any]
+        self,
+        policy: Policy,
+        action: Action,
+        pr: PolicyReport,
+        known: dict[str, KeyInfo],
+        fresh: _Fresh,
+        issuer: KeyIssuer,
+        stores: dict[str, Any],
     ) -> ActionResult:
         bound: dict[str, str] = {"action": action.kind}
         if not isinstance(action, CreateKey):
@@ -510,36 +694,61 @@ class Engine:
         with structlog.contextvars.bound_contextvars(**bound):
             try:
                 if isinstance(action, CreateKey):
-                    return self._create(policy, action, issuer, stores)
+                    return self._create(policy, action, pr, known, fresh, issuer, stores)
                 if isinstance(action, Publish):
-                    key = by_id[action.key_id]
-                    src = self._target(policy, action.source)
-                    payload = stores[src.store].read(self.ref(policy, src), action.key_id)
-                    api_key = keyfmt.parse_api_key(src.format, payload)
-                    self._publish(policy, self._target(policy, action.target), key, api_key, stores)
-                    return ActionResult(action, True)
+                    return self._copy(policy, action, pr, known, fresh, stores)
                 if isinstance(action, Retire):
-                    t = self._target(policy, action.target)
-                    stores[t.store].retire(self.ref(policy, t), action.key_id)
-                    log.info("retired old versions", target=t.id, reason=action.reason)
-                    return ActionResult(action, True)
+                    return self._retire(policy, action, pr, known, stores)
                 if isinstance(action, Revoke):
-                    for tid in action.retire_in:
-                        t = self._target(policy, tid)
-                        stores[t.store].retire(self.ref(policy, t), action.key_id)
-                    issuer.revoke_key(action.key_id)
-                    log.info("revoked key", reason=action.reason, retired_in=list(action.retire_in))
-                    return ActionResult(action, True)
+                    return self._revoke(policy, action, pr, known, issuer, stores)
+            except DeadlinePassed as exc:
+                log.error("deadline passed", error=str(exc))
+                return ActionResult(action, False, str(exc), deadline=True)
             except RotatorError as exc:
                 log.error("action failed", error=_error_text(exc))
                 return ActionResult(action, False, _error_text(exc))
         raise AssertionError(f"unknown action {action!r}")
 
-    def _create(self, policy: Policy, action: CreateKey, issuer: KeyIssuer, stores: dict[str, Any]) -> ActionResult:
+    @staticmethod
+    def _skip(action: Action, why: str) -> ActionResult:
+        log.warning("skipped: its precondition no longer holds; the next pass decides again", why=why)
+        return ActionResult(action, True, skipped=why)
+
+    def _replan(
+        self,
+        policy: Policy,
+        pr: PolicyReport,
+        known: dict[str, KeyInfo],
+        fresh_targets: dict[str, TargetObservation],
+    ) -> Plan:
+        """The plan the same rules make from the targets as they are now (pickup verdicts as observed)."""
+        targets = dict(pr.observed_targets or {})
+        targets.update(fresh_targets)
+        obs = Observation(tuple(known.values()), targets, pr.verdicts)
+        return plan(policy, obs, self.clock(), pr.opts or Options(clock_skew=self.config.clock_skew))
+
+    def _create(
+        self,
+        policy: Policy,
+        action: CreateKey,
+        pr: PolicyReport,
+        known: dict[str, KeyInfo],
+        fresh: _Fresh,
+        issuer: KeyIssuer,
+        stores: dict[str, Any],
+    ) -> ActionResult:
+        listed = fresh.policy_keys(policy.name)
+        if listed is not None:
+            newer = sorted(k.key_id for k in listed if k.key_id not in known)
+            if newer:
+                return self._skip(
+                    action, f"another pass created key {', '.join(newer)} since this pass listed the keys"
+                )
         role_id = self.resolve_role(policy.role)
         now = self.clock()
         expires_at = None if policy.lifetime is None else (now + policy.lifetime).replace(microsecond=0)
         issued = issuer.create_key(role_id, policy.key_description, expires_at)
+        known[issued.info.key_id] = issued.info
         log.info(
             "created key",
             new_key_id=issued.info.key_id,
@@ -548,23 +757,89 @@ class Engine:
         )
         detail: dict[str, str] = {}
         errors: list[str] = []
+        lost: str | None = None
+        hit_deadline = False
         for t in policy.targets:
+            if lost is not None or hit_deadline:
+                detail[t.id] = "not published: " + ("deadline passed" if hit_deadline else "another pass got there")
+                continue
+            observed = pr.targets.get(t.id) if pr.targets is not None else None
             try:
-                self._publish(policy, t, issued.info, issued.api_key, stores)
-                detail[t.id] = "ok"
+                why = self._publish(policy, t, issued.info, issued.api_key, stores, observed, known, fresh_key=True)
+            except DeadlinePassed as exc:
+                detail[t.id], hit_deadline = str(exc), True
+                errors.append(f"{t.id}: {exc}")
+                log.error("deadline passed", target=t.id, new_key_id=issued.info.key_id)
+                continue
             except RotatorError as exc:
                 # the other targets go on; the next pass copies the key from a target that holds it, and a
                 # key no target took is swept as an orphan
                 detail[t.id] = _error_text(exc)
                 errors.append(f"{t.id}: {_error_text(exc)}")
                 log.error("publish failed", target=t.id, new_key_id=issued.info.key_id, error=_error_text(exc))
+                continue
+            if why is None:
+                detail[t.id] = "ok"
+            else:
+                # a concurrent pass changed this target: publishing our key further would split the targets
+                # between two new keys, so it stops here; the next pass settles on the newest key held and
+                # sweeps the other one
+                detail[t.id], lost = f"skipped: {why}", why
         ok = not errors
-        return ActionResult(action, ok, "; ".join(errors) or None, key_id=issued.info.key_id, detail=detail)
+        skipped = None
+        if lost is not None:
+            skipped = f"key {issued.info.key_id} not published everywhere: {lost}"
+            log.warning("stopped publishing the new key: another pass changed a target", why=lost)
+        return ActionResult(
+            action,
+            ok,
+            "; ".join(errors) or None,
+            key_id=issued.info.key_id,
+            detail=detail,
+            skipped=skipped,
+            deadline=hit_deadline,
+        )
+
+    def _copy(
+        self,
+        policy: Policy,
+        action: Publish,
+        pr: PolicyReport,
+        known: dict[str, KeyInfo],
+        fresh: _Fresh,
+        stores: dict[str, Any],
+    ) -> ActionResult:
+        """Copy a key a target holds to a target that lacks it (never a key the issuer dropped or that expired)."""
+        key = known[action.key_id]
+        if fresh.ids is not None and key.key_id not in fresh.ids:
+            return self._skip(action, f"the issuer no longer lists key {key.key_id}")
+        if expired(key, self.clock(), self.config.clock_skew):
+            return self._skip(action, f"key {key.key_id} has expired")
+        src = self._target(policy, action.source)
+        payload = stores[src.store].read(self.ref(policy, src), action.key_id)
+        api_key = keyfmt.parse_api_key(src.format, payload)
+        observed = pr.targets.get(action.target) if pr.targets is not None else None
+        why = self._publish(policy, self._target(policy, action.target), key, api_key, stores, observed, known)
+        return ActionResult(action, True) if why is None else self._skip(action, why)
 
     def _publish(
-        self, policy: Policy, target: Target, key: KeyInfo, api_key: SecretText, stores: dict[str, Any]
-    ) -> None:
-        """Stage, read back and check, then promote the key in one target. Idempotent."""
+        self,
+        policy: Policy,
+        target: Target,
+        key: KeyInfo,
+        api_key: SecretText,
+        stores: dict[str, Any],
+        observed: SecretState | None,
+        known: dict[str, KeyInfo],
+        *,
+        fresh_key: bool = False,
+    ) -> str | None:
+        """Stage, read back and check, then promote the key in one target; idempotent.
+
+        Compare-and-set: the target is read again first, and the key is made current only if the target still
+        holds what this pass observed (``observed``; ``None``: not read, so what it holds now) and no newer
+        key; the promote itself is conditional on that current value. Returns why it did nothing, or ``None``.
+        """
         store: SecretStore = stores[target.store]
         ref = self.ref(policy, target)
         payload = keyfmt.render(
@@ -572,6 +847,21 @@ class Engine:
         )
         meta = VersionMeta(key.key_id, policy.name, key.expires_at, payload.content_type, policy.role)
         with structlog.contextvars.bound_contextvars(target=target.id, key_id=key.key_id):
+            if fresh_key and observed is not None:
+                # a key this pass just created: no other pass can hold it, so the promote's own compare-and-set
+                # against what this pass observed is the whole check (no extra read)
+                held = observed.current_key_id
+            else:
+                held = store.inspect(ref).current_key_id
+            if held != key.key_id and not fresh_key:
+                if observed is not None and held != observed.current_key_id:
+                    return (
+                        f"target {target.id} changed since this pass read it: it holds key {held or 'none'} "
+                        f"now, not {observed.current_key_id or 'none'}"
+                    )
+                newer = known.get(held) if held else None
+                if newer is not None and newer.issued_at > key.issued_at:
+                    return f"target {target.id} holds key {held}, which is newer than key {key.key_id}"
             if target.endpoint_secret:
                 self._ensure_endpoint(policy, target, store)
             store.stage(ref, payload.value, meta)
@@ -581,7 +871,14 @@ class Engine:
                     store=target.store,
                     secret=target.secret,
                 )
-            store.promote(ref, key.key_id)
+            try:
+                store.promote(ref, key.key_id, expect_current=held)
+            except StorePreconditionFailed as exc:
+                # another writer switched the target between our read and our promote: take our staged copy
+                # out of the way (a disabled version is never served), and leave the target to the next pass
+                with contextlib.suppress(StoreError):
+                    store.retire(ref, key.key_id)
+                return f"target {target.id} changed while publishing: {exc}"
             log.info("published key", target=target.id)
             mk = self.config.issuer.management_key
             if policy.manages_self and mk is not None and (mk.store, mk.secret) == (target.store, target.secret):
@@ -590,6 +887,56 @@ class Engine:
                 if switch is not None:
                     switch(api_key)
                     log.info("switched to the new management key", new_key_id=key.key_id)
+        return None
+
+    def _retire(
+        self, policy: Policy, action: Retire, pr: PolicyReport, known: dict[str, KeyInfo], stores: dict[str, Any]
+    ) -> ActionResult:
+        t = self._target(policy, action.target)
+        store: SecretStore = stores[t.store]
+        ref = self.ref(policy, t)
+        fresh = {t.id: TargetObservation(t.id, store.inspect(ref))}
+        again = self._replan(policy, pr, known, fresh)
+        if not any(isinstance(a, Retire) and (a.key_id, a.target) == (action.key_id, t.id) for a in again.actions):
+            return self._skip(action, f"target {t.id} changed: retiring key {action.key_id} is no longer planned")
+        store.retire(ref, action.key_id)
+        log.info("retired old versions", target=t.id, reason=action.reason)
+        return ActionResult(action, True)
+
+    def _revoke(
+        self,
+        policy: Policy,
+        action: Revoke,
+        pr: PolicyReport,
+        known: dict[str, KeyInfo],
+        issuer: KeyIssuer,
+        stores: dict[str, Any],
+    ) -> ActionResult:
+        """Re-read every target, re-plan, and revoke only if the rules still revoke this key now: no target holds
+        it as current or (for an orphan) at all, and the last switch away from it is at least ``grace`` ago."""
+        fresh = self.observe_targets(policy, stores)
+        unread = [tid for tid, o in fresh.items() if o.state is None]
+        if unread:
+            errs = "; ".join(f"{tid}: {fresh[tid].error}" for tid in unread)
+            log.error("not revoking: a target could not be read again", error=errs)
+            return ActionResult(action, False, f"not revoked: could not re-read {errs}")
+        again = self._replan(policy, pr, known, fresh)
+        match = next((a for a in again.actions if isinstance(a, Revoke) and a.key_id == action.key_id), None)
+        if match is None:
+            held = [tid for tid, o in fresh.items() if o.state is not None and o.state.current_key_id == action.key_id]
+            why = (
+                f"target {', '.join(held)} holds key {action.key_id} as current"
+                if held
+                else "; ".join(n.lstrip("! ") for n in again.notes if "kept" in n or "!" in n)
+                or f"the targets changed (phase {again.phase})"
+            )
+            return self._skip(action, f"not revoking key {action.key_id}: {why}")
+        for tid in match.retire_in:
+            t = self._target(policy, tid)
+            stores[t.store].retire(self.ref(policy, t), action.key_id)
+        issuer.revoke_key(action.key_id)
+        log.info("revoked key", reason=action.reason, retired_in=list(match.retire_in))
+        return ActionResult(action, True)
 
     def _ensure_endpoint(self, policy: Policy, target: Target, store: SecretStore) -> None:
         """For format ``key``: the endpoint lives in a second secret, versioned by a hash of its value."""

@@ -138,5 +138,9 @@ class StoreIntegrityError(StoreError):
     """A read-back returned something other than what was written."""
 
 
+class DeadlinePassed(RotatorError):
+    """The pass ran past ``pass_timeout`` (on the monotonic clock): no further mutation may start."""
+
+
 class PickupError(RotatorError):
     """A pickup check could not get an answer from its consumers."""

@@ -227,12 +227,14 @@ class Retire:
 
 @dataclass(frozen=True)
 class Revoke:
-    """Retire the key's versions in ``retire_in``, then revoke it at the issuer."""
+    """Retire the key's versions in ``retire_in``, then revoke it at the issuer. ``orphan``: a key no target
+    ever held (the sweep), as opposed to a key a newer one replaced."""
 
     policy: str
     key_id: str
     reason: str
     retire_in: tuple[str, ...] = ()
+    orphan: bool = False
     kind: Literal["revoke"] = "revoke"
 
 

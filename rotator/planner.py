@@ -152,7 +152,7 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
             if unknown:
                 continue
             if now - k.issued_at >= policy.orphan_after:
-                actions.append(Revoke(policy.name, k.key_id, "orphan: created but never stored", ()))
+                actions.append(Revoke(policy.name, k.key_id, "orphan: created but never stored", (), orphan=True))
             else:
                 wake = _min(wake, k.issued_at + policy.orphan_after)
 

@@ -96,7 +96,7 @@ def test_expired_key_is_replaced_even_while_another_is_pending() -> None:
 def test_orphan_is_swept_after_orphan_after() -> None:
     k1, k2 = key("k1", timedelta(minutes=45)), key("k2", timedelta(minutes=11))
     p = plan(POLICY, obs([k1, k2], state(("k1", True)), state(("k1", True))), NOW)
-    assert Revoke("p0", "k2", "orphan: created but never stored", ()) in p.actions
+    assert Revoke("p0", "k2", "orphan: created but never stored", (), orphan=True) in p.actions
     assert any(isinstance(a, CreateKey) for a in p.actions)
 
 

@@ -75,7 +75,7 @@ def test_scheduled_handler_runs_a_pass_and_returns_a_summary(env: dict[str, Any]
     live = {k.key_id for k, _ in env["emulator"].list_key_infos()}
     assert stored["keyId"] in live
     again = lambda_handler.scheduled_handler({}, None)
-    assert again["counts"] == {"created": 0, "published": 0, "retired": 0, "revoked": 0, "failed": 0}
+    assert again["counts"] == {"created": 0, "published": 0, "retired": 0, "revoked": 0, "skipped": 0, "failed": 0}
 
 
 def test_scheduled_handler_raises_when_the_pass_fails(env: dict[str, Any]) -> None:

@@ -820,7 +820,8 @@ def test_three_rotations_end_to_end(world: _World) -> None:
         world.advance(2 * 3600)  # past grace
         with count_calls(SERVICE) as revoke:
             assert world.run().ok
-        assert len(revoke) == 3 * len(world.secrets)  # GetSecret, DisableSecretVersion, UpdateSecret
+        # GetSecret (observe), GetSecret (re-read right before the revoke), DisableSecretVersion, UpdateSecret
+        assert len(revoke) == 4 * len(world.secrets)
         keys.append(world.assert_converged())
     assert len(set(keys)) == 4
     s = world.server.secret(PROJECT, "momento-checkout")
