@@ -124,6 +124,7 @@ step = st.one_of(
     st.tuples(st.just("fail"), st.sampled_from(["a", "b"])),
     st.tuples(st.just("interleave"), st.integers(0, 2)),
     st.tuples(st.just("interleave-crash"), st.integers(1, 10)),
+    st.tuples(st.just("stall"), st.integers(1, 12)),
 )
 
 
@@ -170,6 +171,14 @@ def run_program(program: list[tuple[str, Any]]) -> Sim:
                     sim.engine.run_pass()
             except SimulatedCrash:
                 pass
+            sim.engine.execute(stale)
+        elif op == "stall":
+            # pass A observes and plans, then stalls (no deadline here: this is the compare-and-set's test)
+            # while other passes go on for up to an hour, then acts on its old plan
+            stale = sim.engine.observe()
+            for _ in range(arg):
+                sim.clock.advance(300)
+                sim.engine.run_pass()
             sim.engine.execute(stale)
         assert not sim.violations, sim.violations
     return sim

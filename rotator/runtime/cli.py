@@ -321,7 +321,12 @@ def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        report = app.engine.run_pass(only=only, progress=ProgressBar() if tty else None, stop=stop)
+        report = app.engine.run_pass(
+            only=only,
+            progress=ProgressBar() if tty else None,
+            stop=stop,
+            pre_create_delay=app.config.jitter.total_seconds(),
+        )
         metrics.observe(report)
         AlertHub(app.config.alerts, clock=clock).handle(report)
         if app.config.metrics.pushgateway:

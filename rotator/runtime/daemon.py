@@ -66,7 +66,12 @@ class Daemon:
         try:
             # the first pass reads every target: a restart (e.g. after a config change that added a target)
             # catches up at once instead of at the next drift check
-            report = self.app.engine.run_pass(only=self.only, stop=self.stopping, read_targets=self.passes == 0)
+            report = self.app.engine.run_pass(
+                only=self.only,
+                stop=self.stopping,
+                read_targets=self.passes == 0,
+                pre_create_delay=self.app.config.jitter.total_seconds(),
+            )
             self.last_report = report
             self.last_finished = datetime.now(UTC)
             self.passes += 1

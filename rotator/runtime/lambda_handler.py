@@ -77,7 +77,7 @@ def scheduled_handler(event: dict[str, Any] | None, context: Any) -> dict[str, A
     """One pass. ``event`` may name ``{"policies": [...]}`` to split a fleet between schedules."""
     app = get_app()
     only = (event or {}).get("policies")
-    report = app.engine.run_pass(only=only)
+    report = app.engine.run_pass(only=only, pre_create_delay=app.config.jitter.total_seconds())
     if app.config.alerts is not None and app.config.alerts.notifiers:
         from rotator.notify import AlertHub
 

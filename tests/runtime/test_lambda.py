@@ -51,6 +51,7 @@ def env(moto_server: MotoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             "endpoint": "cell-4-us-west-2-1.prod.a.momentohq.com",
         },
         "log_level": "warning",
+        "jitter": "0s",  # no random start delay before a create: these tests run one pass at a time
         "defaults": {"lifetime": "30d", "rotate_before": "7d", "grace": "1h"},
         "stores": {"aws": {"type": "aws", "region": REGION, "endpoint_url": moto_server.url}},
         "policies": [{"name": "lambda-demo", "role": "operator", "targets": [{"store": "aws", "secret": SECRET}]}],
