@@ -847,12 +847,9 @@ class Engine:
         )
         meta = VersionMeta(key.key_id, policy.name, key.expires_at, payload.content_type, policy.role)
         with structlog.contextvars.bound_contextvars(target=target.id, key_id=key.key_id):
-            if fresh_key and observed is not None:
-                # a key this pass just created: no other pass can hold it, so the promote's own compare-and-set
-                # against what this pass observed is the whole check (no extra read)
-                held = observed.current_key_id
-            else:
-                held = store.inspect(ref).current_key_id
+            # a key this pass just created: no other pass can hold it, so the promote's own compare-and-set
+            # against what this pass observed is the whole check (no extra read)
+            held = observed.current_key_id if fresh_key and observed is not None else store.inspect(ref).current_key_id
             if held != key.key_id and not fresh_key:
                 if observed is not None and held != observed.current_key_id:
                     return (

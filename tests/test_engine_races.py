@@ -35,7 +35,7 @@ def rotated(sim: Sim) -> tuple[str, str]:
 
 def test_a_stale_revoke_is_skipped_when_a_target_holds_the_key_again() -> None:
     sim = Sim(policies=1)
-    old, new = rotated(sim)
+    old, _new = rotated(sim)
     stale = sim.engine.observe()
     assert Revoke("p0", old, "replaced", ("a:s0", "b:s0")) in stale.policies[0].plan.actions  # type: ignore[union-attr]
     # after the plan was made, target a:s0 went back to the old key (another writer, a rollback)
@@ -138,7 +138,12 @@ def test_a_pass_past_its_deadline_starts_no_further_mutation() -> None:
     mono = FakeMonotonic()
     issuer = StallingIssuer(sim.issuer, mono, stall=301)  # pass_timeout is 5m
     engine = Engine(
-        sim.config, issuer, sim.stores, endpoint=sim.engine.endpoint, clock=sim.clock, monotonic=mono  # type: ignore[arg-type]
+        sim.config,
+        issuer,
+        sim.stores,
+        endpoint=sim.engine.endpoint,
+        clock=sim.clock,
+        monotonic=mono,  # type: ignore[arg-type]
     )
     before = {n: s.mutations for n, s in sim.stores.items()}
     report = engine.run_pass()
