@@ -1,0 +1,28 @@
+"""The chaos scenarios of issue 10, short enough for ``make test``; ``make chaos`` runs hundreds of rounds.
+
+Each test runs real ``rotator once`` processes (see tests/chaos/world.py) and fails on any violation of the
+invariants the watcher and the end-of-round checks record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.world import run_scenario
+
+ROUNDS = {"kill": 12, "concurrent": 10, "stall": 3, "faults": 10}
+
+
+@pytest.mark.parametrize("scenario", list(ROUNDS))
+def test_chaos_scenario_keeps_every_invariant(tmp_path: Path, scenario: str) -> None:
+    fig = run_scenario(tmp_path, scenario, ROUNDS[scenario], seed=7)
+    print(fig.line(scenario))
+    assert fig.violations == [], "\n".join(fig.violations)
+    assert fig.rounds == ROUNDS[scenario] and fig.samples > 0
+    assert fig.created >= 10  # the first keys at least: the scenario really ran passes
+    if scenario == "kill":
+        assert fig.kills >= 1
+    if scenario == "stall":
+        assert fig.stalls >= 1
