@@ -55,6 +55,7 @@ from rotator.errors import (
     StoreIntegrityError,
     StoreNotFound,
     StorePermissionError,
+    StorePreconditionFailed,
     StoreUnavailable,
 )
 from rotator.keys import payload_key_id
@@ -885,14 +886,30 @@ class AwsSecretsManagerStore:
         return SecretText(resp["SecretString"])
 
     def promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
-        """Move ``AWSCURRENT`` to the key's version (compare-and-swap on the old current version).
+        """Move ``AWSCURRENT`` to the key's version: ``UpdateSecretVersionStage(MoveToVersionId=<new>,
+        RemoveFromVersionId=<the version now current>)``; Secrets Manager moves ``AWSPREVIOUS`` to the old one.
 
-        A no-op when the key is already current. Raises StoreNotFound (nothing staged for the key),
-        StoreConflict (foreign value without adopt, foreign rotation Lambda, deleted), StorePermissionError,
-        StoreUnavailable.
+        A no-op when the key is already current. Naming the version the label leaves makes every move
+        conditional: AWS documents for ``RemoveFromVersionId`` that "if the label is attached and you either do
+        not specify this parameter, or the version ID does not match, then the operation fails" (Secrets
+        Manager API Reference, UpdateSecretVersionStage), so a move made from a stale view changes nothing.
+
+        ``expect_current=ANY_CURRENT``: after such a refusal the store looks again and moves the label from
+        whatever is current then (once). Otherwise (compare-and-set) the move is made only if the current
+        version holds ``expect_current`` (a key id, or ``None``: no current version, or a value rotator did not
+        write); a cached view that disagrees is looked at again before refusing. After a refusal, or an
+        ambiguous failure (connection reset, 5xx after botocore's retries: the move may or may not have been
+        made), the store reads the labels again and decides: the key is current (our move went through, or
+        another pass made the same one): done; the current version holds something else: StorePreconditionFailed;
+        still the expected key after a refusal: the move is tried once more from the version now current, which
+        is conditional again; still the expected key after an ambiguous failure: StoreUnavailable (nothing moved).
+
+        Raises StoreNotFound (nothing staged for the key), StorePreconditionFailed, StoreConflict (foreign value
+        without adopt, a rotation Lambda writes the secret, deleted), StorePermissionError, StoreUnavailable.
         """
         opts = self._options(ref)
         token = self._token(ref, key_id)
+        checked = expect_current is not ANY_CURRENT
         for attempt in range(2):
             cached = attempt == 0 and self._cache_hit(ref, opts)
             d = self._describe(ref, opts, fresh=attempt > 0)
@@ -905,13 +922,26 @@ class AwsSecretsManagerStore:
                 return
             self._check_writable(ref, opts, d, "promote")
             old = d.holder(CURRENT)
+            if checked:
+                held = self._held_by(ref, opts, d, old)
+                if held != expect_current:
+                    if cached:
+                        continue  # the cached view may be behind: look again before refusing
+                    raise self._precondition_failed(ref, key_id, held, expect_current)
             try:
                 self._move_label(ref, opts, d, CURRENT, token)
             except _ServiceError as err:
+                translated = self._translate(err, "update_secret_version_stage", ref)
+                if isinstance(translated, StoreUnavailable):
+                    self._decide_after_ambiguous(ref, opts, token, key_id, expect_current, translated, err.cause)
+                    return
                 if attempt == 0 and err.code in {"InvalidParameterException", "ResourceNotFoundException"}:
                     self._forget(ref, opts)  # AWSCURRENT moved under us, or the version vanished: look again
                     continue
-                raise self._translate(err, "update_secret_version_stage", ref) from err.cause
+                raise translated from err.cause
+            except StoreUnavailable as exc:
+                self._decide_after_ambiguous(ref, opts, token, key_id, expect_current, exc, exc.__cause__)
+                return
             self._log.info(
                 "promoted version to AWSCURRENT",
                 target=ref.id,
@@ -921,6 +951,57 @@ class AwsSecretsManagerStore:
                 previous=old,
             )
             return
+
+    def _held_by(self, ref: TargetRef, opts: TargetOptions, d: _Described, version_id: str | None) -> str | None:
+        """The key id the (current) version ``version_id`` holds; ``None`` for no version or a foreign value."""
+        if version_id is None:
+            return None
+        return self._key_of(ref, opts, version_id, d.stages.get(version_id, []))
+
+    def _precondition_failed(self, ref: TargetRef, key_id: str, held: str | None, expected: Expect) -> StoreError:
+        return StorePreconditionFailed(
+            f"not promoting key {key_id}: the current version holds key {held or 'none'}, "
+            f"not {expected or 'none'} as read before",
+            store=self.name,
+            secret=ref.secret,
+        )
+
+    def _decide_after_ambiguous(
+        self,
+        ref: TargetRef,
+        opts: TargetOptions,
+        token: str,
+        key_id: str,
+        expect_current: Expect,
+        error: StoreError,
+        cause: BaseException | None,
+    ) -> None:
+        """After an UpdateSecretVersionStage whose outcome is unknown: read the labels again and decide.
+
+        Returns when the key is current (the move was made); raises StorePreconditionFailed when another
+        version than the expected one is current, and ``error`` when the expected one still is (nothing moved).
+        Never sends the move again: a next pass plans afresh.
+        """
+        self._forget(ref, opts)
+        try:
+            d = self._describe(ref, opts, fresh=True)
+        except StoreError:
+            raise error from cause
+        labels = None if d is None else d.stages.get(token)
+        if d is not None and labels is not None and CURRENT in labels:
+            self._log.info(
+                "promoted version to AWSCURRENT (confirmed by a second look after an unanswered call)",
+                target=ref.id,
+                policy=ref.policy,
+                key_id=key_id,
+                version=token,
+            )
+            return
+        if expect_current is not ANY_CURRENT and d is not None:
+            held = self._held_by(ref, opts, d, d.holder(CURRENT))
+            if held != expect_current:
+                raise self._precondition_failed(ref, key_id, held, expect_current) from cause
+        raise error from cause
 
     def retire(self, ref: TargetRef, key_id: str) -> None:
         """Remove ``AWSPREVIOUS`` and ``AWSPENDING`` from the key's version, leaving it deprecated.

@@ -16,7 +16,13 @@ import structlog
 from botocore.config import Config
 from pydantic import ValidationError
 
-from rotator.errors import StoreConflict, StoreNotFound, StorePermissionError, StoreUnavailable
+from rotator.errors import (
+    StoreConflict,
+    StoreNotFound,
+    StorePermissionError,
+    StorePreconditionFailed,
+    StoreUnavailable,
+)
 from rotator.model import SecretText
 from rotator.stores.aws import (
     AwsSecretsManagerStore,
@@ -374,6 +380,72 @@ def test_stale_cache_after_a_concurrent_promote_is_recovered(
     assert "AWSPREVIOUS" in labels[version_id_for(k2)]
 
 
+# ---- compare-and-set promote (expect_current) -------------------------------------------------------------
+
+
+def test_promote_with_expect_current_moves_when_current_matches(store: AwsSecretsManagerStore, raw: Any) -> None:
+    ref = _ref("momento/cas-ok")
+    k1, k2 = str(uuid.uuid4()), str(uuid.uuid4())
+    _rotate(store, ref, k1)
+    store.inspect(ref)
+    store.stage(ref, _value(k2), _meta(k2))
+    with count_calls("aws-secretsmanager") as calls:
+        store.promote(ref, k2, expect_current=k1)
+    # the conditional move is the one call: it names the version AWSCURRENT leaves (RemoveFromVersionId)
+    assert [(op, status) for _, op, status in calls] == [("UpdateSecretVersionStage", "200")]
+    labels = _labels(raw, ref.secret)
+    assert "AWSCURRENT" in labels[version_id_for(k2)] and "AWSPREVIOUS" in labels[version_id_for(k1)]
+    store.promote(ref, k2, expect_current=k1)  # already current: a no-op, whatever was expected
+
+
+def test_promote_with_expect_none_takes_over_a_foreign_value(store: AwsSecretsManagerStore, raw: Any) -> None:
+    first = raw.create_secret(Name="momento/cas-adopt", SecretString="written by hand")["VersionId"]
+    ref = _ref("momento/cas-adopt", adopt=True)
+    k1 = str(uuid.uuid4())
+    store.inspect(ref)
+    store.stage(ref, _value(k1), _meta(k1))
+    with pytest.raises(StorePreconditionFailed, match="holds key none, not " + k1[:8]):
+        store.promote(ref, k1, expect_current=k1 + "-not-current")
+    store.promote(ref, k1, expect_current=None)  # None: no rotator-written current value
+    labels = _labels(raw, ref.secret)
+    assert "AWSCURRENT" in labels[version_id_for(k1)] and "AWSPREVIOUS" in labels[first]
+
+
+def test_promote_with_expect_current_refuses_after_another_writer_promoted(
+    open_aws: Callable[..., AwsSecretsManagerStore], raw: Any
+) -> None:
+    ref = _ref("momento/cas-race")
+    k1, k2, k3 = (str(uuid.uuid4()) for _ in range(3))
+    a, b = open_aws(), open_aws()
+    _rotate(a, ref, k1)
+    a.inspect(ref)
+    a.stage(ref, _value(k2), _meta(k2))  # a read k1 as current and staged k2
+    _rotate(b, ref, k3)  # meanwhile b promotes k3
+    before = _labels(raw, ref.secret)
+    with count_calls("aws-secretsmanager") as calls, pytest.raises(StorePreconditionFailed) as info:
+        a.promote(ref, k2, expect_current=k1)
+    assert f"holds key {k3}, not {k1}" in str(info.value)
+    assert _labels(raw, ref.secret) == before  # nothing moved
+    ops = [(op, status) for _, op, status in calls]
+    # a's cached view still said k1: its conditional move was refused by Secrets Manager, then a looked again
+    assert ops == [("UpdateSecretVersionStage", "InvalidParameterException"), ("DescribeSecret", "200")]
+    assert a.inspect(ref).current_key_id == k3
+
+
+def test_promote_with_expect_current_refuses_a_fresh_mismatch_without_a_move(
+    store: AwsSecretsManagerStore, raw: Any
+) -> None:
+    ref = _ref("momento/cas-mismatch")
+    k1, k2 = str(uuid.uuid4()), str(uuid.uuid4())
+    _rotate(store, ref, k1)
+    store.stage(ref, _value(k2), _meta(k2))
+    before = _labels(raw, ref.secret)
+    with count_calls("aws-secretsmanager") as calls, pytest.raises(StorePreconditionFailed):
+        store.promote(ref, k2, expect_current=str(uuid.uuid4()))
+    assert "UpdateSecretVersionStage" not in [op for _, op, _ in calls]
+    assert _labels(raw, ref.secret) == before
+
+
 # ---- faults ----------------------------------------------------------------------------------------------
 
 
@@ -427,6 +499,37 @@ def test_rate_of_throttles_still_converges(open_aws: Callable[..., AwsSecretsMan
     _rotate(store, ref, key)
     assert store.inspect(ref).current_key_id == key
     assert proxy.faults  # the seeded rate did throttle something
+
+
+def test_cas_promote_whose_answer_is_lost_is_confirmed_by_a_second_look(
+    open_aws: Callable[..., AwsSecretsManagerStore], proxy: FaultProxy, raw: Any
+) -> None:
+    store = open_aws(proxy.url, max_attempts=1)  # no botocore retry: the store itself sees the lost answer
+    ref = _ref("momento/cas-lost-answer")
+    k1, k2 = str(uuid.uuid4()), str(uuid.uuid4())
+    _rotate(store, ref, k1)
+    store.stage(ref, _value(k2), _meta(k2))
+    proxy.inject("drop_after", operation="UpdateSecretVersionStage")  # the move is made, the answer lost
+    store.promote(ref, k2, expect_current=k1)
+    assert proxy.count("UpdateSecretVersionStage") == 1  # decided by reading again, not by sending it again
+    assert "AWSCURRENT" in _labels(raw, ref.secret)[version_id_for(k2)]
+
+
+def test_cas_promote_that_never_arrived_is_not_resent(
+    open_aws: Callable[..., AwsSecretsManagerStore], proxy: FaultProxy, raw: Any
+) -> None:
+    store = open_aws(proxy.url, max_attempts=1)
+    ref = _ref("momento/cas-dropped")
+    k1, k2 = str(uuid.uuid4()), str(uuid.uuid4())
+    _rotate(store, ref, k1)
+    store.stage(ref, _value(k2), _meta(k2))
+    proxy.inject("drop", operation="UpdateSecretVersionStage")  # never reached Secrets Manager
+    with pytest.raises(StoreUnavailable, match="UpdateSecretVersionStage"):
+        store.promote(ref, k2, expect_current=k1)
+    assert proxy.count("UpdateSecretVersionStage") == 1
+    assert "AWSCURRENT" in _labels(raw, ref.secret)[version_id_for(k1)]
+    store.promote(ref, k2, expect_current=k1)  # the next pass: the same conditional move, now answered
+    assert "AWSCURRENT" in _labels(raw, ref.secret)[version_id_for(k2)]
 
 
 def test_access_denied_names_the_iam_action(open_aws: Callable[..., AwsSecretsManagerStore], proxy: FaultProxy) -> None:
