@@ -844,7 +844,14 @@ class AwsSecretsManagerStore:
                     self._forget(ref, opts)  # the cache was stale: look again
                     continue
                 raise self._translate(err, "put_secret_value", ref) from err.cause
-            written = list(resp.get("VersionStages") or [PENDING])
+            # Missing or empty VersionStages means "no labels" (never "AWSPENDING, as asked"): AWS answers a put
+            # under a token that is already a version with the same value without VersionStages ("the operation
+            # succeeds but does nothing", PutSecretValue API reference), and DescribeSecret leaves such a version
+            # out when it has no labels ("versions that don't have staging labels are considered deprecated").
+            written = list(resp.get("VersionStages") or [])
+            if not written:
+                self._relabel_existing(ref, opts, token, meta.key_id)
+                return
             with self._lock:
                 for label in written:
                     d.attach(label, token)
@@ -857,12 +864,32 @@ class AwsSecretsManagerStore:
                 labels=written,
             )
             if CURRENT not in written and PENDING not in written:
-                # AWS ignores a repeated put of a deprecated version: put the label back explicitly
-                try:
-                    self._move_label(ref, opts, d, PENDING, token)
-                except _ServiceError as err:
-                    raise self._translate(err, "update_secret_version_stage", ref) from err.cause
+                self._relabel_existing(ref, opts, token, meta.key_id)
             return
+
+    def _relabel_existing(self, ref: TargetRef, opts: TargetOptions, token: str, key_id: str) -> None:
+        """The put found the key's version already there and did nothing: look at its labels again, and put
+        ``AWSPENDING`` back with UpdateSecretVersionStage when it has neither it nor ``AWSCURRENT`` (a retired,
+        deprecated version being published again: two passes racing, or an endpoint going A -> B -> A)."""
+        self._forget(ref, opts)
+        d = self._describe(ref, opts, fresh=True)
+        if d is None:
+            raise StoreNotFound("the secret vanished while staging", store=self.name, secret=ref.secret)
+        labels = d.stages.get(token, [])
+        if CURRENT in labels or PENDING in labels:
+            return
+        self._warn_stale_pending(ref, d, token)
+        try:
+            self._move_label(ref, opts, d, PENDING, token)
+        except _ServiceError as err:
+            raise self._translate(err, "update_secret_version_stage", ref) from err.cause
+        self._log.info(
+            "labelled an existing version AWSPENDING again",
+            target=ref.id,
+            policy=ref.policy,
+            key_id=key_id,
+            version=token,
+        )
 
     def read(self, ref: TargetRef, key_id: str) -> SecretText:
         """GetSecretValue by the key's version id.

@@ -380,6 +380,77 @@ def test_stale_cache_after_a_concurrent_promote_is_recovered(
     assert "AWSPREVIOUS" in labels[version_id_for(k2)]
 
 
+# ---- Secrets Manager as AWS documents it (tests/servers/fault_proxy.py AwsSemantics in front of moto) -----
+
+
+@pytest.fixture
+def aws_proxy(moto: MotoServer) -> Iterator[FaultProxy]:
+    """moto behind a proxy that answers as AWS does where moto differs (deprecated versions, repeated puts)."""
+    with FaultProxy(moto.url, aws_semantics=True, page_size=2) as p:
+        yield p
+
+
+class TestAwsContractWithAwsSemantics(StoreContract):
+    """The shared store contract, against moto answering as AWS does."""
+
+    @pytest.fixture
+    def store(self, open_aws: Callable[..., AwsSecretsManagerStore], aws_proxy: FaultProxy) -> AwsSecretsManagerStore:
+        return open_aws(aws_proxy.url)
+
+
+def test_aws_semantics_leave_deprecated_versions_out(
+    open_aws: Callable[..., AwsSecretsManagerStore], aws_proxy: FaultProxy, raw: Any
+) -> None:
+    store = open_aws(aws_proxy.url)
+    ref = _ref("momento/deprecated")
+    k1, k2, k3 = (str(uuid.uuid4()) for _ in range(3))
+    for k in (k1, k2, k3):
+        _rotate(store, ref, k)
+    assert _labels(raw, ref.secret)[version_id_for(k1)] == []  # moto lists it with no labels
+    through = boto3.client("secretsmanager", region_name=REGION, endpoint_url=aws_proxy.url)
+    assert version_id_for(k1) not in through.describe_secret(SecretId=ref.secret)["VersionIdsToStages"]
+    assert [v.key_id for v in store.inspect(ref).versions if v.key_id == k1] == []
+    # a repeated put "succeeds but does nothing": no VersionStages in the answer, no label moves
+    again = through.put_secret_value(
+        SecretId=ref.secret,
+        ClientRequestToken=version_id_for(k3),
+        SecretString=raw.get_secret_value(SecretId=ref.secret, VersionId=version_id_for(k3))["SecretString"],
+        VersionStages=["AWSPENDING"],
+    )
+    assert "VersionStages" not in again
+    with pytest.raises(through.exceptions.ResourceExistsException):
+        through.put_secret_value(
+            SecretId=ref.secret,
+            ClientRequestToken=version_id_for(k3),
+            SecretString="other",
+            VersionStages=["AWSPENDING"],
+        )
+    through.close()
+
+
+def test_a_retired_key_published_again_becomes_current(
+    open_aws: Callable[..., AwsSecretsManagerStore], aws_proxy: FaultProxy, raw: Any
+) -> None:
+    # an endpoint going A -> B -> C -> A, or a pass publishing a key another pass retired meanwhile: the key's
+    # version exists without labels, so AWS leaves it out of DescribeSecret and ignores the repeated put.
+    # The old store took "no VersionStages" for "AWSPENDING", and the read-back found a retired version on
+    # every pass: the target stayed on the old key
+    store = open_aws(aws_proxy.url)
+    ref = _ref("momento/republished")
+    k1, k2, k3 = (str(uuid.uuid4()) for _ in range(3))
+    v1 = _rotate(store, ref, k1)
+    _rotate(store, ref, k2)
+    _rotate(store, ref, k3)
+    store.retire(ref, k1)
+    assert _labels(raw, ref.secret)[version_id_for(k1)] == []
+    fresh = open_aws(aws_proxy.url)
+    _rotate(fresh, ref, k1, v1)
+    assert fresh.inspect(ref).current_key_id == k1
+    labels = _labels(raw, ref.secret)
+    assert "AWSCURRENT" in labels[version_id_for(k1)] and "AWSPREVIOUS" in labels[version_id_for(k3)]
+    assert raw.get_secret_value(SecretId=ref.secret, VersionStage="AWSCURRENT")["SecretString"] == v1.reveal()
+
+
 # ---- compare-and-set promote (expect_current) -------------------------------------------------------------
 
 
