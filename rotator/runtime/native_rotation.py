@@ -112,7 +112,12 @@ def run_step(app: App, event: dict[str, Any]) -> dict[str, Any]:
         meta = VersionMeta(issued.info.key_id, policy.name, issued.info.expires_at, payload.content_type, policy.role)
         if target.endpoint_secret:
             engine._ensure_endpoint(policy, target, store)
-        store.put_pending(ref, payload.value, meta, token)
+        # RotationToken: AWS requires it on PutSecretValue for cross-account rotation and rotation under an
+        # assumed role (PutSecretValue API reference); sensitive, so never logged
+        rotation_token = event.get("RotationToken")
+        store.put_pending(
+            ref, payload.value, meta, token, rotation_token=rotation_token if isinstance(rotation_token, str) else None
+        )
         log.info("created key for native rotation", new_key_id=issued.info.key_id, version=token)
         return {"step": step, "status": "created", "key_id": issued.info.key_id}
 

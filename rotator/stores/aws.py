@@ -355,20 +355,18 @@ def _utc(value: Any) -> datetime | None:
     return None
 
 
-def _lambda_name(arn: str) -> str:
-    # arn:aws:lambda:<region>:<account>:function:<name>[:<qualifier>]
+def _function_arn(arn: str) -> str:
+    """A Lambda function ARN without its qualifier (``arn:aws:lambda:<region>:<account>:function:<name>``)."""
     parts = arn.split(":")
-    return parts[6] if len(parts) >= 7 and parts[5] == "function" else arn
+    return ":".join(parts[:7]) if len(parts) >= 7 and parts[5] == "function" else arn
 
 
 def _own_lambda(arn: str) -> bool:
-    """Whether a rotation Lambda ARN is rotator's own (ROTATOR_LAMBDA_ARN, or the function running us)."""
+    """Whether a secret's rotation Lambda is rotator's own rotation function: the one ``ROTATOR_LAMBDA_ARN``
+    names, compared as whole ARNs (partition, region, account and name; a version or alias qualifier aside).
+    A function with the same name in another account or region is someone else's."""
     allowed = os.environ.get("ROTATOR_LAMBDA_ARN")
-    running = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
-    name = _lambda_name(arn)
-    if allowed and (arn == allowed or name == _lambda_name(allowed)):
-        return True
-    return bool(running) and name == running
+    return bool(allowed) and _function_arn(arn) == _function_arn(allowed or "")
 
 
 class AwsSecretsManagerStore:
@@ -588,11 +586,21 @@ class AwsSecretsManagerStore:
     def _check_writable(self, ref: TargetRef, opts: TargetOptions, d: _Described, action: str) -> None:
         """Refuse to write a secret that someone else rotates, owns, or last wrote (unless ``adopt``)."""
         where = {"store": self.name, "secret": ref.secret}
-        if d.rotation_lambda and d.rotation_enabled and not _own_lambda(d.rotation_lambda):
+        if d.rotation_lambda and d.rotation_enabled:
+            if _own_lambda(d.rotation_lambda):
+                # one writer per secret: a pass's PutSecretValue would move AWSPENDING off the token of a native
+                # rotation in flight, and its finishSecret would then fail
+                raise StoreConflict(
+                    f"refusing to {action}: the secret's native rotation runs rotator's rotation function "
+                    f"{d.rotation_lambda}, which is its one writer; a pass only observes it, and retires and revokes "
+                    "old keys after grace. Let the rotation schedule rotate it before the policy's rotate_before, or "
+                    "cancel the native rotation (aws secretsmanager cancel-rotate-secret) to let passes write it",
+                    **where,
+                )
             raise StoreConflict(
                 f"refusing to {action}: the secret's native rotation runs Lambda {d.rotation_lambda}, not "
                 "rotator; cancel it (aws secretsmanager cancel-rotate-secret) or point it at rotator's "
-                "rotation function (set ROTATOR_LAMBDA_ARN if it runs under another name)",
+                "rotation function (ROTATOR_LAMBDA_ARN names it by ARN)",
                 **where,
             )
         if opts.adopt:
@@ -716,19 +724,31 @@ class AwsSecretsManagerStore:
             raise StoreNotFound("the secret does not exist", store=self.name, secret=ref.secret)
         return {vid: list(labels) for vid, labels in d.stages.items()}, d.rotation_enabled, d.arn
 
-    def put_pending(self, ref: TargetRef, value: SecretText, meta: VersionMeta, version_id: str) -> None:
-        """PutSecretValue under the token Secrets Manager chose, labelled ``AWSPENDING`` (createSecret)."""
+    def put_pending(
+        self,
+        ref: TargetRef,
+        value: SecretText,
+        meta: VersionMeta,
+        version_id: str,
+        rotation_token: str | None = None,
+    ) -> None:
+        """PutSecretValue under the token Secrets Manager chose, labelled ``AWSPENDING`` (createSecret).
+
+        ``rotation_token`` is the rotation event's ``RotationToken``; AWS requires it on the put "for secret
+        rotations using an IAM assumed role or cross-account rotation" (PutSecretValue API reference). It is
+        sensitive: never logged.
+        """
         opts = self._options(ref)
+        params: dict[str, Any] = {
+            "SecretId": ref.secret,
+            "SecretString": value.reveal(),
+            "ClientRequestToken": version_id,
+            "VersionStages": [PENDING],
+        }
+        if rotation_token:
+            params["RotationToken"] = rotation_token
         try:
-            self._invoke(
-                ref,
-                opts,
-                "put_secret_value",
-                SecretId=ref.secret,
-                SecretString=value.reveal(),
-                ClientRequestToken=version_id,
-                VersionStages=[PENDING],
-            )
+            self._invoke(ref, opts, "put_secret_value", **params)
         except _ServiceError as err:
             raise self._translate(err, "put_secret_value", ref) from err.cause
         with self._lock:

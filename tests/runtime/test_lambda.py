@@ -14,10 +14,12 @@ from typing import Any
 
 import boto3
 import pytest
+import structlog
 
 from rotator.issuers.emulator import Emulator
 from rotator.runtime import lambda_handler
 from rotator.runtime.native_rotation import NativeRotationError
+from tests.servers.fault_proxy import FaultProxy
 from tests.servers.moto_server import MotoServer, point_rotation_at_lambda, running_moto
 
 REGION = "us-east-1"
@@ -186,6 +188,51 @@ def test_native_rotation_refuses_a_token_secrets_manager_did_not_stage(
     for step in ("createSecret", "setSecret", "testSecret", "finishSecret"):
         _step(step, in_progress)
     assert "AWSCURRENT" in env["raw"].describe_secret(SecretId=SECRET)["VersionIdsToStages"][in_progress]
+
+
+def test_a_due_pass_leaves_a_native_rotation_in_flight_alone(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the old store let the pass stage its own key: PutSecretValue moved AWSPENDING off the native token,
+    # and the rotation's finishSecret then failed
+    lambda_handler.scheduled_handler({}, None)
+    old = _current(env["raw"])["keyId"]
+    _enable_rotation(env, monkeypatch)
+    token = _start_rotation(env)
+    _step("createSecret", token)
+    app = lambda_handler.get_app()
+    later = datetime.now(UTC) + timedelta(days=24)  # past rotate_before: the policy is due
+    app.engine.clock = lambda: later
+    with structlog.testing.capture_logs() as logs, pytest.raises(lambda_handler.RotationFailed):
+        lambda_handler.scheduled_handler({}, None)
+    assert any("one writer" in str(e.get("error", "")) for e in logs)
+    stages = env["raw"].describe_secret(SecretId=SECRET)["VersionIdsToStages"]
+    assert [vid for vid, labels in stages.items() if "AWSPENDING" in labels] == [token]
+    app.engine.clock = lambda: datetime.now(UTC)
+    for step in ("setSecret", "testSecret", "finishSecret"):
+        _step(step, token)
+    assert _current(env["raw"])["keyId"] not in (old, None)
+    assert "AWSCURRENT" in env["raw"].describe_secret(SecretId=SECRET)["VersionIdsToStages"][token]
+
+
+def test_create_secret_passes_the_rotation_token_to_put_secret_value(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lambda_handler.scheduled_handler({}, None)
+    _enable_rotation(env, monkeypatch)
+    token = _start_rotation(env)
+    rotation_token = str(uuid.uuid4())  # Secrets Manager's RotationToken: 36-256 characters of [A-Za-z0-9-]
+    with FaultProxy(env["moto"].url) as proxy:
+        env["config"]["stores"]["aws"]["endpoint_url"] = proxy.url
+        monkeypatch.setenv("ROTATOR_CONFIG_YAML", json.dumps(env["config"]))
+        lambda_handler.reset()
+        lambda_handler.rotation_handler(
+            {"Step": "createSecret", "SecretId": SECRET, "ClientRequestToken": token, "RotationToken": rotation_token},
+            None,
+        )
+        puts = proxy.params("PutSecretValue")
+        lambda_handler.reset()
+    assert [(p["ClientRequestToken"], p.get("RotationToken")) for p in puts] == [(token, rotation_token)]
 
 
 def test_native_rotation_refuses_an_unknown_secret_and_a_bad_event(env: dict[str, Any]) -> None:

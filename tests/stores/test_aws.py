@@ -249,14 +249,41 @@ def test_foreign_rotation_lambda_is_refused(store: AwsSecretsManagerStore, raw: 
     assert fn in str(info.value)
 
 
+def test_secret_rotated_natively_by_rotator_is_observed_not_written_by_a_pass(
+    store: AwsSecretsManagerStore, raw: Any, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one writer per secret: a pass's PutSecretValue would take AWSPENDING from a native rotation in flight
+    ref = _ref("momento/own-rotation")
+    k1, k2 = str(uuid.uuid4()), str(uuid.uuid4())
+    _rotate(store, ref, k1)
+    _rotate(store, ref, k2)
+    fn = _foreign_lambda(moto, raw, ref.secret, "rotator-rotation")
+    monkeypatch.setenv("ROTATOR_LAMBDA_ARN", fn)
+    in_flight = str(uuid.uuid4())  # what Secrets Manager staged for the rotation it started
+    raw.rotate_secret(SecretId=ref.secret, ClientRequestToken=in_flight, RotationLambdaARN=fn)
+    before = _labels(raw, ref.secret)
+    assert before[in_flight] == ["AWSPENDING"]
+    assert store.inspect(ref).current_key_id == k2  # observed
+    k3 = str(uuid.uuid4())
+    with pytest.raises(StoreConflict, match=r"rotator's rotation function .* one writer") as info:
+        store.stage(ref, _value(k3), _meta(k3))
+    assert fn in str(info.value)
+    with pytest.raises(StoreConflict, match="one writer"):
+        store.promote(ref, k1)
+    assert _labels(raw, ref.secret) == before  # AWSPENDING stays on the native rotation's token
+    store.retire(ref, k1)  # old keys are still retired (then revoked) after grace
+    assert version_id_for(k1) not in {v for v, ls in _labels(raw, ref.secret).items() if ls}
+
+
 @pytest.mark.parametrize(
     ("env", "value"),
     [
-        ("AWS_LAMBDA_FUNCTION_NAME", "rotator-rotation"),  # running as the rotation function itself
-        ("ROTATOR_LAMBDA_ARN", "arn:aws:lambda:us-east-1:123456789012:function:rotator-rotation"),
+        ("AWS_LAMBDA_FUNCTION_NAME", "rotator-rotation"),  # a name alone proves nothing
+        ("ROTATOR_LAMBDA_ARN", "arn:aws:lambda:us-east-1:999999999999:function:rotator-rotation"),  # other account
+        ("ROTATOR_LAMBDA_ARN", "arn:aws:lambda:eu-west-1:123456789012:function:rotator-rotation"),  # other region
     ],
 )
-def test_own_rotation_lambda_is_allowed(
+def test_rotator_function_is_recognised_by_arn_not_by_name(
     store: AwsSecretsManagerStore,
     raw: Any,
     moto: MotoServer,
@@ -264,13 +291,15 @@ def test_own_rotation_lambda_is_allowed(
     env: str,
     value: str,
 ) -> None:
-    ref = _ref("momento/own-rotation")
+    ref = _ref("momento/same-name")
     _rotate(store, ref, str(uuid.uuid4()))
-    _foreign_lambda(moto, raw, ref.secret, "rotator-rotation")
+    fn = _foreign_lambda(moto, raw, ref.secret, "rotator-rotation")
+    assert fn != value
     monkeypatch.setenv(env, value)
     key = str(uuid.uuid4())
-    _rotate(store, ref, key)
-    assert store.inspect(ref).current_key_id == key
+    store.inspect(ref)
+    with pytest.raises(StoreConflict, match="not rotator"):
+        store.stage(ref, _value(key), _meta(key))
 
 
 def test_secret_scheduled_for_deletion_is_refused(store: AwsSecretsManagerStore, raw: Any) -> None:
