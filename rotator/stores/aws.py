@@ -169,6 +169,42 @@ def key_id_of(version_id: str) -> str | None:
         return None
 
 
+# ---- KMS keys for replicas ---------------------------------------------------------------------------------
+
+KMS_ARN_RE = re.compile(r"^arn:(?P<partition>aws[a-z-]*):kms:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):(?P<rest>.+)$")
+
+
+def replica_kms_key(kms_key_id: str, region: str) -> str:
+    """The ``KmsKeyId`` for a replica of a secret encrypted with ``kms_key_id``, in ``region``.
+
+    KMS keys are regional. An alias (``alias/...``) names a key in each region and is passed as it is; a
+    multi-Region key (id ``mrk-...``) has the same id in every region, so its ARN is rewritten for the replica's
+    region. Raises ``ValueError`` for a single-Region key (a key id or key ARN): it cannot encrypt a replica
+    in another region.
+    """
+    m = KMS_ARN_RE.fullmatch(kms_key_id)
+    rest = m.group("rest") if m else kms_key_id
+    if rest.startswith("alias/"):
+        if m is None:
+            return kms_key_id
+        return f"arn:{m.group('partition')}:kms:{region}:{m.group('account')}:{rest}"
+    key = rest.removeprefix("key/")
+    if key.startswith("mrk-"):
+        if m is None:
+            return kms_key_id
+        return f"arn:{m.group('partition')}:kms:{region}:{m.group('account')}:{rest}"
+    raise ValueError(
+        f"kms_key_id {kms_key_id!r} is a single-Region KMS key: it cannot encrypt the replica in {region}; use an "
+        "alias that exists in every replica region (alias/...) or a multi-Region key (mrk-...)"
+    )
+
+
+def _check_replica_kms(kms_key_id: str | None, replicas: list[str] | None) -> None:
+    for r in replicas or []:
+        if kms_key_id:
+            replica_kms_key(kms_key_id, r)
+
+
 # ---- config ----------------------------------------------------------------------------------------------
 
 
@@ -221,6 +257,11 @@ class StoreConfig(BaseModel):
     def _replicas(cls, v: list[str]) -> list[str]:
         return [_check_region(r) for r in v]
 
+    @model_validator(mode="after")
+    def _replica_keys(self) -> StoreConfig:
+        _check_replica_kms(self.kms_key_id, self.replica_regions)
+        return self
+
 
 class TargetOptions(BaseModel):
     """A policy target that points at an AWS store: the whole target mapping.
@@ -272,6 +313,7 @@ class TargetOptions(BaseModel):
         in_arn = arn_region(self.secret)
         if in_arn and self.region and in_arn != self.region:
             raise ValueError(f"region {self.region!r} contradicts the secret ARN, which is in {in_arn!r}")
+        _check_replica_kms(self.kms_key_id, self.replica_regions)
         return self
 
 
@@ -408,6 +450,8 @@ class AwsSecretsManagerStore:
         self._cache: dict[tuple[str | None, str], _Described] = {}
         # versions written under a token Secrets Manager chose (native rotation): (secret key, version) -> key id
         self._native: dict[tuple[tuple[str | None, str], str], str | None] = {}
+        # versions found without a value (a rotation's AWSPENDING before createSecret): (secret key, version) -> when
+        self._empty: dict[tuple[tuple[str | None, str], str], float] = {}
         self._log = get_logger(store=name)
 
     def __repr__(self) -> str:
@@ -662,7 +706,14 @@ class AwsSecretsManagerStore:
             params["KmsKeyId"] = kms
         replicas = opts.replica_regions if opts.replica_regions is not None else self.config.replica_regions
         if replicas:
-            params["AddReplicaRegions"] = [{"Region": r} for r in replicas]
+            # a replica is encrypted with aws/secretsmanager of its region unless it names a key ("If you don't
+            # include this field, Secrets Manager uses aws/secretsmanager", ReplicaRegionType in the API reference)
+            try:
+                params["AddReplicaRegions"] = [
+                    {"Region": r, **({"KmsKeyId": replica_kms_key(kms, r)} if kms else {})} for r in replicas
+                ]
+            except ValueError as exc:
+                raise StoreError(str(exc), store=self.name, secret=ref.secret) from exc
         try:
             resp = self._invoke(ref, opts, "create_secret", **params)
         except _ServiceError as err:
@@ -694,24 +745,41 @@ class AwsSecretsManagerStore:
 
     def _key_of(self, ref: TargetRef, opts: TargetOptions, vid: str, labels: list[str]) -> str | None:
         """The key id a version holds: from rotator's own version id, or, for a labelled version written under
-        a token Secrets Manager chose (native rotation), from its value, read once and remembered."""
+        a token Secrets Manager chose (native rotation), from its value, read once and remembered.
+
+        A version without a value yet (the ``AWSPENDING`` version Secrets Manager creates when it starts a
+        rotation, before ``createSecret`` fills it: AWS answers ``ResourceNotFoundException``) holds no key; that
+        answer is remembered for ``describe_ttl`` seconds (so a pass reads it once, not at every inspect) and
+        forgotten at once when the version becomes ``AWSCURRENT``, since the rotation function fills it meanwhile.
+        """
         key_id = key_id_of(vid)
         if key_id is not None or not labels:
             return key_id
         ck = (self._key(ref, opts), vid)
+        now = self._clock()
         with self._lock:
             if ck in self._native:
                 return self._native[ck]
+            seen = self._empty.get(ck)
+            if seen is not None and CURRENT not in labels and now - seen <= self._describe_ttl:
+                return None
         try:
             resp = self._invoke(ref, opts, "get_secret_value", SecretId=ref.secret, VersionId=vid)
         except _ServiceError as err:
             if err.code == "ResourceNotFoundException":
+                with self._lock:
+                    self._empty[ck] = now
                 return None
             raise self._translate(err, "get_secret_value", ref) from err.cause
         text = resp.get("SecretString")
+        if not isinstance(text, str) and "SecretBinary" not in resp:
+            with self._lock:
+                self._empty[ck] = now  # an answer without a value: the same
+            return None
         key_id = payload_key_id(SecretText(text)) if isinstance(text, str) else None
         with self._lock:
-            self._native[ck] = key_id
+            self._native[ck] = key_id  # a version's value never changes: remembered for good
+            self._empty.pop(ck, None)
         return key_id
 
     # -- native rotation: the steps Secrets Manager asks a rotation Lambda to take -----------------------------
@@ -753,6 +821,7 @@ class AwsSecretsManagerStore:
             raise self._translate(err, "put_secret_value", ref) from err.cause
         with self._lock:
             self._native[(self._key(ref, opts), version_id)] = meta.key_id
+            self._empty.pop((self._key(ref, opts), version_id), None)
         self._forget(ref, opts)
 
     def read_version(self, ref: TargetRef, version_id: str) -> SecretText | None:
@@ -817,11 +886,18 @@ class AwsSecretsManagerStore:
         )
 
     def _version_created(self, ref: TargetRef, opts: TargetOptions, version_id: str) -> datetime | None:
-        resp = self._call(ref, opts, "list_secret_version_ids", SecretId=ref.secret, MaxResults=100)
-        for v in resp.get("Versions", []):
-            if v.get("VersionId") == version_id:
-                return _utc(v.get("CreatedDate"))
-        return None
+        """When ``version_id`` was created, from ListSecretVersionIds, page by page: "If there are more results
+        available, in the response, Secrets Manager includes NextToken" (ListSecretVersionIds API reference)."""
+        params: dict[str, Any] = {"SecretId": ref.secret, "MaxResults": 100}
+        while True:
+            resp = self._call(ref, opts, "list_secret_version_ids", **params)
+            for v in resp.get("Versions", []):
+                if v.get("VersionId") == version_id:
+                    return _utc(v.get("CreatedDate"))
+            token = resp.get("NextToken")
+            if not token:
+                return None
+            params["NextToken"] = token
 
     def stage(self, ref: TargetRef, value: SecretText, meta: VersionMeta) -> None:
         """PutSecretValue with ``AWSPENDING`` under the key's version id; creates the secret if missing.
@@ -1099,6 +1175,7 @@ class AwsSecretsManagerStore:
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
             self._cache.clear()
+            self._empty.clear()
         for client in clients:
             client.close()
 

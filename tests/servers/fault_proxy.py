@@ -110,6 +110,7 @@ class FaultProxy:
         self.requests: list[str] = []
         self.faults: list[tuple[str, str]] = []
         self.bodies: list[tuple[str, dict[str, Any]]] = []
+        self._filters: dict[str, Any] = {}
         self.aws = AwsSemantics(self, page_size=page_size) if aws_semantics else None
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -155,6 +156,23 @@ class FaultProxy:
                     self.faults.append((operation, r.fault.kind))
                     return r.fault
         return None
+
+    def filter_answer(self, operation: str, edit: Any) -> None:
+        """Pass every JSON answer to ``operation`` through ``edit(dict) -> None`` (changes it in place)."""
+        with self._lock:
+            self._filters[operation] = edit
+
+    def _edited(
+        self, operation: str, answer: tuple[int, list[tuple[str, str]], bytes]
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
+        with self._lock:
+            edit = self._filters.get(operation)
+        status, headers, data = answer
+        if edit is None or status != 200:
+            return answer
+        payload = json.loads(data)
+        edit(payload)
+        return status, headers, json.dumps(payload).encode()
 
     def _record(self, operation: str, body: bytes) -> None:
         try:
@@ -220,6 +238,7 @@ class FaultProxy:
                     answer = proxy.aws.handle(operation, body, headers)
                 if answer is None:
                     answer = proxy.forward(self.command, self.path, body, headers)
+                answer = proxy._edited(operation, answer)
                 if fault is not None and fault.kind == "drop_after":
                     self.close_connection = True
                     with contextlib.suppress(OSError):
@@ -281,11 +300,15 @@ class AwsSemantics:
       ``VersionStages``. A version Secrets Manager created for a rotation without a value yet ("During
       rotation, Secrets Manager creates an AWSPENDING version ID before creating the new secret version",
       DescribeSecret) is filled in as before.
+    - ``CreateSecret`` with ``AddReplicaRegions[].KmsKeyId``: each replica is encrypted with the key it names,
+      and ``DescribeSecret`` reports it in ``ReplicationStatus[].KmsKeyId`` ("If you don't include this field,
+      Secrets Manager uses aws/secretsmanager", ReplicaRegionType). moto drops the field.
     """
 
     def __init__(self, proxy: FaultProxy, *, page_size: int = 100) -> None:
         self.proxy = proxy
         self.page_size = page_size
+        self._replica_keys: dict[str, dict[str, str]] = {}  # secret name -> replica region -> KmsKeyId
 
     def _call(self, operation: str, params: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         side = {k: v for k, v in headers.items() if k.lower() in {"authorization", "x-amz-date", "content-type"}}
@@ -313,6 +336,17 @@ class AwsSemantics:
                 for key in ("VersionIdsToStages", "SecretVersionsToStages"):
                     if isinstance(resp.get(key), dict):
                         resp[key] = {vid: labels for vid, labels in resp[key].items() if labels}
+                keys = self._replica_keys.get(str(resp.get("Name")), {})
+                for replica in resp.get("ReplicationStatus") or []:
+                    if replica.get("Region") in keys:
+                        replica["KmsKeyId"] = keys[replica["Region"]]
+            return self._answer(status, resp)
+        if operation == "CreateSecret":
+            status, resp = self._call(operation, params, headers)
+            if status == 200:
+                self._replica_keys[str(params.get("Name"))] = {
+                    r["Region"]: r["KmsKeyId"] for r in params.get("AddReplicaRegions") or [] if r.get("KmsKeyId")
+                }
             return self._answer(status, resp)
         if operation == "ListSecretVersionIds":
             status, resp = self._call(operation, {"SecretId": params.get("SecretId")}, headers)

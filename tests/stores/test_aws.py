@@ -30,6 +30,7 @@ from rotator.stores.aws import (
     TargetOptions,
     key_id_of,
     open_store,
+    replica_kms_key,
     version_id_for,
 )
 from rotator.stores.base import TargetRef, VersionMeta
@@ -478,6 +479,98 @@ def test_a_retired_key_published_again_becomes_current(
     labels = _labels(raw, ref.secret)
     assert "AWSCURRENT" in labels[version_id_for(k1)] and "AWSPREVIOUS" in labels[version_id_for(k3)]
     assert raw.get_secret_value(SecretId=ref.secret, VersionStage="AWSCURRENT")["SecretString"] == v1.reveal()
+
+
+def test_current_since_is_found_on_a_later_page_of_list_secret_version_ids(
+    open_aws: Callable[..., AwsSecretsManagerStore], moto: MotoServer, raw: Any
+) -> None:
+    # the old store read one page only: with the current version on page 2, current_since was None
+    with FaultProxy(moto.url, aws_semantics=True, page_size=1) as proxy:
+        proxy.filter_answer("DescribeSecret", lambda answer: answer.pop("LastChangedDate", None))
+        store = open_aws(proxy.url)
+        ref = _ref("momento/paged")
+        keys = [str(uuid.uuid4()) for _ in range(3)]
+        for k in keys:
+            _rotate(store, ref, k)
+        state = store.inspect(ref)
+        assert state.current_key_id == keys[-1]
+        assert state.current_since is not None
+        assert proxy.count("ListSecretVersionIds") >= 2
+        assert any(p.get("NextToken") for p in proxy.params("ListSecretVersionIds"))
+
+
+def _start_native_rotation(moto: MotoServer, raw: Any, secret: str) -> str:
+    """A rotation as Secrets Manager starts it: a version labelled AWSPENDING without a value yet."""
+    fn = _foreign_lambda(moto, raw, secret, "someone-elses-rotation")
+    token = str(uuid.uuid4())
+    raw.rotate_secret(SecretId=secret, ClientRequestToken=token, RotationLambdaARN=fn)
+    assert _labels(raw, secret)[token] == ["AWSPENDING"]
+    return token
+
+
+def test_an_empty_pending_version_is_read_once_not_at_every_inspect(
+    open_aws: Callable[..., AwsSecretsManagerStore], aws_proxy: FaultProxy, moto: MotoServer, raw: Any
+) -> None:
+    store = open_aws(aws_proxy.url)
+    ref = _ref("momento/empty-pending")
+    _rotate(store, ref, str(uuid.uuid4()))
+    token = _start_native_rotation(moto, raw, ref.secret)
+    aws_proxy.clear()
+    for _ in range(3):
+        state = store.inspect(ref)
+        assert [v.key_id for v in state.versions if v.version == token] == [None]
+    # AWS answers ResourceNotFoundException for a version without a value; the old store asked every time
+    assert aws_proxy.count("GetSecretValue") == 1
+
+
+def test_an_empty_pending_version_filled_later_is_seen(
+    moto: MotoServer, session: boto3.session.Session, raw: Any
+) -> None:
+    store = open_store("aws-test", _config(moto.url), session=session, describe_ttl=0)
+    ref = _ref("momento/filled-pending")
+    _rotate(store, ref, str(uuid.uuid4()))
+    token = _start_native_rotation(moto, raw, ref.secret)
+    assert [v.key_id for v in store.inspect(ref).versions if v.version == token] == [None]
+    k2 = str(uuid.uuid4())
+    raw.put_secret_value(  # the rotation function's createSecret, in another process
+        SecretId=ref.secret, ClientRequestToken=token, SecretString=_value(k2).reveal(), VersionStages=["AWSPENDING"]
+    )
+    # "no value" is remembered for describe_ttl only (0 here): the filled version is read again
+    assert [v.key_id for v in store.inspect(ref).versions if v.version == token] == [k2]
+    store.close()
+
+
+def test_replicas_are_encrypted_with_the_configured_kms_key(
+    open_aws: Callable[..., AwsSecretsManagerStore], aws_proxy: FaultProxy
+) -> None:
+    store = open_aws(aws_proxy.url, kms_key_id="alias/rotator", replica_regions=["us-west-2", "eu-west-1"])
+    ref = _ref("momento/replicated")
+    key = str(uuid.uuid4())
+    store.stage(ref, _value(key), _meta(key))
+    through = boto3.client("secretsmanager", region_name=REGION, endpoint_url=aws_proxy.url)
+    described = through.describe_secret(SecretId=ref.secret)
+    through.close()
+    # the old store sent AddReplicaRegions without KmsKeyId: the replicas used aws/secretsmanager
+    assert {r["Region"]: r["KmsKeyId"] for r in described["ReplicationStatus"]} == {
+        "us-west-2": "alias/rotator",
+        "eu-west-1": "alias/rotator",
+    }
+
+
+def test_replica_kms_keys_per_region() -> None:
+    mrk = "arn:aws:kms:us-east-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab"
+    assert replica_kms_key(mrk, "eu-west-1") == mrk.replace("us-east-1", "eu-west-1")
+    assert replica_kms_key("alias/rotator", "eu-west-1") == "alias/rotator"
+    assert replica_kms_key("mrk-1234abcd12ab34cd56ef1234567890ab", "eu-west-1").startswith("mrk-")
+    alias_arn = "arn:aws:kms:us-east-1:123456789012:alias/rotator"
+    assert replica_kms_key(alias_arn, "eu-west-1") == "arn:aws:kms:eu-west-1:123456789012:alias/rotator"
+    single = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    with pytest.raises(ValueError, match="single-Region KMS key"):
+        replica_kms_key(single, "eu-west-1")
+    with pytest.raises(ValidationError, match="single-Region KMS key"):
+        StoreConfig(type="aws", kms_key_id=single, replica_regions=["eu-west-1"])
+    with pytest.raises(ValidationError, match="single-Region KMS key"):
+        TargetOptions(store="aws", secret="s", kms_key_id=single, replica_regions=["eu-west-1"])
 
 
 # ---- compare-and-set promote (expect_current) -------------------------------------------------------------
