@@ -12,8 +12,10 @@ How a rotation looks in Secrets Manager (four API calls per target when the stor
 4. ``promote``: ``UpdateSecretVersionStage(VersionStage="AWSCURRENT", MoveToVersionId=new,
    RemoveFromVersionId=old)``; Secrets Manager moves ``AWSPREVIOUS`` to the old version. ``RemoveFromVersionId``
    makes the move a compare-and-swap: if another writer moved ``AWSCURRENT`` meanwhile, the call fails,
-   the store looks again and retries once. ``AWSPENDING`` stays on the new current version for now: AWS
-   documents "AWSPENDING and AWSCURRENT on the same version" as a finished rotation. ``retire`` of the old
+   the store looks again and retries once; with ``expect_current`` it raises ``StorePreconditionFailed``
+   instead when another key is current (see :meth:`AwsSecretsManagerStore.promote`). ``AWSPENDING`` stays on
+   the new current version for now: AWS documents "AWSPENDING and AWSCURRENT on the same version" as a
+   finished rotation. ``retire`` of the old
    key (the end of the rotation, after grace) removes it, so publishing costs four calls, not five.
 
 Version ids: a version's ``VersionId`` is the ``ClientRequestToken`` we send, chosen so that it names the key
@@ -24,7 +26,13 @@ Retired versions: Secrets Manager cannot disable a version. ``retire`` removes `
 leftover ``AWSPENDING``) from the key's version; a version without labels is *deprecated*: AWS keeps its data
 until it prunes deprecated versions, and real AWS leaves it out of ``DescribeSecret``. ``inspect`` reports
 such a version with ``enabled=False`` (moto lists it with no labels) or not at all (AWS), and ``read``
-refuses it. This is AWS's closest thing to "disable".
+refuses it. This is AWS's closest thing to "disable". Publishing such a key again puts the same version again,
+which AWS ignores (its answer has no ``VersionStages``): the store then puts ``AWSPENDING`` back with
+``UpdateSecretVersionStage``.
+
+One writer per secret: a secret whose native rotation runs another Lambda, or rotator's own rotation function
+(recognised by ``ROTATOR_LAMBDA_ARN``), is never staged or promoted by a pass; a pass still inspects it and
+retires old keys. The native rotation steps use :meth:`AwsSecretsManagerStore.put_pending` and ``finish``.
 
 API-call accounting: a botocore ``needs-retry.secrets-manager`` event handler calls
 :func:`rotator.observability.record_call` after every HTTP attempt, so one call retried twice counts three
