@@ -15,8 +15,8 @@ How a rotation looks in Secrets Manager (four API calls per target when the stor
    the store looks again and retries once; with ``expect_current`` it raises ``StorePreconditionFailed``
    instead when another key is current (see :meth:`AwsSecretsManagerStore.promote`). ``AWSPENDING`` stays on
    the new current version for now: AWS documents "AWSPENDING and AWSCURRENT on the same version" as a
-   finished rotation. ``retire`` of the old
-   key (the end of the rotation, after grace) removes it, so publishing costs four calls, not five.
+   finished rotation. ``retire`` of the old key (the end of the rotation, after grace) removes it, so
+   publishing costs four calls, not five.
 
 Version ids: a version's ``VersionId`` is the ``ClientRequestToken`` we send, chosen so that it names the key
 it holds and can be read back without reading the value (see :func:`version_id_for`). A retried write is a
