@@ -192,15 +192,8 @@ def replica_kms_key(kms_key_id: str, region: str) -> str:
     """
     m = KMS_ARN_RE.fullmatch(kms_key_id)
     rest = m.group("rest") if m else kms_key_id
-    if rest.startswith("alias/"):
-        if m is None:
-            return kms_key_id
-        return f"arn:{m.group('partition')}:kms:{region}:{m.group('account')}:{rest}"
-    key = rest.removeprefix("key/")
-    if key.startswith("mrk-"):
-        if m is None:
-            return kms_key_id
-        return f"arn:{m.group('partition')}:kms:{region}:{m.group('account')}:{rest}"
+    if rest.startswith("alias/") or rest.removeprefix("key/").startswith("mrk-"):
+        return f"arn:{m.group('partition')}:kms:{region}:{m.group('account')}:{rest}" if m else kms_key_id
     raise ValueError(
         f"kms_key_id {kms_key_id!r} is a single-Region KMS key: it cannot encrypt the replica in {region}; use an "
         "alias that exists in every replica region (alias/...) or a multi-Region key (mrk-...)"
