@@ -1059,7 +1059,11 @@ class AwsSecretsManagerStore:
                 if isinstance(translated, StoreUnavailable):
                     self._decide_after_ambiguous(ref, opts, token, key_id, expect_current, translated, err.cause)
                     return
-                if attempt == 0 and err.code in {"InvalidParameterException", "ResourceNotFoundException"}:
+                if attempt == 0 and err.code in {
+                    "InvalidParameterException",  # RemoveFromVersionId no longer holds AWSCURRENT (moto, AWS)
+                    "InvalidRequestException",
+                    "ResourceNotFoundException",
+                }:
                     self._forget(ref, opts)  # AWSCURRENT moved under us, or the version vanished: look again
                     continue
                 raise translated from err.cause
