@@ -92,3 +92,57 @@ def test_the_rotation_function_has_no_reserved_concurrency_of_one() -> None:
     assert len(rotation) == 1
     reserved = rotation[0]["Properties"].get("ReservedConcurrentExecutions")
     assert reserved is None or reserved >= 10, reserved
+
+
+def _function_statements(handler_suffix: str) -> list[dict[str, Any]]:
+    """The IAM statements of the managed policies a function runs with."""
+    resources = _template()["Resources"]
+    fns = [
+        v
+        for v in resources.values()
+        if v.get("Type") == "AWS::Serverless::Function" and v["Properties"]["Handler"].endswith(handler_suffix)
+    ]
+    assert len(fns) == 1
+    out: list[dict[str, Any]] = []
+    for policy in fns[0]["Properties"]["Policies"]:
+        assert set(policy) == {"Ref"}, policy  # managed policies of this template only
+        out.extend(_statements(resources[policy["Ref"]]))
+    return out
+
+
+def _actions(statements: list[dict[str, Any]]) -> set[str]:
+    granted: set[str] = set()
+    for st in statements:
+        granted |= set(st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
+    return granted
+
+
+def test_the_rotation_function_is_granted_only_what_the_four_steps_call() -> None:
+    # the old template gave it the scheduled pass's policy: CreateSecret, TagResource, ReplicateSecretToRegions, SQS
+    granted = _actions(_function_statements("rotation_handler"))
+    assert {a for a in granted if a.startswith("secretsmanager:")} == {
+        "secretsmanager:DescribeSecret",
+        "secretsmanager:GetSecretValue",
+        "secretsmanager:PutSecretValue",
+        "secretsmanager:UpdateSecretVersionStage",
+        "secretsmanager:ListSecretVersionIds",
+    }
+    assert not {a for a in granted if a.startswith("sqs:")}
+    scheduled = _actions(_function_statements("scheduled_handler"))
+    assert {"secretsmanager:CreateSecret", "sqs:SendMessage"} <= scheduled
+
+
+def test_kms_grants_cover_every_region_the_config_writes_to() -> None:
+    # the old template allowed KMS only through secretsmanager.<the stack's region>, and took one key ARN
+    template = _template()
+    assert template["Parameters"]["KmsKeyArns"]["Type"] == "CommaDelimitedList"
+    kms = [
+        st
+        for handler in ("scheduled_handler", "rotation_handler")
+        for st in _function_statements(handler)
+        if any(str(a).startswith("kms:") for a in (st["Action"] if isinstance(st["Action"], list) else [st["Action"]]))
+    ]
+    assert len(kms) == 2
+    for st in kms:
+        assert st["Resource"] == {"Ref": "KmsKeyArns"}
+        assert st["Condition"] == {"StringLike": {"kms:ViaService": "secretsmanager.*.amazonaws.com"}}

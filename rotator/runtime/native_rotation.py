@@ -1,7 +1,9 @@
 """Secrets Manager native rotation: the four steps, for secrets whose rotation schedule points at rotator.
 
-The secret must be an ``aws`` target of a configured policy (matched by name or ARN). Each step is safe to
-replay and returns early when its work is done:
+The secret must be an ``aws`` target of a configured policy (matched by name or ARN). Every step first checks
+that ``ClientRequestToken`` is a version of the secret labelled ``AWSPENDING`` (Secrets Manager creates it when
+it starts the rotation) and returns at once when it is ``AWSCURRENT`` (done); any other token is refused before
+anything is created. Each step is safe to replay and returns early when its work is done:
 
 - ``createSecret``: if the token's version already has a value, nothing. Otherwise create a Momento key for the
   policy and put it under the token, labelled ``AWSPENDING``. (A Lambda that dies between the two leaves a
@@ -9,7 +11,7 @@ replay and returns early when its work is done:
 - ``setSecret``: nothing: a Momento key is live the moment it is created.
 - ``testSecret``: the pending value parses as the policy's payload, holds a Momento API key, and the issuer
   lists that key as live and unexpired.
-- ``finishSecret``: move ``AWSCURRENT`` to the token's version.
+- ``finishSecret``: move ``AWSCURRENT`` to the token's version (refused while it has no value).
 
 The old key is **not** revoked here: the next rotator pass (the scheduled handler, a CronJob or the daemon)
 copies the new key to the policy's other targets and revokes the old one after ``grace`` and pickup, as for any
@@ -77,13 +79,21 @@ def run_step(app: App, event: dict[str, Any]) -> dict[str, Any]:
     log.info("native rotation step", step=step, policy=policy.name, target=target.id, version=token)
     if not enabled:
         raise NativeRotationError(f"secret {secret_id} is not enabled for rotation")
+    # AWS's contract for every step (its rotation function template does the same, before any work): the token
+    # must be a version of the secret that Secrets Manager labelled AWSPENDING when it started this rotation
+    # ("During rotation, Secrets Manager creates an AWSPENDING version ID before creating the new secret
+    # version", DescribeSecret API reference), or AWSCURRENT when the rotation is over. Anything else is refused
+    # before a key is created, so a stray or replayed event cannot take AWSPENDING from the rotation in progress.
     labels = stages.get(token)
-    if labels is not None and "AWSCURRENT" in labels:
+    if labels is None:
+        raise NativeRotationError(
+            f"version {token} of {secret_id} has no stage for rotation: Secrets Manager did not start a rotation "
+            "with this token (start one with aws secretsmanager rotate-secret)"
+        )
+    if "AWSCURRENT" in labels:
         return {"step": step, "status": "done: the version is AWSCURRENT already"}
-    if labels is not None and "AWSPENDING" not in labels:
+    if "AWSPENDING" not in labels:
         raise NativeRotationError(f"version {token} of {secret_id} is not AWSPENDING: a newer rotation replaced it")
-    if labels is None and step != "createSecret":
-        raise NativeRotationError(f"version {token} of {secret_id} has no stage for rotation")
 
     if step == "createSecret":
         if store.read_version(ref, token) is not None:
@@ -102,7 +112,12 @@ def run_step(app: App, event: dict[str, Any]) -> dict[str, Any]:
         meta = VersionMeta(issued.info.key_id, policy.name, issued.info.expires_at, payload.content_type, policy.role)
         if target.endpoint_secret:
             engine._ensure_endpoint(policy, target, store)
-        store.put_pending(ref, payload.value, meta, token)
+        # RotationToken: AWS requires it on PutSecretValue for cross-account rotation and rotation under an
+        # assumed role (PutSecretValue API reference); sensitive, so never logged
+        rotation_token = event.get("RotationToken")
+        store.put_pending(
+            ref, payload.value, meta, token, rotation_token=rotation_token if isinstance(rotation_token, str) else None
+        )
         log.info("created key for native rotation", new_key_id=issued.info.key_id, version=token)
         return {"step": step, "status": "created", "key_id": issued.info.key_id}
 
@@ -125,6 +140,9 @@ def run_step(app: App, event: dict[str, Any]) -> dict[str, Any]:
             raise NativeRotationError(f"the pending key {key_id} has expired")
         return {"step": step, "status": "ok", "key_id": key_id}
 
+    # Secrets Manager calls finishSecret after testSecret; still, never make an empty version current
+    if store.read_version(ref, token) is None:
+        raise NativeRotationError(f"version {token} has no value: createSecret did not finish")
     store.finish(ref, token)
     log.info("native rotation finished: the old key is revoked by a later pass after grace", version=token)
     return {"step": step, "status": "AWSCURRENT moved"}

@@ -12,9 +12,11 @@ How a rotation looks in Secrets Manager (four API calls per target when the stor
 4. ``promote``: ``UpdateSecretVersionStage(VersionStage="AWSCURRENT", MoveToVersionId=new,
    RemoveFromVersionId=old)``; Secrets Manager moves ``AWSPREVIOUS`` to the old version. ``RemoveFromVersionId``
    makes the move a compare-and-swap: if another writer moved ``AWSCURRENT`` meanwhile, the call fails,
-   the store looks again and retries once. ``AWSPENDING`` stays on the new current version for now: AWS
-   documents "AWSPENDING and AWSCURRENT on the same version" as a finished rotation. ``retire`` of the old
-   key (the end of the rotation, after grace) removes it, so publishing costs four calls, not five.
+   the store looks again and retries once; with ``expect_current`` it raises ``StorePreconditionFailed``
+   instead when another key is current (see :meth:`AwsSecretsManagerStore.promote`). ``AWSPENDING`` stays on
+   the new current version for now: AWS documents "AWSPENDING and AWSCURRENT on the same version" as a
+   finished rotation. ``retire`` of the old key (the end of the rotation, after grace) removes it, so
+   publishing costs four calls, not five.
 
 Version ids: a version's ``VersionId`` is the ``ClientRequestToken`` we send, chosen so that it names the key
 it holds and can be read back without reading the value (see :func:`version_id_for`). A retried write is a
@@ -24,7 +26,13 @@ Retired versions: Secrets Manager cannot disable a version. ``retire`` removes `
 leftover ``AWSPENDING``) from the key's version; a version without labels is *deprecated*: AWS keeps its data
 until it prunes deprecated versions, and real AWS leaves it out of ``DescribeSecret``. ``inspect`` reports
 such a version with ``enabled=False`` (moto lists it with no labels) or not at all (AWS), and ``read``
-refuses it. This is AWS's closest thing to "disable".
+refuses it. This is AWS's closest thing to "disable". Publishing such a key again puts the same version again,
+which AWS ignores (its answer has no ``VersionStages``): the store then puts ``AWSPENDING`` back with
+``UpdateSecretVersionStage``.
+
+One writer per secret: a secret whose native rotation runs another Lambda, or rotator's own rotation function
+(recognised by ``ROTATOR_LAMBDA_ARN``), is never staged or promoted by a pass; a pass still inspects it and
+retires old keys. The native rotation steps use :meth:`AwsSecretsManagerStore.put_pending` and ``finish``.
 
 API-call accounting: a botocore ``needs-retry.secrets-manager`` event handler calls
 :func:`rotator.observability.record_call` after every HTTP attempt, so one call retried twice counts three
@@ -55,6 +63,7 @@ from rotator.errors import (
     StoreIntegrityError,
     StoreNotFound,
     StorePermissionError,
+    StorePreconditionFailed,
     StoreUnavailable,
 )
 from rotator.keys import payload_key_id
@@ -168,6 +177,35 @@ def key_id_of(version_id: str) -> str | None:
         return None
 
 
+# ---- KMS keys for replicas ---------------------------------------------------------------------------------
+
+KMS_ARN_RE = re.compile(r"^arn:(?P<partition>aws[a-z-]*):kms:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):(?P<rest>.+)$")
+
+
+def replica_kms_key(kms_key_id: str, region: str) -> str:
+    """The ``KmsKeyId`` for a replica of a secret encrypted with ``kms_key_id``, in ``region``.
+
+    KMS keys are regional. An alias (``alias/...``) names a key in each region and is passed as it is; a
+    multi-Region key (id ``mrk-...``) has the same id in every region, so its ARN is rewritten for the replica's
+    region. Raises ``ValueError`` for a single-Region key (a key id or key ARN): it cannot encrypt a replica
+    in another region.
+    """
+    m = KMS_ARN_RE.fullmatch(kms_key_id)
+    rest = m.group("rest") if m else kms_key_id
+    if rest.startswith("alias/") or rest.removeprefix("key/").startswith("mrk-"):
+        return f"arn:{m.group('partition')}:kms:{region}:{m.group('account')}:{rest}" if m else kms_key_id
+    raise ValueError(
+        f"kms_key_id {kms_key_id!r} is a single-Region KMS key: it cannot encrypt the replica in {region}; use an "
+        "alias that exists in every replica region (alias/...) or a multi-Region key (mrk-...)"
+    )
+
+
+def _check_replica_kms(kms_key_id: str | None, replicas: list[str] | None) -> None:
+    for r in replicas or []:
+        if kms_key_id:
+            replica_kms_key(kms_key_id, r)
+
+
 # ---- config ----------------------------------------------------------------------------------------------
 
 
@@ -220,6 +258,11 @@ class StoreConfig(BaseModel):
     def _replicas(cls, v: list[str]) -> list[str]:
         return [_check_region(r) for r in v]
 
+    @model_validator(mode="after")
+    def _replica_keys(self) -> StoreConfig:
+        _check_replica_kms(self.kms_key_id, self.replica_regions)
+        return self
+
 
 class TargetOptions(BaseModel):
     """A policy target that points at an AWS store: the whole target mapping.
@@ -271,6 +314,7 @@ class TargetOptions(BaseModel):
         in_arn = arn_region(self.secret)
         if in_arn and self.region and in_arn != self.region:
             raise ValueError(f"region {self.region!r} contradicts the secret ARN, which is in {in_arn!r}")
+        _check_replica_kms(self.kms_key_id, self.replica_regions)
         return self
 
 
@@ -354,20 +398,18 @@ def _utc(value: Any) -> datetime | None:
     return None
 
 
-def _lambda_name(arn: str) -> str:
-    # arn:aws:lambda:<region>:<account>:function:<name>[:<qualifier>]
+def _function_arn(arn: str) -> str:
+    """A Lambda function ARN without its qualifier (``arn:aws:lambda:<region>:<account>:function:<name>``)."""
     parts = arn.split(":")
-    return parts[6] if len(parts) >= 7 and parts[5] == "function" else arn
+    return ":".join(parts[:7]) if len(parts) >= 7 and parts[5] == "function" else arn
 
 
 def _own_lambda(arn: str) -> bool:
-    """Whether a rotation Lambda ARN is rotator's own (ROTATOR_LAMBDA_ARN, or the function running us)."""
+    """Whether a secret's rotation Lambda is rotator's own rotation function: the one ``ROTATOR_LAMBDA_ARN``
+    names, compared as whole ARNs (partition, region, account and name; a version or alias qualifier aside).
+    A function with the same name in another account or region is someone else's."""
     allowed = os.environ.get("ROTATOR_LAMBDA_ARN")
-    running = os.environ.get("AWS_LAMBDA_FUNCTION_NAME")
-    name = _lambda_name(arn)
-    if allowed and (arn == allowed or name == _lambda_name(allowed)):
-        return True
-    return bool(running) and name == running
+    return bool(allowed) and _function_arn(arn) == _function_arn(allowed or "")
 
 
 class AwsSecretsManagerStore:
@@ -409,6 +451,8 @@ class AwsSecretsManagerStore:
         self._cache: dict[tuple[str | None, str], _Described] = {}
         # versions written under a token Secrets Manager chose (native rotation): (secret key, version) -> key id
         self._native: dict[tuple[tuple[str | None, str], str], str | None] = {}
+        # versions found without a value (a rotation's AWSPENDING before createSecret): (secret key, version) -> when
+        self._empty: dict[tuple[tuple[str | None, str], str], float] = {}
         self._log = get_logger(store=name)
 
     def __repr__(self) -> str:
@@ -587,11 +631,21 @@ class AwsSecretsManagerStore:
     def _check_writable(self, ref: TargetRef, opts: TargetOptions, d: _Described, action: str) -> None:
         """Refuse to write a secret that someone else rotates, owns, or last wrote (unless ``adopt``)."""
         where = {"store": self.name, "secret": ref.secret}
-        if d.rotation_lambda and d.rotation_enabled and not _own_lambda(d.rotation_lambda):
+        if d.rotation_lambda and d.rotation_enabled:
+            if _own_lambda(d.rotation_lambda):
+                # one writer per secret: a pass's PutSecretValue would move AWSPENDING off the token of a native
+                # rotation in flight, and its finishSecret would then fail
+                raise StoreConflict(
+                    f"refusing to {action}: the secret's native rotation runs rotator's rotation function "
+                    f"{d.rotation_lambda}, which is its one writer; a pass only observes it, and retires and revokes "
+                    "old keys after grace. Let the rotation schedule rotate it before the policy's rotate_before, or "
+                    "cancel the native rotation (aws secretsmanager cancel-rotate-secret) to let passes write it",
+                    **where,
+                )
             raise StoreConflict(
                 f"refusing to {action}: the secret's native rotation runs Lambda {d.rotation_lambda}, not "
                 "rotator; cancel it (aws secretsmanager cancel-rotate-secret) or point it at rotator's "
-                "rotation function (set ROTATOR_LAMBDA_ARN if it runs under another name)",
+                "rotation function (ROTATOR_LAMBDA_ARN names it by ARN)",
                 **where,
             )
         if opts.adopt:
@@ -653,7 +707,14 @@ class AwsSecretsManagerStore:
             params["KmsKeyId"] = kms
         replicas = opts.replica_regions if opts.replica_regions is not None else self.config.replica_regions
         if replicas:
-            params["AddReplicaRegions"] = [{"Region": r} for r in replicas]
+            # a replica is encrypted with aws/secretsmanager of its region unless it names a key ("If you don't
+            # include this field, Secrets Manager uses aws/secretsmanager", ReplicaRegionType in the API reference)
+            try:
+                params["AddReplicaRegions"] = [
+                    {"Region": r, **({"KmsKeyId": replica_kms_key(kms, r)} if kms else {})} for r in replicas
+                ]
+            except ValueError as exc:
+                raise StoreError(str(exc), store=self.name, secret=ref.secret) from exc
         try:
             resp = self._invoke(ref, opts, "create_secret", **params)
         except _ServiceError as err:
@@ -685,24 +746,41 @@ class AwsSecretsManagerStore:
 
     def _key_of(self, ref: TargetRef, opts: TargetOptions, vid: str, labels: list[str]) -> str | None:
         """The key id a version holds: from rotator's own version id, or, for a labelled version written under
-        a token Secrets Manager chose (native rotation), from its value, read once and remembered."""
+        a token Secrets Manager chose (native rotation), from its value, read once and remembered.
+
+        A version without a value yet (the ``AWSPENDING`` version Secrets Manager creates when it starts a
+        rotation, before ``createSecret`` fills it: AWS answers ``ResourceNotFoundException``) holds no key; that
+        answer is remembered for ``describe_ttl`` seconds (so a pass reads it once, not at every inspect) and
+        forgotten at once when the version becomes ``AWSCURRENT``, since the rotation function fills it meanwhile.
+        """
         key_id = key_id_of(vid)
         if key_id is not None or not labels:
             return key_id
         ck = (self._key(ref, opts), vid)
+        now = self._clock()
         with self._lock:
             if ck in self._native:
                 return self._native[ck]
+            seen = self._empty.get(ck)
+            if seen is not None and CURRENT not in labels and now - seen <= self._describe_ttl:
+                return None
         try:
             resp = self._invoke(ref, opts, "get_secret_value", SecretId=ref.secret, VersionId=vid)
         except _ServiceError as err:
             if err.code == "ResourceNotFoundException":
+                with self._lock:
+                    self._empty[ck] = now
                 return None
             raise self._translate(err, "get_secret_value", ref) from err.cause
         text = resp.get("SecretString")
+        if not isinstance(text, str) and "SecretBinary" not in resp:
+            with self._lock:
+                self._empty[ck] = now  # an answer without a value: the same
+            return None
         key_id = payload_key_id(SecretText(text)) if isinstance(text, str) else None
         with self._lock:
-            self._native[ck] = key_id
+            self._native[ck] = key_id  # a version's value never changes: remembered for good
+            self._empty.pop(ck, None)
         return key_id
 
     # -- native rotation: the steps Secrets Manager asks a rotation Lambda to take -----------------------------
@@ -715,23 +793,36 @@ class AwsSecretsManagerStore:
             raise StoreNotFound("the secret does not exist", store=self.name, secret=ref.secret)
         return {vid: list(labels) for vid, labels in d.stages.items()}, d.rotation_enabled, d.arn
 
-    def put_pending(self, ref: TargetRef, value: SecretText, meta: VersionMeta, version_id: str) -> None:
-        """PutSecretValue under the token Secrets Manager chose, labelled ``AWSPENDING`` (createSecret)."""
+    def put_pending(
+        self,
+        ref: TargetRef,
+        value: SecretText,
+        meta: VersionMeta,
+        version_id: str,
+        rotation_token: str | None = None,
+    ) -> None:
+        """PutSecretValue under the token Secrets Manager chose, labelled ``AWSPENDING`` (createSecret).
+
+        ``rotation_token`` is the rotation event's ``RotationToken``; AWS requires it on the put "for secret
+        rotations using an IAM assumed role or cross-account rotation" (PutSecretValue API reference). It is
+        sensitive: never logged.
+        """
         opts = self._options(ref)
+        params: dict[str, Any] = {
+            "SecretId": ref.secret,
+            "SecretString": value.reveal(),
+            "ClientRequestToken": version_id,
+            "VersionStages": [PENDING],
+        }
+        if rotation_token:
+            params["RotationToken"] = rotation_token
         try:
-            self._invoke(
-                ref,
-                opts,
-                "put_secret_value",
-                SecretId=ref.secret,
-                SecretString=value.reveal(),
-                ClientRequestToken=version_id,
-                VersionStages=[PENDING],
-            )
+            self._invoke(ref, opts, "put_secret_value", **params)
         except _ServiceError as err:
             raise self._translate(err, "put_secret_value", ref) from err.cause
         with self._lock:
             self._native[(self._key(ref, opts), version_id)] = meta.key_id
+            self._empty.pop((self._key(ref, opts), version_id), None)
         self._forget(ref, opts)
 
     def read_version(self, ref: TargetRef, version_id: str) -> SecretText | None:
@@ -796,11 +887,18 @@ class AwsSecretsManagerStore:
         )
 
     def _version_created(self, ref: TargetRef, opts: TargetOptions, version_id: str) -> datetime | None:
-        resp = self._call(ref, opts, "list_secret_version_ids", SecretId=ref.secret, MaxResults=100)
-        for v in resp.get("Versions", []):
-            if v.get("VersionId") == version_id:
-                return _utc(v.get("CreatedDate"))
-        return None
+        """When ``version_id`` was created, from ListSecretVersionIds, page by page: "If there are more results
+        available, in the response, Secrets Manager includes NextToken" (ListSecretVersionIds API reference)."""
+        params: dict[str, Any] = {"SecretId": ref.secret, "MaxResults": 100}
+        while True:
+            resp = self._call(ref, opts, "list_secret_version_ids", **params)
+            for v in resp.get("Versions", []):
+                if v.get("VersionId") == version_id:
+                    return _utc(v.get("CreatedDate"))
+            token = resp.get("NextToken")
+            if not token:
+                return None
+            params["NextToken"] = token
 
     def stage(self, ref: TargetRef, value: SecretText, meta: VersionMeta) -> None:
         """PutSecretValue with ``AWSPENDING`` under the key's version id; creates the secret if missing.
@@ -843,7 +941,14 @@ class AwsSecretsManagerStore:
                     self._forget(ref, opts)  # the cache was stale: look again
                     continue
                 raise self._translate(err, "put_secret_value", ref) from err.cause
-            written = list(resp.get("VersionStages") or [PENDING])
+            # Missing or empty VersionStages means "no labels" (never "AWSPENDING, as asked"): AWS answers a put
+            # under a token that is already a version with the same value without VersionStages ("the operation
+            # succeeds but does nothing", PutSecretValue API reference), and DescribeSecret leaves such a version
+            # out when it has no labels ("versions that don't have staging labels are considered deprecated").
+            written = list(resp.get("VersionStages") or [])
+            if not written:
+                self._relabel_existing(ref, opts, token, meta.key_id)
+                return
             with self._lock:
                 for label in written:
                     d.attach(label, token)
@@ -856,12 +961,32 @@ class AwsSecretsManagerStore:
                 labels=written,
             )
             if CURRENT not in written and PENDING not in written:
-                # AWS ignores a repeated put of a deprecated version: put the label back explicitly
-                try:
-                    self._move_label(ref, opts, d, PENDING, token)
-                except _ServiceError as err:
-                    raise self._translate(err, "update_secret_version_stage", ref) from err.cause
+                self._relabel_existing(ref, opts, token, meta.key_id)
             return
+
+    def _relabel_existing(self, ref: TargetRef, opts: TargetOptions, token: str, key_id: str) -> None:
+        """The put found the key's version already there and did nothing: look at its labels again, and put
+        ``AWSPENDING`` back with UpdateSecretVersionStage when it has neither it nor ``AWSCURRENT`` (a retired,
+        deprecated version being published again: two passes racing, or an endpoint going A -> B -> A)."""
+        self._forget(ref, opts)
+        d = self._describe(ref, opts, fresh=True)
+        if d is None:
+            raise StoreNotFound("the secret vanished while staging", store=self.name, secret=ref.secret)
+        labels = d.stages.get(token, [])
+        if CURRENT in labels or PENDING in labels:
+            return
+        self._warn_stale_pending(ref, d, token)
+        try:
+            self._move_label(ref, opts, d, PENDING, token)
+        except _ServiceError as err:
+            raise self._translate(err, "update_secret_version_stage", ref) from err.cause
+        self._log.info(
+            "labelled an existing version AWSPENDING again",
+            target=ref.id,
+            policy=ref.policy,
+            key_id=key_id,
+            version=token,
+        )
 
     def read(self, ref: TargetRef, key_id: str) -> SecretText:
         """GetSecretValue by the key's version id.
@@ -885,14 +1010,30 @@ class AwsSecretsManagerStore:
         return SecretText(resp["SecretString"])
 
     def promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
-        """Move ``AWSCURRENT`` to the key's version (compare-and-swap on the old current version).
+        """Move ``AWSCURRENT`` to the key's version: ``UpdateSecretVersionStage(MoveToVersionId=<new>,
+        RemoveFromVersionId=<the version now current>)``; Secrets Manager moves ``AWSPREVIOUS`` to the old one.
 
-        A no-op when the key is already current. Raises StoreNotFound (nothing staged for the key),
-        StoreConflict (foreign value without adopt, foreign rotation Lambda, deleted), StorePermissionError,
-        StoreUnavailable.
+        A no-op when the key is already current. Naming the version the label leaves makes every move
+        conditional: AWS documents for ``RemoveFromVersionId`` that "if the label is attached and you either do
+        not specify this parameter, or the version ID does not match, then the operation fails" (Secrets
+        Manager API Reference, UpdateSecretVersionStage), so a move made from a stale view changes nothing.
+
+        ``expect_current=ANY_CURRENT``: after such a refusal the store looks again and moves the label from
+        whatever is current then (once). Otherwise (compare-and-set) the move is made only if the current
+        version holds ``expect_current`` (a key id, or ``None``: no current version, or a value rotator did not
+        write); a cached view that disagrees is looked at again before refusing. After a refusal, or an
+        ambiguous failure (connection reset, 5xx after botocore's retries: the move may or may not have been
+        made), the store reads the labels again and decides: the key is current (our move went through, or
+        another pass made the same one): done; the current version holds something else: StorePreconditionFailed;
+        still the expected key after a refusal: the move is tried once more from the version now current, which
+        is conditional again; still the expected key after an ambiguous failure: StoreUnavailable (nothing moved).
+
+        Raises StoreNotFound (nothing staged for the key), StorePreconditionFailed, StoreConflict (foreign value
+        without adopt, a rotation Lambda writes the secret, deleted), StorePermissionError, StoreUnavailable.
         """
         opts = self._options(ref)
         token = self._token(ref, key_id)
+        checked = expect_current is not ANY_CURRENT
         for attempt in range(2):
             cached = attempt == 0 and self._cache_hit(ref, opts)
             d = self._describe(ref, opts, fresh=attempt > 0)
@@ -905,13 +1046,30 @@ class AwsSecretsManagerStore:
                 return
             self._check_writable(ref, opts, d, "promote")
             old = d.holder(CURRENT)
+            if checked:
+                held = self._held_by(ref, opts, d, old)
+                if held != expect_current:
+                    if cached:
+                        continue  # the cached view may be behind: look again before refusing
+                    raise self._precondition_failed(ref, key_id, held, expect_current)
             try:
                 self._move_label(ref, opts, d, CURRENT, token)
             except _ServiceError as err:
-                if attempt == 0 and err.code in {"InvalidParameterException", "ResourceNotFoundException"}:
+                translated = self._translate(err, "update_secret_version_stage", ref)
+                if isinstance(translated, StoreUnavailable):
+                    self._decide_after_ambiguous(ref, opts, token, key_id, expect_current, translated, err.cause)
+                    return
+                if attempt == 0 and err.code in {
+                    "InvalidParameterException",  # RemoveFromVersionId no longer holds AWSCURRENT (moto, AWS)
+                    "InvalidRequestException",
+                    "ResourceNotFoundException",
+                }:
                     self._forget(ref, opts)  # AWSCURRENT moved under us, or the version vanished: look again
                     continue
-                raise self._translate(err, "update_secret_version_stage", ref) from err.cause
+                raise translated from err.cause
+            except StoreUnavailable as exc:
+                self._decide_after_ambiguous(ref, opts, token, key_id, expect_current, exc, exc.__cause__)
+                return
             self._log.info(
                 "promoted version to AWSCURRENT",
                 target=ref.id,
@@ -921,6 +1079,57 @@ class AwsSecretsManagerStore:
                 previous=old,
             )
             return
+
+    def _held_by(self, ref: TargetRef, opts: TargetOptions, d: _Described, version_id: str | None) -> str | None:
+        """The key id the (current) version ``version_id`` holds; ``None`` for no version or a foreign value."""
+        if version_id is None:
+            return None
+        return self._key_of(ref, opts, version_id, d.stages.get(version_id, []))
+
+    def _precondition_failed(self, ref: TargetRef, key_id: str, held: str | None, expected: Expect) -> StoreError:
+        return StorePreconditionFailed(
+            f"not promoting key {key_id}: the current version holds key {held or 'none'}, "
+            f"not {expected or 'none'} as read before",
+            store=self.name,
+            secret=ref.secret,
+        )
+
+    def _decide_after_ambiguous(
+        self,
+        ref: TargetRef,
+        opts: TargetOptions,
+        token: str,
+        key_id: str,
+        expect_current: Expect,
+        error: StoreError,
+        cause: BaseException | None,
+    ) -> None:
+        """After an UpdateSecretVersionStage whose outcome is unknown: read the labels again and decide.
+
+        Returns when the key is current (the move was made); raises StorePreconditionFailed when another
+        version than the expected one is current, and ``error`` when the expected one still is (nothing moved).
+        Never sends the move again: a next pass plans afresh.
+        """
+        self._forget(ref, opts)
+        try:
+            d = self._describe(ref, opts, fresh=True)
+        except StoreError:
+            raise error from cause
+        labels = None if d is None else d.stages.get(token)
+        if d is not None and labels is not None and CURRENT in labels:
+            self._log.info(
+                "promoted version to AWSCURRENT (confirmed by a second look after an unanswered call)",
+                target=ref.id,
+                policy=ref.policy,
+                key_id=key_id,
+                version=token,
+            )
+            return
+        if expect_current is not ANY_CURRENT and d is not None:
+            held = self._held_by(ref, opts, d, d.holder(CURRENT))
+            if held != expect_current:
+                raise self._precondition_failed(ref, key_id, held, expect_current) from cause
+        raise error from cause
 
     def retire(self, ref: TargetRef, key_id: str) -> None:
         """Remove ``AWSPREVIOUS`` and ``AWSPENDING`` from the key's version, leaving it deprecated.
@@ -971,6 +1180,7 @@ class AwsSecretsManagerStore:
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
             self._cache.clear()
+            self._empty.clear()
         for client in clients:
             client.close()
 

@@ -14,10 +14,12 @@ from typing import Any
 
 import boto3
 import pytest
+import structlog
 
 from rotator.issuers.emulator import Emulator
 from rotator.runtime import lambda_handler
 from rotator.runtime.native_rotation import NativeRotationError
+from tests.servers.fault_proxy import FaultProxy
 from tests.servers.moto_server import MotoServer, point_rotation_at_lambda, running_moto
 
 REGION = "us-east-1"
@@ -93,8 +95,32 @@ def _enable_rotation(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> st
     """Point the secret's native rotation at a (do-nothing) moto Lambda that stands for rotator's function."""
     fn = point_rotation_at_lambda(env["moto"], SECRET, "rotator-rotation", REGION)
     monkeypatch.setenv("ROTATOR_LAMBDA_ARN", fn)
+    env["function"] = fn
     lambda_handler.reset()
     return str(fn)
+
+
+def _start_rotation(env: dict[str, Any]) -> str:
+    """Start a rotation as Secrets Manager does: a new version id labelled AWSPENDING, without a value yet
+    ("During rotation, Secrets Manager creates an AWSPENDING version ID before creating the new secret version",
+    DescribeSecret API reference); its id is the ClientRequestToken of every step. moto's RotateSecret makes that
+    version (and invokes its do-nothing stand-in Lambda); the test then calls the steps itself.
+
+    moto refuses RotateSecret while AWSPENDING sits on the AWSCURRENT version (AWS documents that state as a
+    finished rotation) and forgets the rotation Lambda unless it is named again, so both are handled here.
+    """
+    raw = env["raw"]
+    for vid, labels in raw.describe_secret(SecretId=SECRET).get("VersionIdsToStages", {}).items():
+        if "AWSPENDING" in labels:
+            raw.update_secret_version_stage(SecretId=SECRET, VersionStage="AWSPENDING", RemoveFromVersionId=vid)
+    token = str(uuid.uuid4())
+    raw.rotate_secret(SecretId=SECRET, ClientRequestToken=token, RotationLambdaARN=env["function"])
+    assert raw.describe_secret(SecretId=SECRET)["VersionIdsToStages"][token] == ["AWSPENDING"]
+    return token
+
+
+def _marked_keys(env: dict[str, Any]) -> list[str]:
+    return [k.key_id for k, _ in env["emulator"].list_key_infos() if k.policy == "lambda-demo"]
 
 
 def _step(step: str, token: str, secret_id: str = SECRET) -> dict[str, Any]:
@@ -105,7 +131,7 @@ def test_native_rotation_four_steps_replayed(env: dict[str, Any], monkeypatch: p
     lambda_handler.scheduled_handler({}, None)
     old = _current(env["raw"])["keyId"]
     _enable_rotation(env, monkeypatch)
-    token = str(uuid.uuid4())
+    token = _start_rotation(env)
     arn = env["raw"].describe_secret(SecretId=SECRET)["ARN"]
     created = _step("createSecret", token, arn)
     assert created["status"] == "created"
@@ -130,17 +156,84 @@ def test_native_rotation_steps_out_of_order_fail_cleanly(env: dict[str, Any], mo
     lambda_handler.scheduled_handler({}, None)
     before = _current(env["raw"])
     _enable_rotation(env, monkeypatch)
-    token = str(uuid.uuid4())
-    for step in ("testSecret", "finishSecret", "setSecret"):
-        with pytest.raises(NativeRotationError, match="no stage for rotation"):
+    token = _start_rotation(env)
+    for step in ("testSecret", "finishSecret"):
+        with pytest.raises(NativeRotationError, match="createSecret did not finish"):
             _step(step, token)
     assert _current(env["raw"]) == before
     _step("createSecret", token)
-    newer = str(uuid.uuid4())
-    _step("createSecret", newer)  # a newer rotation takes AWSPENDING over
+    newer = _start_rotation(env)  # a newer rotation takes AWSPENDING over
+    _step("createSecret", newer)
     with pytest.raises(NativeRotationError, match="not AWSPENDING"):
         _step("finishSecret", token)
     assert _current(env["raw"]) == before
+
+
+def test_native_rotation_refuses_a_token_secrets_manager_did_not_stage(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the old handler went ahead with createSecret for an unknown token: it minted a Momento key and took
+    # AWSPENDING from the rotation really in progress
+    lambda_handler.scheduled_handler({}, None)
+    _enable_rotation(env, monkeypatch)
+    in_progress = _start_rotation(env)
+    keys_before = _marked_keys(env)
+    stages_before = env["raw"].describe_secret(SecretId=SECRET)["VersionIdsToStages"]
+    stray = str(uuid.uuid4())
+    for step in ("createSecret", "setSecret", "testSecret", "finishSecret"):
+        with pytest.raises(NativeRotationError, match="no stage for rotation"):
+            _step(step, stray)
+    assert _marked_keys(env) == keys_before  # no key created
+    assert env["raw"].describe_secret(SecretId=SECRET)["VersionIdsToStages"] == stages_before
+    # the rotation in progress goes on undisturbed
+    for step in ("createSecret", "setSecret", "testSecret", "finishSecret"):
+        _step(step, in_progress)
+    assert "AWSCURRENT" in env["raw"].describe_secret(SecretId=SECRET)["VersionIdsToStages"][in_progress]
+
+
+def test_a_due_pass_leaves_a_native_rotation_in_flight_alone(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the old store let the pass stage its own key: PutSecretValue moved AWSPENDING off the native token,
+    # and the rotation's finishSecret then failed
+    lambda_handler.scheduled_handler({}, None)
+    old = _current(env["raw"])["keyId"]
+    _enable_rotation(env, monkeypatch)
+    token = _start_rotation(env)
+    _step("createSecret", token)
+    app = lambda_handler.get_app()
+    later = datetime.now(UTC) + timedelta(days=24)  # past rotate_before: the policy is due
+    app.engine.clock = lambda: later
+    with structlog.testing.capture_logs() as logs, pytest.raises(lambda_handler.RotationFailed):
+        lambda_handler.scheduled_handler({}, None)
+    assert any("one writer" in str(e.get("error", "")) for e in logs)
+    stages = env["raw"].describe_secret(SecretId=SECRET)["VersionIdsToStages"]
+    assert [vid for vid, labels in stages.items() if "AWSPENDING" in labels] == [token]
+    app.engine.clock = lambda: datetime.now(UTC)
+    for step in ("setSecret", "testSecret", "finishSecret"):
+        _step(step, token)
+    assert _current(env["raw"])["keyId"] not in (old, None)
+    assert "AWSCURRENT" in env["raw"].describe_secret(SecretId=SECRET)["VersionIdsToStages"][token]
+
+
+def test_create_secret_passes_the_rotation_token_to_put_secret_value(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lambda_handler.scheduled_handler({}, None)
+    _enable_rotation(env, monkeypatch)
+    token = _start_rotation(env)
+    rotation_token = str(uuid.uuid4())  # Secrets Manager's RotationToken: 36-256 characters of [A-Za-z0-9-]
+    with FaultProxy(env["moto"].url) as proxy:
+        env["config"]["stores"]["aws"]["endpoint_url"] = proxy.url
+        monkeypatch.setenv("ROTATOR_CONFIG_YAML", json.dumps(env["config"]))
+        lambda_handler.reset()
+        lambda_handler.rotation_handler(
+            {"Step": "createSecret", "SecretId": SECRET, "ClientRequestToken": token, "RotationToken": rotation_token},
+            None,
+        )
+        puts = proxy.params("PutSecretValue")
+        lambda_handler.reset()
+    assert [(p["ClientRequestToken"], p.get("RotationToken")) for p in puts] == [(token, rotation_token)]
 
 
 def test_native_rotation_refuses_an_unknown_secret_and_a_bad_event(env: dict[str, Any]) -> None:
@@ -158,7 +251,7 @@ def test_a_pass_after_native_rotation_revokes_the_old_key_after_grace(
     lambda_handler.scheduled_handler({}, None)
     old = _current(env["raw"])["keyId"]
     _enable_rotation(env, monkeypatch)
-    token = str(uuid.uuid4())
+    token = _start_rotation(env)
     for step in ("createSecret", "setSecret", "testSecret", "finishSecret"):
         _step(step, token)
     new = _current(env["raw"])["keyId"]
@@ -179,11 +272,12 @@ def test_the_lambda_path_loads_no_azure_google_or_apscheduler(
 ) -> None:
     lambda_handler.scheduled_handler({}, None)
     _enable_rotation(env, monkeypatch)
+    token = _start_rotation(env)
     script = (
-        "import json, sys, uuid\n"
+        "import json, sys\n"
         "import rotator.runtime.lambda_handler as h\n"
         "s = h.scheduled_handler({}, None)\n"
-        "t = str(uuid.uuid4())\n"
+        f"t = {token!r}\n"
         "for step in ('createSecret', 'setSecret', 'testSecret', 'finishSecret'):\n"
         f"    h.rotation_handler({{'Step': step, 'SecretId': {SECRET!r}, 'ClientRequestToken': t}}, None)\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('azure', 'google', 'apscheduler', 'kubernetes'))\n"

@@ -16,7 +16,13 @@ import structlog
 from botocore.config import Config
 from pydantic import ValidationError
 
-from rotator.errors import StoreConflict, StoreNotFound, StorePermissionError, StoreUnavailable
+from rotator.errors import (
+    StoreConflict,
+    StoreNotFound,
+    StorePermissionError,
+    StorePreconditionFailed,
+    StoreUnavailable,
+)
 from rotator.model import SecretText
 from rotator.stores.aws import (
     AwsSecretsManagerStore,
@@ -24,6 +30,7 @@ from rotator.stores.aws import (
     TargetOptions,
     key_id_of,
     open_store,
+    replica_kms_key,
     version_id_for,
 )
 from rotator.stores.base import TargetRef, VersionMeta
@@ -243,14 +250,41 @@ def test_foreign_rotation_lambda_is_refused(store: AwsSecretsManagerStore, raw: 
     assert fn in str(info.value)
 
 
+def test_secret_rotated_natively_by_rotator_is_observed_not_written_by_a_pass(
+    store: AwsSecretsManagerStore, raw: Any, moto: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one writer per secret: a pass's PutSecretValue would take AWSPENDING from a native rotation in flight
+    ref = _ref("momento/own-rotation")
+    k1, k2 = str(uuid.uuid4()), str(uuid.uuid4())
+    _rotate(store, ref, k1)
+    _rotate(store, ref, k2)
+    fn = _foreign_lambda(moto, raw, ref.secret, "rotator-rotation")
+    monkeypatch.setenv("ROTATOR_LAMBDA_ARN", fn)
+    in_flight = str(uuid.uuid4())  # what Secrets Manager staged for the rotation it started
+    raw.rotate_secret(SecretId=ref.secret, ClientRequestToken=in_flight, RotationLambdaARN=fn)
+    before = _labels(raw, ref.secret)
+    assert before[in_flight] == ["AWSPENDING"]
+    assert store.inspect(ref).current_key_id == k2  # observed
+    k3 = str(uuid.uuid4())
+    with pytest.raises(StoreConflict, match=r"rotator's rotation function .* one writer") as info:
+        store.stage(ref, _value(k3), _meta(k3))
+    assert fn in str(info.value)
+    with pytest.raises(StoreConflict, match="one writer"):
+        store.promote(ref, k1)
+    assert _labels(raw, ref.secret) == before  # AWSPENDING stays on the native rotation's token
+    store.retire(ref, k1)  # old keys are still retired (then revoked) after grace
+    assert version_id_for(k1) not in {v for v, ls in _labels(raw, ref.secret).items() if ls}
+
+
 @pytest.mark.parametrize(
     ("env", "value"),
     [
-        ("AWS_LAMBDA_FUNCTION_NAME", "rotator-rotation"),  # running as the rotation function itself
-        ("ROTATOR_LAMBDA_ARN", "arn:aws:lambda:us-east-1:123456789012:function:rotator-rotation"),
+        ("AWS_LAMBDA_FUNCTION_NAME", "rotator-rotation"),  # a name alone proves nothing
+        ("ROTATOR_LAMBDA_ARN", "arn:aws:lambda:us-east-1:999999999999:function:rotator-rotation"),  # other account
+        ("ROTATOR_LAMBDA_ARN", "arn:aws:lambda:eu-west-1:123456789012:function:rotator-rotation"),  # other region
     ],
 )
-def test_own_rotation_lambda_is_allowed(
+def test_rotator_function_is_recognised_by_arn_not_by_name(
     store: AwsSecretsManagerStore,
     raw: Any,
     moto: MotoServer,
@@ -258,13 +292,15 @@ def test_own_rotation_lambda_is_allowed(
     env: str,
     value: str,
 ) -> None:
-    ref = _ref("momento/own-rotation")
+    ref = _ref("momento/same-name")
     _rotate(store, ref, str(uuid.uuid4()))
-    _foreign_lambda(moto, raw, ref.secret, "rotator-rotation")
+    fn = _foreign_lambda(moto, raw, ref.secret, "rotator-rotation")
+    assert fn != value
     monkeypatch.setenv(env, value)
     key = str(uuid.uuid4())
-    _rotate(store, ref, key)
-    assert store.inspect(ref).current_key_id == key
+    store.inspect(ref)
+    with pytest.raises(StoreConflict, match="not rotator"):
+        store.stage(ref, _value(key), _meta(key))
 
 
 def test_secret_scheduled_for_deletion_is_refused(store: AwsSecretsManagerStore, raw: Any) -> None:
@@ -374,6 +410,235 @@ def test_stale_cache_after_a_concurrent_promote_is_recovered(
     assert "AWSPREVIOUS" in labels[version_id_for(k2)]
 
 
+# ---- Secrets Manager as AWS documents it (tests/servers/fault_proxy.py AwsSemantics in front of moto) -----
+
+
+@pytest.fixture
+def aws_proxy(moto: MotoServer) -> Iterator[FaultProxy]:
+    """moto behind a proxy that answers as AWS does where moto differs (deprecated versions, repeated puts)."""
+    with FaultProxy(moto.url, aws_semantics=True, page_size=2) as p:
+        yield p
+
+
+class TestAwsContractWithAwsSemantics(StoreContract):
+    """The shared store contract, against moto answering as AWS does."""
+
+    @pytest.fixture
+    def store(self, open_aws: Callable[..., AwsSecretsManagerStore], aws_proxy: FaultProxy) -> AwsSecretsManagerStore:
+        return open_aws(aws_proxy.url)
+
+
+def test_aws_semantics_leave_deprecated_versions_out(
+    open_aws: Callable[..., AwsSecretsManagerStore], aws_proxy: FaultProxy, raw: Any
+) -> None:
+    store = open_aws(aws_proxy.url)
+    ref = _ref("momento/deprecated")
+    k1, k2, k3 = (str(uuid.uuid4()) for _ in range(3))
+    for k in (k1, k2, k3):
+        _rotate(store, ref, k)
+    assert _labels(raw, ref.secret)[version_id_for(k1)] == []  # moto lists it with no labels
+    through = boto3.client("secretsmanager", region_name=REGION, endpoint_url=aws_proxy.url)
+    assert version_id_for(k1) not in through.describe_secret(SecretId=ref.secret)["VersionIdsToStages"]
+    assert [v.key_id for v in store.inspect(ref).versions if v.key_id == k1] == []
+    # a repeated put "succeeds but does nothing": no VersionStages in the answer, no label moves
+    again = through.put_secret_value(
+        SecretId=ref.secret,
+        ClientRequestToken=version_id_for(k3),
+        SecretString=raw.get_secret_value(SecretId=ref.secret, VersionId=version_id_for(k3))["SecretString"],
+        VersionStages=["AWSPENDING"],
+    )
+    assert "VersionStages" not in again
+    with pytest.raises(through.exceptions.ResourceExistsException):
+        through.put_secret_value(
+            SecretId=ref.secret,
+            ClientRequestToken=version_id_for(k3),
+            SecretString="other",
+            VersionStages=["AWSPENDING"],
+        )
+    through.close()
+
+
+def test_a_retired_key_published_again_becomes_current(
+    open_aws: Callable[..., AwsSecretsManagerStore], aws_proxy: FaultProxy, raw: Any
+) -> None:
+    # an endpoint going A -> B -> C -> A, or a pass publishing a key another pass retired meanwhile: the key's
+    # version exists without labels, so AWS leaves it out of DescribeSecret and ignores the repeated put.
+    # The old store took "no VersionStages" for "AWSPENDING", and the read-back found a retired version on
+    # every pass: the target stayed on the old key
+    store = open_aws(aws_proxy.url)
+    ref = _ref("momento/republished")
+    k1, k2, k3 = (str(uuid.uuid4()) for _ in range(3))
+    v1 = _rotate(store, ref, k1)
+    _rotate(store, ref, k2)
+    _rotate(store, ref, k3)
+    store.retire(ref, k1)
+    assert _labels(raw, ref.secret)[version_id_for(k1)] == []
+    fresh = open_aws(aws_proxy.url)
+    _rotate(fresh, ref, k1, v1)
+    assert fresh.inspect(ref).current_key_id == k1
+    labels = _labels(raw, ref.secret)
+    assert "AWSCURRENT" in labels[version_id_for(k1)] and "AWSPREVIOUS" in labels[version_id_for(k3)]
+    assert raw.get_secret_value(SecretId=ref.secret, VersionStage="AWSCURRENT")["SecretString"] == v1.reveal()
+
+
+def test_current_since_is_found_on_a_later_page_of_list_secret_version_ids(
+    open_aws: Callable[..., AwsSecretsManagerStore], moto: MotoServer, raw: Any
+) -> None:
+    # the old store read one page only: with the current version on page 2, current_since was None
+    with FaultProxy(moto.url, aws_semantics=True, page_size=1) as proxy:
+        proxy.filter_answer("DescribeSecret", lambda answer: answer.pop("LastChangedDate", None))
+        store = open_aws(proxy.url)
+        ref = _ref("momento/paged")
+        keys = [str(uuid.uuid4()) for _ in range(3)]
+        for k in keys:
+            _rotate(store, ref, k)
+        state = store.inspect(ref)
+        assert state.current_key_id == keys[-1]
+        assert state.current_since is not None
+        assert proxy.count("ListSecretVersionIds") >= 2
+        assert any(p.get("NextToken") for p in proxy.params("ListSecretVersionIds"))
+
+
+def _start_native_rotation(moto: MotoServer, raw: Any, secret: str) -> str:
+    """A rotation as Secrets Manager starts it: a version labelled AWSPENDING without a value yet."""
+    fn = _foreign_lambda(moto, raw, secret, "someone-elses-rotation")
+    token = str(uuid.uuid4())
+    raw.rotate_secret(SecretId=secret, ClientRequestToken=token, RotationLambdaARN=fn)
+    assert _labels(raw, secret)[token] == ["AWSPENDING"]
+    return token
+
+
+def test_an_empty_pending_version_is_read_once_not_at_every_inspect(
+    open_aws: Callable[..., AwsSecretsManagerStore], aws_proxy: FaultProxy, moto: MotoServer, raw: Any
+) -> None:
+    store = open_aws(aws_proxy.url)
+    ref = _ref("momento/empty-pending")
+    _rotate(store, ref, str(uuid.uuid4()))
+    token = _start_native_rotation(moto, raw, ref.secret)
+    aws_proxy.clear()
+    for _ in range(3):
+        state = store.inspect(ref)
+        assert [v.key_id for v in state.versions if v.version == token] == [None]
+    # AWS answers ResourceNotFoundException for a version without a value; the old store asked every time
+    assert aws_proxy.count("GetSecretValue") == 1
+
+
+def test_an_empty_pending_version_filled_later_is_seen(
+    moto: MotoServer, session: boto3.session.Session, raw: Any
+) -> None:
+    store = open_store("aws-test", _config(moto.url), session=session, describe_ttl=0)
+    ref = _ref("momento/filled-pending")
+    _rotate(store, ref, str(uuid.uuid4()))
+    token = _start_native_rotation(moto, raw, ref.secret)
+    assert [v.key_id for v in store.inspect(ref).versions if v.version == token] == [None]
+    k2 = str(uuid.uuid4())
+    raw.put_secret_value(  # the rotation function's createSecret, in another process
+        SecretId=ref.secret, ClientRequestToken=token, SecretString=_value(k2).reveal(), VersionStages=["AWSPENDING"]
+    )
+    # "no value" is remembered for describe_ttl only (0 here): the filled version is read again
+    assert [v.key_id for v in store.inspect(ref).versions if v.version == token] == [k2]
+    store.close()
+
+
+def test_replicas_are_encrypted_with_the_configured_kms_key(
+    open_aws: Callable[..., AwsSecretsManagerStore], aws_proxy: FaultProxy
+) -> None:
+    store = open_aws(aws_proxy.url, kms_key_id="alias/rotator", replica_regions=["us-west-2", "eu-west-1"])
+    ref = _ref("momento/replicated")
+    key = str(uuid.uuid4())
+    store.stage(ref, _value(key), _meta(key))
+    through = boto3.client("secretsmanager", region_name=REGION, endpoint_url=aws_proxy.url)
+    described = through.describe_secret(SecretId=ref.secret)
+    through.close()
+    # the old store sent AddReplicaRegions without KmsKeyId: the replicas used aws/secretsmanager
+    assert {r["Region"]: r["KmsKeyId"] for r in described["ReplicationStatus"]} == {
+        "us-west-2": "alias/rotator",
+        "eu-west-1": "alias/rotator",
+    }
+
+
+def test_replica_kms_keys_per_region() -> None:
+    mrk = "arn:aws:kms:us-east-1:123456789012:key/mrk-1234abcd12ab34cd56ef1234567890ab"
+    assert replica_kms_key(mrk, "eu-west-1") == mrk.replace("us-east-1", "eu-west-1")
+    assert replica_kms_key("alias/rotator", "eu-west-1") == "alias/rotator"
+    assert replica_kms_key("mrk-1234abcd12ab34cd56ef1234567890ab", "eu-west-1").startswith("mrk-")
+    alias_arn = "arn:aws:kms:us-east-1:123456789012:alias/rotator"
+    assert replica_kms_key(alias_arn, "eu-west-1") == "arn:aws:kms:eu-west-1:123456789012:alias/rotator"
+    single = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    with pytest.raises(ValueError, match="single-Region KMS key"):
+        replica_kms_key(single, "eu-west-1")
+    with pytest.raises(ValidationError, match="single-Region KMS key"):
+        StoreConfig(type="aws", kms_key_id=single, replica_regions=["eu-west-1"])
+    with pytest.raises(ValidationError, match="single-Region KMS key"):
+        TargetOptions(store="aws", secret="s", kms_key_id=single, replica_regions=["eu-west-1"])
+
+
+# ---- compare-and-set promote (expect_current) -------------------------------------------------------------
+
+
+def test_promote_with_expect_current_moves_when_current_matches(store: AwsSecretsManagerStore, raw: Any) -> None:
+    ref = _ref("momento/cas-ok")
+    k1, k2 = str(uuid.uuid4()), str(uuid.uuid4())
+    _rotate(store, ref, k1)
+    store.inspect(ref)
+    store.stage(ref, _value(k2), _meta(k2))
+    with count_calls("aws-secretsmanager") as calls:
+        store.promote(ref, k2, expect_current=k1)
+    # the conditional move is the one call: it names the version AWSCURRENT leaves (RemoveFromVersionId)
+    assert [(op, status) for _, op, status in calls] == [("UpdateSecretVersionStage", "200")]
+    labels = _labels(raw, ref.secret)
+    assert "AWSCURRENT" in labels[version_id_for(k2)] and "AWSPREVIOUS" in labels[version_id_for(k1)]
+    store.promote(ref, k2, expect_current=k1)  # already current: a no-op, whatever was expected
+
+
+def test_promote_with_expect_none_takes_over_a_foreign_value(store: AwsSecretsManagerStore, raw: Any) -> None:
+    first = raw.create_secret(Name="momento/cas-adopt", SecretString="written by hand")["VersionId"]
+    ref = _ref("momento/cas-adopt", adopt=True)
+    k1 = str(uuid.uuid4())
+    store.inspect(ref)
+    store.stage(ref, _value(k1), _meta(k1))
+    with pytest.raises(StorePreconditionFailed, match="holds key none, not " + k1[:8]):
+        store.promote(ref, k1, expect_current=k1 + "-not-current")
+    store.promote(ref, k1, expect_current=None)  # None: no rotator-written current value
+    labels = _labels(raw, ref.secret)
+    assert "AWSCURRENT" in labels[version_id_for(k1)] and "AWSPREVIOUS" in labels[first]
+
+
+def test_promote_with_expect_current_refuses_after_another_writer_promoted(
+    open_aws: Callable[..., AwsSecretsManagerStore], raw: Any
+) -> None:
+    ref = _ref("momento/cas-race")
+    k1, k2, k3 = (str(uuid.uuid4()) for _ in range(3))
+    a, b = open_aws(), open_aws()
+    _rotate(a, ref, k1)
+    a.inspect(ref)
+    a.stage(ref, _value(k2), _meta(k2))  # a read k1 as current and staged k2
+    _rotate(b, ref, k3)  # meanwhile b promotes k3
+    before = _labels(raw, ref.secret)
+    with count_calls("aws-secretsmanager") as calls, pytest.raises(StorePreconditionFailed) as info:
+        a.promote(ref, k2, expect_current=k1)
+    assert f"holds key {k3}, not {k1}" in str(info.value)
+    assert _labels(raw, ref.secret) == before  # nothing moved
+    ops = [(op, status) for _, op, status in calls]
+    # a's cached view still said k1: its conditional move was refused by Secrets Manager, then a looked again
+    assert ops == [("UpdateSecretVersionStage", "InvalidParameterException"), ("DescribeSecret", "200")]
+    assert a.inspect(ref).current_key_id == k3
+
+
+def test_promote_with_expect_current_refuses_a_fresh_mismatch_without_a_move(
+    store: AwsSecretsManagerStore, raw: Any
+) -> None:
+    ref = _ref("momento/cas-mismatch")
+    k1, k2 = str(uuid.uuid4()), str(uuid.uuid4())
+    _rotate(store, ref, k1)
+    store.stage(ref, _value(k2), _meta(k2))
+    before = _labels(raw, ref.secret)
+    with count_calls("aws-secretsmanager") as calls, pytest.raises(StorePreconditionFailed):
+        store.promote(ref, k2, expect_current=str(uuid.uuid4()))
+    assert "UpdateSecretVersionStage" not in [op for _, op, _ in calls]
+    assert _labels(raw, ref.secret) == before
+
+
 # ---- faults ----------------------------------------------------------------------------------------------
 
 
@@ -427,6 +692,37 @@ def test_rate_of_throttles_still_converges(open_aws: Callable[..., AwsSecretsMan
     _rotate(store, ref, key)
     assert store.inspect(ref).current_key_id == key
     assert proxy.faults  # the seeded rate did throttle something
+
+
+def test_cas_promote_whose_answer_is_lost_is_confirmed_by_a_second_look(
+    open_aws: Callable[..., AwsSecretsManagerStore], proxy: FaultProxy, raw: Any
+) -> None:
+    store = open_aws(proxy.url, max_attempts=1)  # no botocore retry: the store itself sees the lost answer
+    ref = _ref("momento/cas-lost-answer")
+    k1, k2 = str(uuid.uuid4()), str(uuid.uuid4())
+    _rotate(store, ref, k1)
+    store.stage(ref, _value(k2), _meta(k2))
+    proxy.inject("drop_after", operation="UpdateSecretVersionStage")  # the move is made, the answer lost
+    store.promote(ref, k2, expect_current=k1)
+    assert proxy.count("UpdateSecretVersionStage") == 1  # decided by reading again, not by sending it again
+    assert "AWSCURRENT" in _labels(raw, ref.secret)[version_id_for(k2)]
+
+
+def test_cas_promote_that_never_arrived_is_not_resent(
+    open_aws: Callable[..., AwsSecretsManagerStore], proxy: FaultProxy, raw: Any
+) -> None:
+    store = open_aws(proxy.url, max_attempts=1)
+    ref = _ref("momento/cas-dropped")
+    k1, k2 = str(uuid.uuid4()), str(uuid.uuid4())
+    _rotate(store, ref, k1)
+    store.stage(ref, _value(k2), _meta(k2))
+    proxy.inject("drop", operation="UpdateSecretVersionStage")  # never reached Secrets Manager
+    with pytest.raises(StoreUnavailable, match="UpdateSecretVersionStage"):
+        store.promote(ref, k2, expect_current=k1)
+    assert proxy.count("UpdateSecretVersionStage") == 1
+    assert "AWSCURRENT" in _labels(raw, ref.secret)[version_id_for(k1)]
+    store.promote(ref, k2, expect_current=k1)  # the next pass: the same conditional move, now answered
+    assert "AWSCURRENT" in _labels(raw, ref.secret)[version_id_for(k2)]
 
 
 def test_access_denied_names_the_iam_action(open_aws: Callable[..., AwsSecretsManagerStore], proxy: FaultProxy) -> None:
