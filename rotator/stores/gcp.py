@@ -61,6 +61,7 @@ from rotator.errors import (
     StoreIntegrityError,
     StoreNotFound,
     StorePermissionError,
+    StorePreconditionFailed,
     StoreUnavailable,
 )
 from rotator.keys import jwt_claims
@@ -646,7 +647,7 @@ class GcpSecretManagerStore:
         ``mutate`` returns ``None`` when there is nothing (left) to change. Raises StoreNotFound when the
         secret does not exist (any more), StoreUnavailable when other writers kept winning.
         """
-        for _ in range(self.config.conflict_retries):
+        for attempt in range(self.config.conflict_retries):
             if secret is None:
                 raise StoreNotFound("the secret does not exist", store=self.name, secret=ref.secret)
             change = mutate(secret)
@@ -661,13 +662,24 @@ class GcpSecretManagerStore:
             except _ApiError as exc:
                 if exc.kind not in ("etag", "precondition"):
                     raise
-                _log().info("gcp_etag_conflict", store=self.name, target=ref.secret)
+                self._conflict_backoff(ref, attempt)
                 secret = self._get(ref)
         raise StoreUnavailable(
             f"gave up after {self.config.conflict_retries} concurrent updates of the secret",
             store=self.name,
             secret=ref.secret,
         )
+
+    def _conflict_backoff(self, ref: TargetRef, attempt: int) -> None:
+        """Wait before re-reading after an etag conflict: another writer is at work (or the read was stale,
+        metadata reads may lag), and Secret Manager allows only a few writes a second per secret
+        (https://cloud.google.com/secret-manager/quotas), so retrying at once mostly loses again."""
+        retry = self.config.retry
+        delay = min(
+            retry.initial_backoff.total_seconds() * retry.multiplier**attempt, retry.max_backoff.total_seconds()
+        )
+        _log().info("gcp_etag_conflict", store=self.name, target=ref.secret, attempt=attempt + 1)
+        self._sleep(delay * self._random.uniform(0.5, 1.0))
 
     def _fit(self, ref: TargetRef, change: _Change) -> _Change:
         """Drop the oldest retired entries beyond ``keep_retired``, then while over the annotations budget."""
@@ -831,7 +843,7 @@ class GcpSecretManagerStore:
         with self._boundary(ref):
             key_id = meta.key_id
             secret = self._load(ref)
-            for _ in range(self.config.conflict_retries):
+            for attempt in range(self.config.conflict_retries):
                 if secret is None:
                     created = self._create(ref, meta)
                     if created is None:  # someone else created it first
@@ -877,7 +889,7 @@ class GcpSecretManagerStore:
                 except _ApiError as exc:
                     if exc.kind not in ("etag", "precondition"):
                         raise
-                    _log().info("gcp_etag_conflict", store=self.name, target=ref.secret)
+                    self._conflict_backoff(ref, attempt)
                     secret = self._get(ref)
                     continue
                 self._add_and_settle(ref, recorded, predicted, value, meta)
@@ -991,11 +1003,25 @@ class GcpSecretManagerStore:
         """Point the alias ``current`` at the version holding ``key_id`` (``previous`` at the one before) and
         record when: one UpdateSecret. Promoting the current key again changes nothing.
 
+        Compare-and-set (``expect_current`` other than ``ANY_CURRENT``): the alias map is only changed if the
+        version the alias ``current`` names still holds ``expect_current`` (``None``: no alias, or a version
+        rotator did not record). The check and the switch are one conditional write: the UpdateSecret carries
+        the etag read together with the alias, and Secret Manager refuses it when the secret changed since
+        ("etag: ... If this field is set and does not match the current etag, the request fails",
+        https://cloud.google.com/secret-manager/docs/reference/rest/v1/projects.secrets#Secret.FIELDS.etag).
+        On a mismatch the secret is read again (after a backoff) and the check redone on what it holds now.
+
         Raises: StoreNotFound (nothing staged for key_id), StoreConflict (its versions are retired),
-        StoreUnavailable, StorePermissionError.
+        StorePreconditionFailed (the current version no longer holds ``expect_current``), StoreUnavailable,
+        StorePermissionError.
         """
         with self._boundary(ref):
             now = _iso(self._clock())
+
+            def held(s: _Secret) -> str | None:
+                current = s.aliases.get(CURRENT)
+                entry = s.entries.get(current) if current is not None else None
+                return entry.key_id if entry is not None else None
 
             def mutate(s: _Secret) -> _Change | None:
                 mine = s.of_key(key_id)
@@ -1010,6 +1036,13 @@ class GcpSecretManagerStore:
                 current = s.aliases.get(CURRENT)
                 if current == target.version and target.state == LIVE:
                     return None
+                if current != target.version and expect_current is not ANY_CURRENT and held(s) != expect_current:
+                    raise StorePreconditionFailed(
+                        f"not promoting key {key_id}: the current version holds key {held(s) or 'none'}, "
+                        f"not {expect_current or 'none'} as read before",
+                        store=self.name,
+                        secret=ref.secret,
+                    )
                 aliases = dict(s.aliases)
                 if current is not None and current != target.version:
                     aliases[PREVIOUS] = current
@@ -1017,8 +1050,12 @@ class GcpSecretManagerStore:
                 live = replace(target, state=LIVE, promoted_at=now)
                 return _Change(dict(s.labels), {**s.annotations, _entry_key(target.version): live.dump()}, aliases)
 
+            secret = self._load(ref)
+            if expect_current is not ANY_CURRENT and secret is not None and held(secret) != expect_current:
+                # a copy from the cache may be older than what the caller read: judge on a fresh one
+                secret = self._get(ref)
             try:
-                self._update(ref, self._load(ref), mutate)
+                self._update(ref, secret, mutate)
             except _ApiError as exc:
                 if exc.kind == "bad_request":  # the alias names a version that does not exist
                     raise StoreNotFound(

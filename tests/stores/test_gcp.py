@@ -18,7 +18,13 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import secretmanager
 from pydantic import ValidationError
 
-from rotator.errors import StoreConflict, StoreNotFound, StorePermissionError, StoreUnavailable
+from rotator.errors import (
+    StoreConflict,
+    StoreNotFound,
+    StorePermissionError,
+    StorePreconditionFailed,
+    StoreUnavailable,
+)
 from rotator.model import SecretText
 from rotator.stores.base import TargetRef, VersionMeta
 from rotator.stores.gcp import GcpSecretManagerStore, StoreConfig, TargetOptions, key_id_in, open_store
@@ -50,7 +56,9 @@ StoreFactory = Callable[..., GcpSecretManagerStore]
 def make_store(server: SecretManagerServer) -> Iterator[StoreFactory]:
     opened: list[GcpSecretManagerStore] = []
 
-    def make(*, clock: Callable[[], datetime] | None = None, **cfg: Any) -> GcpSecretManagerStore:
+    def make(
+        *, clock: Callable[[], datetime] | None = None, sleep: Callable[[float], None] | None = None, **cfg: Any
+    ) -> GcpSecretManagerStore:
         body: dict[str, Any] = {
             "type": "gcp",
             "project": PROJECT,
@@ -64,6 +72,7 @@ def make_store(server: SecretManagerServer) -> Iterator[StoreFactory]:
             credentials=AnonymousCredentials(),
             client_options={"api_endpoint": server.endpoint},
             clock=clock,
+            sleep=sleep,
         )
         assert isinstance(s, GcpSecretManagerStore)
         opened.append(s)
@@ -318,6 +327,20 @@ def test_two_stores_staging_on_stale_etags_both_land(
     assert a.inspect(ref).current_key_id == ka
 
 
+def test_an_etag_conflict_backs_off_before_the_retry(server: SecretManagerServer, make_store: StoreFactory) -> None:
+    """Issue 11 item 5: a stale etag is retried after a pause, not at once (few writes/s per secret)."""
+    slept: list[float] = []
+    a = make_store()
+    b = make_store(sleep=slept.append, retry={"attempts": 3, "initial_backoff": "200ms", "max_backoff": "1s"})
+    ref = _fresh_ref()
+    _rotate(a, ref)
+    b.inspect(ref)
+    _stage(a, ref)  # b's copy is stale now
+    _stage(b, ref)
+    assert server.count("UpdateSecret", status=400) == 1
+    assert len(slept) == 1 and 0.1 <= slept[0] <= 0.2
+
+
 def test_addversion_numbers_swapped_by_a_concurrent_stage_are_settled(
     server: SecretManagerServer, make_store: StoreFactory
 ) -> None:
@@ -426,6 +449,98 @@ def test_retire_racing_a_promote_of_the_same_key_undoes_its_disable(
     assert s.aliases["current"] == 2
     assert s.versions[2].state == ENABLED
     assert _access(server, ref, "current") == v2.reveal()
+
+
+# ---- promote as a compare-and-set -------------------------------------------------------------------------
+
+
+def _stage(store: GcpSecretManagerStore, ref: TargetRef) -> str:
+    k = _key()
+    store.stage(ref, _value(k), _meta(k))
+    return k
+
+
+def test_promote_with_the_expected_current_switches(server: SecretManagerServer, store: GcpSecretManagerStore) -> None:
+    ref = _fresh_ref()
+    k1 = _stage(store, ref)
+    store.promote(ref, k1, expect_current=None)  # nothing current yet
+    k2 = _stage(store, ref)
+    store.promote(ref, k2, expect_current=k1)
+    assert server.secret(PROJECT, ref.secret).aliases == {"current": 2, "previous": 1}
+    store.promote(ref, k2, expect_current=k1)  # promoting the current key again: a no-op, whatever expected
+    assert store.inspect(ref).current_key_id == k2
+
+
+def test_promote_refuses_when_another_pass_promoted_first(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    a, b = make_store(), make_store()
+    ref = _fresh_ref()
+    k1, _ = _rotate(a, ref)
+    assert a.inspect(ref).current_key_id == k1
+    k2 = _stage(a, ref)
+    k3 = _stage(b, ref)
+    b.promote(ref, k3, expect_current=k1)
+    before = dict(server.secret(PROJECT, ref.secret).annotations)
+    with pytest.raises(StorePreconditionFailed, match=f"holds key {k3}, not {k1}"):
+        a.promote(ref, k2, expect_current=k1)
+    s = server.secret(PROJECT, ref.secret)
+    assert s.aliases["current"] == 3
+    assert s.annotations == before  # nothing changed
+    assert a.inspect(ref).current_key_id == k3
+
+
+def test_promote_refuses_when_a_writer_switches_between_its_read_and_its_write(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    """The alias update carries the etag read with the alias: a switch landing in between fails it (400), and
+    the re-read finds the current key is no longer the expected one."""
+    a, b = make_store(), make_store()
+    ref = _fresh_ref()
+    k1, _ = _rotate(a, ref)
+    k2 = _stage(a, ref)
+    k3 = _stage(b, ref)
+    a.inspect(ref)  # a's copy: k1 current, k2 and k3 staged
+    fired = threading.Event()
+
+    def before(method: str, op: str, path: str) -> None:
+        if op == "UpdateSecret" and not fired.is_set():
+            fired.set()
+            b.promote(ref, k3)  # lands while a's UpdateSecret is on its way
+
+    server.before = before
+    with pytest.raises(StorePreconditionFailed):
+        a.promote(ref, k2, expect_current=k1)
+    server.before = None
+    assert server.count("UpdateSecret", status=400) == 1  # a's conditional write was refused on the etag
+    s = server.secret(PROJECT, ref.secret)
+    assert s.aliases == {"current": 3, "previous": 1}
+    assert _entries(server, ref)[2]["state"] == "staged"
+    assert _access(server, ref, "current") == a.read(ref, k3).reveal()
+
+
+def test_promote_on_a_stale_cached_copy_checks_a_fresh_read(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    a, b = make_store(), make_store()
+    ref = _fresh_ref()
+    _rotate(a, ref)
+    k2 = _stage(a, ref)  # a's cache: k1 current
+    k3 = _stage(b, ref)
+    b.promote(ref, k3)
+    a.promote(ref, k2, expect_current=k3)  # the caller read k3 as current after a's cache was filled
+    assert server.secret(PROJECT, ref.secret).aliases == {"current": 2, "previous": 3}
+
+
+def test_promote_expecting_nothing_refuses_a_current_version(
+    server: SecretManagerServer, store: GcpSecretManagerStore
+) -> None:
+    ref = _fresh_ref()
+    k1, _ = _rotate(store, ref)
+    k2 = _stage(store, ref)
+    with pytest.raises(StorePreconditionFailed):
+        store.promote(ref, k2, expect_current=None)
+    assert store.inspect(ref).current_key_id == k1
 
 
 # ---- crashes between calls ---------------------------------------------------------------------------------
