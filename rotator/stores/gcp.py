@@ -9,8 +9,9 @@ and redo the change):
 - one annotation per version rotator wrote, ``rotator-v<N>`` = compact JSON
   ``{"key": <key id>, "state": "staged"|"live"|"retired", "at": <staged>, "expires": <key expiry>,
   "promoted_at": <made current>, "retired_at": <disabled>}`` (times ISO 8601 UTC, seconds), plus
-  ``rotator-schema: "1"``. Entries of destroyed versions are dropped, and only the ``keep_retired`` newest
-  retired entries are kept, so the annotations stay far below Secret Manager's 16 KiB;
+  ``rotator-schema: "1"``. Entries of destroyed versions are dropped; without ``destroy_after`` only the
+  ``keep_retired`` newest retired entries are kept, with it every entry of a version still to be destroyed
+  is (shortened near the limit), so the annotations stay below Secret Manager's 16 KiB;
 - the version aliases ``current`` (the version :meth:`~GcpSecretManagerStore.promote` made current) and
   ``previous`` (the one before it, until it is retired).
 
@@ -682,15 +683,31 @@ class GcpSecretManagerStore:
         self._sleep(delay * self._random.uniform(0.5, 1.0))
 
     def _fit(self, ref: TargetRef, change: _Change) -> _Change:
-        """Drop the oldest retired entries beyond ``keep_retired``, then while over the annotations budget."""
+        """Drop the oldest retired entries beyond ``keep_retired``, then while over the annotations budget.
+
+        With ``destroy_after`` set, a retired entry is the only record of a version still to be destroyed (the
+        entry of a destroyed version is dropped by the retire that destroys it), so it is never dropped: over
+        the budget it is shortened to what destroying needs (key, state, retired_at). ``keep_retired`` only
+        bounds the entries of versions that stay disabled for good.
+        """
         ann = dict(change.annotations)
-        retired = sorted(v for v, e in _entries_of(ann).items() if e.state == RETIRED)
+        entries = _entries_of(ann)
+        retired = sorted(v for v, e in entries.items() if e.state == RETIRED)
+        if self.config.destroy_after is not None:
+            pending, retired = retired, []
+        else:
+            pending = []
         excess = max(0, len(retired) - self.config.keep_retired)
         for v in retired[:excess]:
             del ann[_entry_key(v)]
         retired = retired[excess:]
         while _annotations_size(ann) > ANNOTATION_BUDGET and retired:
             del ann[_entry_key(retired.pop(0))]
+        for v in pending:
+            if _annotations_size(ann) <= ANNOTATION_BUDGET:
+                break
+            e = entries[v]
+            ann[_entry_key(v)] = _Entry(v, e.key_id, RETIRED, retired_at=e.retired_at).dump()
         if _annotations_size(ann) >= ANNOTATION_LIMIT:
             raise StoreConflict(
                 f"the secret's annotations would exceed Secret Manager's 16 KiB ({_annotations_size(ann)} bytes); "

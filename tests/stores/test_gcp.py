@@ -285,6 +285,57 @@ def test_retire_destroys_versions_disabled_long_enough(
     assert sorted(_entries(server, ref)) == [2, 3, 4]
 
 
+def test_a_year_of_weekly_rotations_destroys_every_version_due(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    """Issue 11 item 8: with keep_retired 3 and destroy_after 30d, pruning the bookkeeping used to forget
+    versions before they were due, so nothing was ever destroyed and old versions stayed DISABLED, untracked."""
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    store = make_store(keep_retired=3, destroy_after="30d", clock=lambda: now[0])
+    ref = _fresh_ref()
+    keys = [_rotate(store, ref)[0]]
+    per_week: list[int] = []
+    for _ in range(52):
+        now[0] += timedelta(days=7)
+        with count_calls(SERVICE) as calls:
+            store.inspect(ref)
+            keys.append(_rotate(store, ref)[0])
+            now[0] += timedelta(hours=1)  # grace
+            store.inspect(ref)
+            store.retire(ref, keys[-2])
+        per_week.append(len(calls))
+        now[0] -= timedelta(hours=1)
+    s = server.secret(PROJECT, ref.secret)
+    entries = _entries(server, ref)
+    states = {n: v.state for n, v in s.versions.items()}
+    assert len(states) == 53
+    disabled = sorted(n for n, st in states.items() if st == DISABLED)
+    # retired weekly, destroyed by the first retire 30 days or more later: the last 5 retired are still due
+    assert disabled == list(range(48, 53))
+    assert all(states[n] == DESTROYED for n in range(1, 48))
+    assert all(entries[n]["state"] == "retired" for n in disabled)  # every version still to destroy is tracked
+    assert sorted(entries) == [*disabled, 53]  # destroyed versions are forgotten, nothing else
+    assert states[53] == ENABLED and s.aliases == {"current": 53}
+    # per rotation: the calls do not grow (one DestroySecretVersion more once versions come due)
+    assert max(per_week) - min(per_week) <= 1 and per_week[-1] == per_week[10]
+
+
+def test_versions_due_for_destruction_are_never_pruned_over_the_budget(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    store = make_store(keep_retired=0, destroy_after="400d", clock=lambda: now[0])
+    ref = _fresh_ref()
+    keys = [_rotate(store, ref)[0]]
+    for _ in range(70):  # 70 full entries do not fit in the annotations budget: retired ones are shortened
+        now[0] += timedelta(days=1)
+        keys.append(_rotate(store, ref)[0])
+        store.retire(ref, keys[-2])
+    entries = _entries(server, ref)
+    assert sorted(entries) == list(range(1, 72))
+    assert all(entries[n]["state"] == "retired" and "retired_at" in entries[n] for n in range(1, 71))
+
+
 def test_destroy_after_must_be_at_least_an_hour() -> None:
     with pytest.raises(ValidationError, match="destroy_after must be at least 1h"):
         StoreConfig(type="gcp", project=PROJECT, destroy_after="10m")  # type: ignore[arg-type]
