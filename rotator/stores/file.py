@@ -97,7 +97,8 @@ def private_dir_problem(path: Path, *, require_dir: bool = True) -> str | None:
 
 def store_tree_problems(root: Path, *, limit: int = 5) -> list[str]:
     """:func:`private_dir_problem` for ``root`` and every directory under it (symlinks are not followed)."""
-    problems = [p for p in [private_dir_problem(root)] if p]
+    # a root that is not a directory fails every operation with a store error of its own, as before
+    problems = [p for p in [private_dir_problem(root, require_dir=False)] if p]
     if problems or not root.is_dir():
         return problems
     for base, dirs, _ in os.walk(root):
