@@ -17,8 +17,9 @@ and redo the change):
 
 ``add_secret_version`` makes the new version ``latest`` at once: consumers that read ``latest`` pick a key up
 when it is staged, consumers that read the alias ``current`` when it is promoted (rotator stages, reads back
-and promotes in one go, so the two differ for seconds). Retiring disables old versions, so ``latest`` keeps
-resolving to the newest key.
+and promotes in one go, so the two differ for seconds). ``latest`` is the most recently created version
+whatever its state, so retiring never leaves a disabled version above the current one: when it would (a key
+staged, never promoted, then retired), the current key is added again as the newest version.
 
 Staging is crash-safe without listing versions: the entry for the new version is written *before*
 ``addVersion``, with the number the version will get (the highest number rotator knows of, plus one). If the
@@ -843,7 +844,8 @@ class GcpSecretManagerStore:
 
     def _inspect_unmanaged(self, ref: TargetRef) -> SecretState:
         listed = self._list_first_page(ref)
-        latest = next((n for n, state, _ in listed if state == _ENABLED), None)
+        # what readers of `latest` get: the most recently created version (newest first), if it is enabled
+        latest = listed[0][0] if listed and listed[0][1] == _ENABLED else None
         versions = tuple(
             StoredVersion(str(n), None, created, n == latest, state == _ENABLED) for n, state, created in listed
         )
@@ -1139,7 +1141,7 @@ class GcpSecretManagerStore:
                 return _Change(dict(s.labels), ann, aliases)
 
             try:
-                self._update(ref, secret, mutate)
+                updated = self._update(ref, secret, mutate)
             except _CurrentRaced as raced:
                 name = f"{self._secret_name(ref)}/versions/{raced.version}"
                 self._call(
@@ -1150,6 +1152,61 @@ class GcpSecretManagerStore:
                     store=self.name,
                     secret=ref.secret,
                 ) from None
+            cur = updated.aliases.get(CURRENT)
+            if cur is not None and any(e.state == RETIRED and e.version > cur for e in updated.entries.values()):
+                self._republish_current(ref, updated)
+
+    def _republish_current(self, ref: TargetRef, secret: _Secret) -> None:
+        """Add the current key again as the newest version and point ``current`` at it.
+
+        ``latest`` is "the most recently created SecretVersion" whatever its state
+        (https://cloud.google.com/secret-manager/docs/reference/rest/v1/projects.secrets.versions/access), so a
+        version disabled above the current one (a key staged and never promoted, then retired) would make
+        every read of ``latest`` fail. Adding a version is the only way to make one newest. Crash-safe like
+        :meth:`stage`: the entry is recorded before ``addVersion``; the older version holding the key stays
+        enabled and is retired with the key. Costs an access, two UpdateSecret and an addVersion, only then.
+        """
+        current = secret.aliases.get(CURRENT)
+        entry = secret.entries.get(current) if current is not None else None
+        if entry is None or entry.state != LIVE:
+            return
+        status, data = self._access(ref, entry.version)
+        if status != "ok":
+            return
+        stamp = _iso(self._clock())
+        predicted = secret.head + 1
+
+        def record(s: _Secret) -> _Change | None:
+            if s.aliases.get(CURRENT) != current or _entry_key(predicted) in s.annotations:
+                return None  # promoted or staged meanwhile: that newer version is what readers get
+            staged = replace(entry, version=predicted, state=STAGED, at=stamp)
+            return _Change(dict(s.labels), {**s.annotations, _entry_key(predicted): staged.dump()}, dict(s.aliases))
+
+        recorded = self._update(ref, secret, record)
+        if _Entry.load(predicted, recorded.annotations.get(_entry_key(predicted), "")) != replace(
+            entry, version=predicted, state=STAGED, at=stamp
+        ):
+            return
+        try:
+            value = SecretText(data.decode())
+        except UnicodeDecodeError:
+            return
+        number = self._add_version(ref, value)
+        _log().info("gcp_current_republished", store=self.name, target=ref.secret, version=number)
+
+        def settle(s: _Secret) -> _Change:
+            ann, aliases = dict(s.annotations), dict(s.aliases)
+            if number != predicted:
+                old = _Entry.load(predicted, ann.get(_entry_key(predicted), ""))
+                if old is not None and old.key_id == entry.key_id and old.state == STAGED:
+                    del ann[_entry_key(predicted)]
+            state = STAGED
+            if aliases.get(CURRENT) == current:
+                aliases[CURRENT], state = number, LIVE
+            ann[_entry_key(number)] = replace(entry, version=number, state=state, at=stamp).dump()
+            return _Change(dict(s.labels), ann, aliases)
+
+        self._update(ref, recorded, settle)
 
     def close(self) -> None:
         """Close the client's channel or session. Idempotent."""

@@ -8,8 +8,9 @@ speaks the parts of the Secret Manager v1 REST API that rotator and its tests us
   ``annotations``, ``versionAliases``; each masked map is replaced whole);
 - ``POST .../secrets/S:addVersion`` with ``dataCrc32c`` checking (400 ``INVALID_ARGUMENT`` on a mismatch);
   versions are numbered 1, 2, 3... per secret and never reused;
-- ``GET .../versions/{N|latest|alias}:access`` (``latest`` is the newest ENABLED version; a disabled or
-  destroyed version gives 400 ``FAILED_PRECONDITION``), ``GET .../versions/{N|latest|alias}``;
+- ``GET .../versions/{N|latest|alias}:access`` (``latest`` is the most recently created version whatever its
+  state, as the service documents it; a disabled or destroyed version gives 400 ``FAILED_PRECONDITION``),
+  ``GET .../versions/{N|latest|alias}``;
 - ``GET .../versions?pageSize=&pageToken=&filter=`` newest first, paged with ``nextPageToken``;
   ``filter`` understands ``state:ENABLED`` / ``state:DISABLED`` / ``state:DESTROYED``;
 - ``POST .../versions/N:enable|:disable|:destroy`` with an optional version ``etag``;
@@ -133,8 +134,10 @@ class Secret:
         return f"projects/{self.project}/secrets/{self.secret_id}"
 
     def latest(self) -> Version | None:
-        enabled = [v for v in self.versions.values() if v.state == ENABLED]
-        return max(enabled, key=lambda v: v.number) if enabled else None
+        """The most recently created version, whatever its state: "latest" is "an alias to the most recently
+        created SecretVersion" (https://cloud.google.com/secret-manager/docs/reference/rest/v1/projects.secrets.versions/access),
+        so when that version is disabled, accessing ``latest`` fails even if older versions are enabled."""
+        return max(self.versions.values(), key=lambda v: v.number) if self.versions else None
 
 
 @dataclass

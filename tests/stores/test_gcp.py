@@ -336,6 +336,34 @@ def test_versions_due_for_destruction_are_never_pruned_over_the_budget(
     assert all(entries[n]["state"] == "retired" and "retired_at" in entries[n] for n in range(1, 71))
 
 
+def test_retiring_a_staged_key_above_current_leaves_latest_on_the_current_key(
+    server: SecretManagerServer, store: GcpSecretManagerStore
+) -> None:
+    """Issue 11 item 7: `latest` is the most recently created version whatever its state. A key staged and
+    never promoted (a pass that died, an orphan) and then retired left a DISABLED version above the current
+    one, so every consumer reading `latest` got FAILED_PRECONDITION."""
+    ref = _fresh_ref()
+    k1, v1 = _rotate(store, ref)
+    k2 = _stage(store, ref)  # version 2, never promoted
+    store.inspect(ref)
+    store.retire(ref, k2)  # the planner retires the orphan before revoking it
+    s = server.secret(PROJECT, ref.secret)
+    assert s.versions[2].state == DISABLED
+    latest = s.latest()
+    assert latest is not None and latest.state == ENABLED
+    assert _access(server, ref, "latest") == v1.reveal()
+    assert _access(server, ref, "current") == v1.reveal()
+    state = store.inspect(ref)
+    assert state.current_key_id == k1
+    assert store.read(ref, k1) == v1
+    # the key's versions are all retired with it later
+    _rotate(store, ref)
+    store.retire(ref, k1)
+    s = server.secret(PROJECT, ref.secret)
+    assert [n for n, v in s.versions.items() if v.state == ENABLED] == [max(s.versions)]
+    assert _versions_holding(server, ref, k1) == [1, 3]
+
+
 def test_destroy_after_must_be_at_least_an_hour() -> None:
     with pytest.raises(ValidationError, match="destroy_after must be at least 1h"):
         StoreConfig(type="gcp", project=PROJECT, destroy_after="10m")  # type: ignore[arg-type]
