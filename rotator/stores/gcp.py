@@ -35,7 +35,9 @@ Reads made by ``inspect`` (and the results of writes) are reused by the followin
 (default 60 s); every write carries the etag, so a stale copy costs one retry, never a lost update.
 
 Errors are caught by their google.api_core base classes, so the gRPC (default) and REST transports behave the
-same: 429/500/503/504 and connection errors are retried with exponential backoff and jitter, then raise
+same: 429/500/503/504 and connection errors of idempotent calls are retried by ``google.api_core.retry.Retry``
+(exponential backoff, jitter, ``retry.deadline``); an AddSecretVersion is never resent blindly (it is read
+back by number first, :meth:`GcpSecretManagerStore._add_version`); then they raise
 :class:`~rotator.errors.StoreUnavailable`; 403 raises :class:`~rotator.errors.StorePermissionError` naming
 the permission and the role to grant. ``google.*`` is imported by :func:`open_store` only.
 """
@@ -155,14 +157,20 @@ Replication = Literal["automatic"] | UserManagedReplication
 
 
 class RetrySettings(BaseModel):
-    """Retries of throttled (429) and failing (500/503/504, connection errors) calls."""
+    """Retries of throttled (429) and failing (500/503/504, connection errors) calls.
+
+    The defaults outlast a per-minute quota (600 writes a minute per project, and a few writes a second on one
+    secret: https://cloud.google.com/secret-manager/quotas): up to 12 attempts within 2 minutes.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    attempts: int = Field(default=5, ge=1, le=20)
+    attempts: int = Field(default=12, ge=1, le=30)
     initial_backoff: Duration = timedelta(milliseconds=500)
     max_backoff: Duration = timedelta(seconds=20)
     multiplier: float = Field(default=2.0, ge=1.0, le=10.0)
+    #: stop retrying one call this long after its first attempt
+    deadline: Duration = timedelta(minutes=2)
 
 
 class StoreConfig(BaseModel):
@@ -462,19 +470,31 @@ class GcpSecretManagerStore:
 
     # -- one API call: retries, accounting, translation ------------------------------------------------------
 
-    def _call(self, op: str, ref: TargetRef, fn: Callable[[], T]) -> T:
-        """Run one API operation: one ``record_call`` per attempt, backoff on 429/5xx/connection errors."""
-        g, retry = self._g, self.config.retry
-        delay = retry.initial_backoff.total_seconds()
-        for attempt in range(1, retry.attempts + 1):
+    def _call(self, op: str, ref: TargetRef, fn: Callable[[], T], *, idempotent: bool = True) -> T:
+        """Run one API operation: one ``record_call`` per attempt.
+
+        An idempotent operation (every read; UpdateSecret, which carries the etag; enable, disable, destroy
+        and CreateSecret, whose repeat is refused harmlessly) is retried by ``google.api_core.retry.Retry`` on
+        429, 500, 503, 504 and connection errors, with exponential backoff and jitter, at most
+        ``retry.attempts`` times within ``retry.deadline``. AddSecretVersion is not idempotent (each call makes
+        a version), and the client library gives it no default retry for that reason (only
+        AccessSecretVersion has one, in the transport's ``_prep_wrapped_messages``): with
+        ``idempotent=False`` only a 429 (refused, not carried out) is retried here; any other failure is
+        raised for :meth:`_add_version` to look before it adds again.
+        """
+        from google.api_core import retry as gretry
+
+        g, settings = self._g, self.config.retry
+        attempts = 0
+
+        def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
             try:
                 result = fn()
             except g.GoogleAPICallError as exc:
                 record_call(SERVICE, op, exc.code if exc.code is not None else type(exc).__name__)
-                if isinstance(exc, self._retryable) and attempt < retry.attempts:
-                    delay = self._backoff(delay, op, ref, exc.code)
-                    continue
-                raise self._translate(op, ref, exc, attempt) from exc
+                raise
             except self._auth.RefreshError as exc:
                 record_call(SERVICE, op, "RefreshError")
                 raise StorePermissionError(
@@ -484,24 +504,47 @@ class GcpSecretManagerStore:
                 ) from exc
             except (OSError, self._auth.TransportError) as exc:
                 record_call(SERVICE, op, type(exc).__name__)
-                if attempt < retry.attempts:
-                    delay = self._backoff(delay, op, ref, type(exc).__name__)
-                    continue
-                raise StoreUnavailable(
-                    f"{op}: Secret Manager could not be reached after {attempt} attempts ({type(exc).__name__})",
-                    store=self.name,
-                    secret=ref.secret,
-                ) from exc
-            else:
-                record_call(SERVICE, op, 200)
-                return result
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise
+            record_call(SERVICE, op, 200)
+            return result
 
-    def _backoff(self, delay: float, op: str, ref: TargetRef, status: object) -> float:
-        retry = self.config.retry
-        _log().info("gcp_retry", store=self.name, target=ref.secret, operation=op, status=str(status))
-        self._sleep(delay * self._random.uniform(0.5, 1.0))
-        return min(delay * retry.multiplier, retry.max_backoff.total_seconds())
+        def retryable(exc: Exception) -> bool:
+            if attempts >= settings.attempts:
+                return False
+            if not idempotent:
+                return isinstance(exc, g.TooManyRequests | g.ResourceExhausted)
+            return isinstance(exc, (*self._retryable, OSError, self._auth.TransportError))
+
+        def on_error(exc: Exception) -> None:
+            status = getattr(exc, "code", None) or type(exc).__name__
+            _log().info("gcp_retry", store=self.name, target=ref.secret, operation=op, status=str(status))
+
+        policy = gretry.Retry(
+            predicate=retryable,
+            initial=settings.initial_backoff.total_seconds(),
+            maximum=settings.max_backoff.total_seconds(),
+            multiplier=settings.multiplier,
+            timeout=settings.deadline.total_seconds(),
+            on_error=on_error,
+        )
+        try:
+            return policy(attempt)()
+        except g.RetryError as exc:  # the deadline passed
+            cause = exc.cause
+            if isinstance(cause, g.GoogleAPICallError):
+                raise self._translate(op, ref, cause, attempts) from cause
+            raise self._unreachable(op, ref, cause, attempts) from exc
+        except g.GoogleAPICallError as exc:
+            raise self._translate(op, ref, exc, attempts) from exc
+        except (OSError, self._auth.TransportError) as exc:
+            raise self._unreachable(op, ref, exc, attempts) from exc
+
+    def _unreachable(self, op: str, ref: TargetRef, exc: BaseException | None, attempts: int) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"{op}: Secret Manager could not be reached after {attempts} attempts ({type(exc).__name__})",
+            store=self.name,
+            secret=ref.secret,
+        )
 
     def _status_name(self, exc: Any) -> str:
         code = getattr(exc, "grpc_status_code", None)
@@ -720,7 +763,11 @@ class GcpSecretManagerStore:
 
     # -- versions -------------------------------------------------------------------------------------------
 
-    def _add_version(self, ref: TargetRef, value: SecretText) -> int:
+    def _add_version(self, ref: TargetRef, value: SecretText, *, after: int = 0) -> int:
+        """AddSecretVersion, never resent blindly: after a failure that leaves open whether the version was
+        made (503, 500, DEADLINE_EXCEEDED, a reset connection), the versions above ``after`` (the highest
+        number known before) are read back by number and compared with ``value`` (CRC32C-checked bytes); only
+        when none holds it is the version added again."""
         import google_crc32c
 
         data = value.reveal().encode()
@@ -728,8 +775,29 @@ class GcpSecretManagerStore:
             "parent": self._secret_name(ref),
             "payload": {"data": data, "data_crc32c": google_crc32c.value(data)},
         }
+        settings = self.config.retry
         try:
-            pb = self._call("AddSecretVersion", ref, lambda: self._client.add_secret_version(**self._kw(request)))
+            for attempt in range(settings.attempts):
+                try:
+                    pb = self._call(
+                        "AddSecretVersion",
+                        ref,
+                        lambda: self._client.add_secret_version(**self._kw(request)),
+                        idempotent=False,
+                    )
+                    break
+                except StoreUnavailable:
+                    found = self._added_already(ref, data, after)
+                    if found is not None:
+                        _log().info("gcp_add_version_had_landed", store=self.name, target=ref.secret, version=found)
+                        return found
+                    if attempt + 1 == settings.attempts:
+                        raise
+                    delay = min(
+                        settings.initial_backoff.total_seconds() * settings.multiplier**attempt,
+                        settings.max_backoff.total_seconds(),
+                    )
+                    self._sleep(delay * self._random.uniform(0.5, 1.0))
         except _ApiError as exc:
             if exc.kind == "not_found":
                 self._forget(ref)
@@ -744,6 +812,21 @@ class GcpSecretManagerStore:
                 ) from exc
             raise
         return int(str(pb.name).rsplit("/", 1)[1])
+
+    def _added_already(self, ref: TargetRef, data: bytes, after: int, *, probes: int = 25) -> int | None:
+        """The number of an enabled version above ``after`` whose payload is ``data``, else None.
+
+        Versions are numbered 1, 2, 3... and never reused, so the one a lost addVersion made is ``after + 1``
+        or, when others added versions meanwhile, a little above. They are read by number (AccessSecretVersion:
+        reading a version by its number is the strongly consistent read, unlike listing, aliases and
+        ``latest``), upwards until a number that does not exist."""
+        for number in range(after + 1, after + 1 + probes):
+            status, payload = self._access(ref, number)
+            if status == "missing":
+                return None
+            if status == "ok" and payload == data:
+                return number
+        return None
 
     def _access(self, ref: TargetRef, version: int) -> tuple[Literal["ok", "missing", "unusable"], bytes]:
         """The payload of a version: ``("ok", data)``, ``("missing", b"")`` when the version does not exist,
@@ -973,7 +1056,7 @@ class GcpSecretManagerStore:
         drop: int | None = None,
     ) -> None:
         """addVersion; when it got another number than recorded, move the entry there (etag-guarded)."""
-        number = self._add_version(ref, value)
+        number = self._add_version(ref, value, after=predicted - 1 if predicted else secret.head)
         if number == predicted:
             return
         wrong = {v for v in (predicted, drop) if v is not None}
@@ -1191,7 +1274,7 @@ class GcpSecretManagerStore:
             value = SecretText(data.decode())
         except UnicodeDecodeError:
             return
-        number = self._add_version(ref, value)
+        number = self._add_version(ref, value, after=predicted - 1)
         _log().info("gcp_current_republished", store=self.name, target=ref.secret, version=number)
 
         def settle(s: _Secret) -> _Change:

@@ -22,7 +22,10 @@ speaks the parts of the Secret Manager v1 REST API that rotator and its tests us
   otherwise; int64 fields (``dataCrc32c``, alias targets) as decimal strings, like proto3 JSON;
 - error bodies ``{"error": {"code", "message", "status"}}``;
 - injectable faults: :meth:`SecretManagerServer.fail_next` queues statuses (429 ``RESOURCE_EXHAUSTED``,
-  503 ``UNAVAILABLE``, ...) for the next matching requests, :attr:`SecretManagerServer.fail_rate` fails a
+  503 ``UNAVAILABLE``, 504 ``DEADLINE_EXCEEDED``, 0 for a reset connection) for the next matching requests,
+  instead of carrying them out or, with ``after=True``, after carrying them out (the answer lost: an
+  ``addVersion`` resent then makes a second version, which is why the client library gives AddSecretVersion
+  no default retry), :attr:`SecretManagerServer.fail_rate` fails a
   seeded random share of them, :meth:`SecretManagerServer.deny` answers 403 ``PERMISSION_DENIED`` for an
   operation, and :attr:`SecretManagerServer.before` runs a hook before a request is served (to interleave a
   concurrent writer deterministically).
@@ -145,6 +148,7 @@ class Fault:
     status: int
     method: str | None
     op: str | None
+    after: bool = False
 
     def matches(self, method: str, op: str) -> bool:
         return (self.method is None or self.method == method) and (self.op is None or self.op == op)
@@ -210,11 +214,18 @@ class SecretManagerServer:
 
     # -- test controls ---------------------------------------------------------------------------------------
 
-    def fail_next(self, status: int, *, times: int = 1, method: str | None = None, op: str | None = None) -> None:
-        """Answer the next ``times`` requests matching ``method``/``op`` (``"AddSecretVersion"``...) with ``status``."""
+    def fail_next(
+        self, status: int, *, times: int = 1, method: str | None = None, op: str | None = None, after: bool = False
+    ) -> None:
+        """Answer the next ``times`` requests matching ``method``/``op`` (``"AddSecretVersion"``...) with ``status``.
+
+        With ``after``, the request is carried out first and then answered with the fault: the answer was lost
+        (a 503 or 504 from a front end, DEADLINE_EXCEEDED) although the change was made. Status ``0`` closes the
+        connection without any answer (a reset), the request carried out or not as ``after`` says.
+        """
         with self._lock:
             for _ in range(times):
-                self.faults.append(Fault(status, method, op))
+                self.faults.append(Fault(status, method, op, after))
 
     def deny(self, op: str) -> None:
         """Answer 403 ``PERMISSION_DENIED`` to every ``op`` request (e.g. ``"UpdateSecret"``)."""
@@ -282,7 +293,7 @@ class SecretManagerServer:
             try:
                 if op == "Unknown":
                     raise _error(404, f"Method not found: {method} {path}", "NOT_FOUND")
-                self._maybe_fail(method, op)
+                late = self._maybe_fail(method, op)
                 if op in self.denied:
                     resource = f"projects/{args[0]}" + (f"/secrets/{args[1]}" if len(args) > 1 else "")
                     raise _error(
@@ -290,18 +301,24 @@ class SecretManagerServer:
                         f"Permission '{PERMISSIONS[op]}' denied for resource '{resource}' (or it may not exist).",
                     )
                 status, out = 200, self._dispatch(op, args, query, _json(body), ints)
+                if late is not None:
+                    raise _fault(late.status)
             except _Reply as reply:
                 status, out = reply.status, reply.body
             self.requests.append((method, op, path, status))
             return status, out
 
-    def _maybe_fail(self, method: str, op: str) -> None:
+    def _maybe_fail(self, method: str, op: str) -> Fault | None:
+        """Raise the first queued fault for this request, or return it when it applies after the request."""
         for i, f in enumerate(self.faults):
             if f.matches(method, op):
                 del self.faults[i]
+                if f.after:
+                    return f
                 raise _fault(f.status)
         if self.fail_rate and self._random.random() < self.fail_rate:
             raise _fault(self.fail_rate_status)
+        return None
 
     def _dispatch(self, op: str, args: list[str], query: dict[str, list[str]], body: dict[str, Any], ints: bool) -> Any:
         if op == "CreateSecret":
@@ -482,10 +499,13 @@ class SecretManagerServer:
 
 
 def _fault(status: int) -> _Reply:
+    if status == 0:
+        return _Reply(0, {})
     messages = {
         429: "Quota exceeded for quota metric 'Access requests' and limit 'Access requests per minute'.",
         500: "Internal error encountered.",
         503: "The service is currently unavailable.",
+        504: "Deadline expired before operation could complete.",
     }
     return _error(status, messages.get(status, f"injected fault {status}"), STATUS_NAMES.get(status, "UNKNOWN"))
 
@@ -590,6 +610,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         status, out = self.owner.handle(self.command, self.path, body)
+        if status == 0:  # a reset: no answer at all
+            self.close_connection = True
+            return
         data = json.dumps(out).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=UTF-8")

@@ -770,6 +770,61 @@ def test_429_and_503_are_retried(server: SecretManagerServer, store: GcpSecretMa
     assert store.inspect(ref).current_key_id == k
 
 
+@pytest.mark.parametrize("status", [503, 504, 500, 0])
+def test_an_addversion_whose_answer_was_lost_is_not_sent_again(
+    server: SecretManagerServer, store: GcpSecretManagerStore, status: int
+) -> None:
+    """Issue 11 item 5: the version was made but the answer lost (0: the connection reset). Resending would
+    make a second ENABLED version of the key; rotator reads the next version number back and finds it."""
+    ref = _fresh_ref()
+    _rotate(store, ref)
+    k = _key()
+    v = _value(k)
+    server.fail_next(status, op="AddSecretVersion", after=True)
+    with count_calls(SERVICE) as calls:
+        store.stage(ref, v, _meta(k))
+    assert _versions_holding(server, ref, k) == [2]
+    assert len(server.secret(PROJECT, ref.secret).versions) == 2
+    assert [op for _, op, _ in calls].count("AddSecretVersion") == 1
+    assert store.read(ref, k) == v
+    store.promote(ref, k)
+    assert store.inspect(ref).current_key_id == k
+
+
+def test_an_addversion_that_did_not_land_is_sent_again_after_looking(
+    server: SecretManagerServer, store: GcpSecretManagerStore
+) -> None:
+    ref = _fresh_ref()
+    _rotate(store, ref)
+    k = _key()
+    server.fail_next(503, op="AddSecretVersion")  # refused before anything was made
+    with count_calls(SERVICE) as calls:
+        store.stage(ref, _value(k), _meta(k))
+    assert [(op, st) for _, op, st in calls if op != "GetSecret"] == [
+        ("UpdateSecret", "200"),
+        ("AddSecretVersion", "503"),
+        ("AccessSecretVersion", "404"),  # version 2 does not exist: it was not made
+        ("AddSecretVersion", "200"),
+    ]
+    assert _versions_holding(server, ref, k) == [2]
+
+
+def test_retries_stop_at_the_deadline(server: SecretManagerServer, make_store: StoreFactory) -> None:
+    store = make_store(retry={"attempts": 30, "initial_backoff": "20ms", "max_backoff": "20ms", "deadline": "0.1s"})
+    server.fail_next(503, times=30, op="GetSecret")
+    with count_calls(SERVICE) as calls, pytest.raises(StoreUnavailable, match="GetSecret kept failing"):
+        store.inspect(_fresh_ref())
+    assert 2 <= len(calls) < 30
+
+
+def test_default_retries_outlast_a_per_minute_quota() -> None:
+    retry = StoreConfig(type="gcp", project=PROJECT).retry
+    assert retry.deadline >= timedelta(seconds=60)
+    waits = [min(retry.initial_backoff.total_seconds() * retry.multiplier**i, retry.max_backoff.total_seconds())
+             for i in range(retry.attempts - 1)]
+    assert sum(waits) / 2 >= 60  # full jitter: on average half of each ceiling
+
+
 def test_random_throttling_is_absorbed(server: SecretManagerServer, make_store: StoreFactory) -> None:
     store = make_store(retry={"attempts": 10, "initial_backoff": 0.001, "max_backoff": 0.002})
     ref = _fresh_ref()
