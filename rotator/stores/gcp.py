@@ -29,6 +29,12 @@ number. A crash between the two calls leaves an entry in state ``staged`` whose 
 the ``keyId`` of a JSON payload, the ``MOMENTO_KEY_ID=`` line of an env payload, the ``jti`` claim of a raw
 v2 key) before deciding whether to add a version, so a key is never added twice.
 
+Only "add a version, then access it by that number" is strongly consistent; metadata, etags, aliases and
+``latest`` may lag (https://cloud.google.com/secret-manager/docs/consistency). So the read-back reads the
+version by number, a GetSecret answering an etag this process's own write replaced is taken as stale (the
+write's answer is used instead), and ``current_since`` is the promote plus ``visibility_lag``, so grace starts
+only once readers of ``current`` can see the new key.
+
 Calls per rotation of one target: ``inspect`` 1 (GET), ``stage`` 2 (PATCH, addVersion; create + addVersion
 for a new secret), ``read`` 1 (access), ``promote`` 1 (PATCH); ``retire`` later costs 2 (disable, PATCH).
 Reads made by ``inspect`` (and the results of writes) are reused by the following write for ``cache_for``
@@ -50,6 +56,7 @@ import random
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -199,6 +206,9 @@ class StoreConfig(BaseModel):
     cache_for: Duration = timedelta(seconds=60)
     #: retired versions still listed in the secret's annotations (older ones stay disabled, unlisted)
     keep_retired: int = Field(default=10, ge=0, le=50)
+    #: how long a promote may take to be seen by every reader of the alias ``current`` (aliases and metadata
+    #: are eventually consistent): the grace period of the old key starts this long after the promote
+    visibility_lag: Duration = timedelta(minutes=5)
 
     _project = field_validator("project")(classmethod(lambda cls, v: _check_project(v)))
 
@@ -435,6 +445,8 @@ class GcpSecretManagerStore:
         self._sleep = sleep or time.sleep
         self._random = random.Random()  # noqa: S311 - backoff jitter, not cryptography
         self._cache: dict[str, tuple[float, _Secret | None]] = {}
+        #: per secret, the etags this process's own writes replaced: a read answering one of them is stale
+        self._superseded: dict[str, deque[str]] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._retryable = (
@@ -645,6 +657,14 @@ class GcpSecretManagerStore:
                 return None
             raise
         secret = self._to_secret(pb)
+        with self._lock:
+            stale = secret.etag in self._superseded.get(name, ())
+        if stale:
+            # reads of a secret's metadata are eventually consistent: this one predates our own last write
+            hit, known = self._cached(ref, None)
+            if hit and known is not None:
+                _log().info("gcp_stale_read", store=self.name, target=ref.secret)
+                return known
         self._remember(ref, secret)
         return secret
 
@@ -683,6 +703,8 @@ class GcpSecretManagerStore:
             self._forget(ref)
             raise
         updated = self._to_secret(pb)
+        with self._lock:
+            self._superseded.setdefault(self._secret_name(ref), deque(maxlen=32)).append(secret.etag)
         self._remember(ref, updated)
         return updated
 
@@ -917,11 +939,13 @@ class GcpSecretManagerStore:
                     enabled, created = found[0] == _ENABLED, found[1] or created
                 versions.append(StoredVersion(str(e.version), e.key_id, created, e.version == current, enabled))
             cur = entries.get(current) if current is not None else None
+            promoted = _parse_time(cur.promoted_at) if cur else None
             return SecretState(
                 exists=True,
                 versions=tuple(versions),
                 current_key_id=cur.key_id if cur else None,
-                current_since=_parse_time(cur.promoted_at) if cur else None,
+                # aliases are eventually consistent: every reader has the new key only after the lag
+                current_since=promoted + self.config.visibility_lag if promoted else None,
                 foreign=current is not None and cur is None,
             )
 

@@ -14,6 +14,11 @@ speaks the parts of the Secret Manager v1 REST API that rotator and its tests us
 - ``GET .../versions?pageSize=&pageToken=&filter=`` newest first, paged with ``nextPageToken``;
   ``filter`` understands ``state:ENABLED`` / ``state:DISABLED`` / ``state:DESTROYED``;
 - ``POST .../versions/N:enable|:disable|:destroy`` with an optional version ``etag``;
+- eventual consistency (:attr:`SecretManagerServer.stale_for`): Google documents that only adding a version
+  and then reading it by its number is strongly consistent; a secret's metadata, its etag, its aliases and
+  ``latest`` may lag (https://cloud.google.com/secret-manager/docs/consistency). With ``stale_for`` set,
+  GetSecret, ``latest`` and alias lookups answer with the state of that many seconds ago, while writes are
+  still checked against the real etag;
 - etags on secrets and versions: a write carrying a stale ``etag`` gives 400 ``FAILED_PRECONDITION``, the
   shape the service uses over REST; every change gives a new etag;
 - validation of secret ids, labels, annotations (key syntax, total size under 16 KiB) and version aliases
@@ -42,6 +47,7 @@ import json
 import random
 import re
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -119,6 +125,17 @@ class Version:
     destroy_time: str | None = None
 
 
+@dataclass(frozen=True)
+class _View:
+    """The secret's metadata, aliases and newest version number as they were at one moment."""
+
+    etag: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    aliases: dict[str, int]
+    newest: int | None
+
+
 @dataclass
 class Secret:
     project: str
@@ -131,10 +148,30 @@ class Secret:
     versions: dict[int, Version] = field(default_factory=dict)
     next_version: int = 1
     etag: str = field(default_factory=_etag)
+    #: what an eventually consistent read may still serve: ``(monotonic time, _View)`` after each change
+    history: list[tuple[float, _View]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return f"projects/{self.project}/secrets/{self.secret_id}"
+
+    def snap(self) -> None:
+        """Record the state after a change, for reads that lag (:attr:`SecretManagerServer.stale_for`)."""
+        newest = max(self.versions) if self.versions else None
+        view = _View(self.etag, dict(self.labels), dict(self.annotations), dict(self.aliases), newest)
+        self.history.append((time.monotonic(), view))
+        del self.history[:-200]
+
+    def view(self, stale_for: float) -> _View:
+        """What a metadata read returns: the state ``stale_for`` seconds ago (the first recorded state when the
+        secret is younger), or now."""
+        newest = max(self.versions) if self.versions else None
+        now = _View(self.etag, dict(self.labels), dict(self.annotations), dict(self.aliases), newest)
+        if stale_for <= 0 or not self.history:
+            return now
+        cutoff = time.monotonic() - stale_for
+        older = [v for t, v in self.history if t <= cutoff]
+        return older[-1] if older else self.history[0][1]
 
     def latest(self) -> Version | None:
         """The most recently created version, whatever its state: "latest" is "an alias to the most recently
@@ -176,6 +213,8 @@ class SecretManagerServer:
         self.fail_rate = 0.0
         self.fail_rate_status = 503
         self.denied: set[str] = set()
+        #: eventual consistency: GetSecret, ``latest`` and aliases answer as of this many seconds ago (0: now)
+        self.stale_for = 0.0
         #: called as ``before(method, op, path)`` before a request is served (outside the faults)
         self.before: Callable[[str, str, str], None] | None = None
         self._random = random.Random(seed)
@@ -246,6 +285,7 @@ class SecretManagerServer:
             self.denied.clear()
             self.fail_rate = 0.0
             self.before = None
+            self.stale_for = 0.0
 
     def secret(self, project: str, secret_id: str) -> Secret:
         """The stored secret (for assertions), raising KeyError when absent."""
@@ -262,6 +302,7 @@ class SecretManagerServer:
             v = Version(s.next_version, data, google_crc32c.value(data), _now())
             s.versions[v.number] = v
             s.next_version += 1
+            s.snap()
             return v.number
 
     def touch(self, project: str, secret_id: str, annotations: dict[str, str] | None = None) -> None:
@@ -271,6 +312,7 @@ class SecretManagerServer:
             if annotations:
                 s.annotations.update(annotations)
             s.etag = _etag()
+            s.snap()
 
     def count(self, op: str | None = None, *, status: int | None = None) -> int:
         with self._lock:
@@ -328,7 +370,7 @@ class SecretManagerServer:
         if secret is None:
             raise _error(404, f"Secret [{name}] not found or has no versions.")
         if op == "GetSecret":
-            return _secret_json(secret)
+            return _secret_json(secret, self.stale_for)
         if op == "DeleteSecret":
             del self.secrets[name]
             return {}
@@ -372,6 +414,7 @@ class SecretManagerServer:
         else:
             version.state, version.data, version.destroy_time = DESTROYED, None, _now()
         version.etag = _etag()
+        secret.snap()
         return _version_json(secret, version, ints)
 
     def _create(self, project: str, query: dict[str, list[str]], body: dict[str, Any]) -> Any:
@@ -399,6 +442,7 @@ class SecretManagerServer:
             raise _error(400, "A new secret has no versions to alias.")
         s = Secret(project, secret_id, replication, _now(), labels, annotations)
         self.secrets[name] = s
+        s.snap()
         return _secret_json(s)
 
     def _update(self, secret: Secret, query: dict[str, list[str]], body: dict[str, Any]) -> Any:
@@ -422,6 +466,7 @@ class SecretManagerServer:
                 raise _error(400, f"Unsupported field in update_mask: {path!r}.")
         secret.labels, secret.annotations, secret.aliases = labels, annotations, aliases
         secret.etag = _etag()
+        secret.snap()
         return _secret_json(secret)
 
     def _check_aliases(self, secret: Secret, raw: dict[str, Any]) -> dict[str, int]:
@@ -456,6 +501,7 @@ class SecretManagerServer:
         v = Version(secret.next_version, data, crc, _now(), client_checksum=given is not None)
         secret.versions[v.number] = v
         secret.next_version += 1
+        secret.snap()
         return _version_json(secret, v, ints)
 
     def _list(self, secret: Secret, query: dict[str, list[str]], ints: bool) -> Any:
@@ -483,15 +529,17 @@ class SecretManagerServer:
         return out
 
     def _resolve(self, secret: Secret, ref: str) -> Version:
+        # a version named by its number is read strongly consistently; `latest` and aliases may lag
+        view = secret.view(self.stale_for)
         if ref == "latest":
-            v = secret.latest()
+            v = secret.versions.get(view.newest) if view.newest is not None else None
             if v is None:
                 raise _error(404, f"Secret [{secret.name}] not found or has no versions.")
             return v
         if ref.isdigit():
             found = secret.versions.get(int(ref))
         else:
-            number = secret.aliases.get(ref)
+            number = view.aliases.get(ref)
             found = None if number is None else secret.versions.get(number)
         if found is None:
             raise _error(404, f"Secret Version [{secret.name}/versions/{ref}] not found.")
@@ -568,19 +616,20 @@ def _check_annotations(annotations: Any) -> dict[str, str]:
     return dict(annotations)
 
 
-def _secret_json(s: Secret) -> dict[str, Any]:
+def _secret_json(s: Secret, stale_for: float = 0.0) -> dict[str, Any]:
+    view = s.view(stale_for)
     out: dict[str, Any] = {
         "name": s.name,
         "replication": s.replication,
         "createTime": s.create_time,
-        "etag": s.etag,
+        "etag": view.etag,
     }
-    if s.labels:
-        out["labels"] = dict(s.labels)
-    if s.annotations:
-        out["annotations"] = dict(s.annotations)
-    if s.aliases:
-        out["versionAliases"] = {k: str(v) for k, v in s.aliases.items()}
+    if view.labels:
+        out["labels"] = dict(view.labels)
+    if view.annotations:
+        out["annotations"] = dict(view.annotations)
+    if view.aliases:
+        out["versionAliases"] = {k: str(v) for k, v in view.aliases.items()}
     return out
 
 

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -620,6 +621,60 @@ def test_promote_expecting_nothing_refuses_a_current_version(
     with pytest.raises(StorePreconditionFailed):
         store.promote(ref, k2, expect_current=None)
     assert store.inspect(ref).current_key_id == k1
+
+
+# ---- eventual consistency (issue 11 item 6) ---------------------------------------------------------------
+
+
+def test_under_lagging_metadata_reads_a_store_sees_its_own_writes(
+    server: SecretManagerServer, store: GcpSecretManagerStore
+) -> None:
+    """GetSecret, aliases and `latest` may answer with an older state; reading a version by number may not."""
+    server.stale_for = 60.0  # every metadata read answers with the state of a minute ago (here: the creation)
+    ref = _fresh_ref()
+    k1, v1 = _rotate(store, ref)  # the read-back reads version 1 by its number
+    with pytest.raises(gexc.NotFound):
+        _access(server, ref, "current")  # a consumer does not see the alias yet
+    state = store.inspect(ref)  # the GetSecret answer predates the promote: it is recognised as stale
+    assert state.current_key_id == k1
+    k2, v2 = _rotate(store, ref)
+    assert store.inspect(ref).current_key_id == k2
+    assert store.read(ref, k1) == v1
+    store.retire(ref, k1)
+    server.stale_for = 0.0
+    s = server.secret(PROJECT, ref.secret)
+    assert s.aliases == {"current": 2} and s.versions[1].state == DISABLED
+    assert _access(server, ref, "current") == v2.reveal()
+
+
+def test_a_stale_etag_from_a_lagging_read_backs_off_until_the_write_lands(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    a = make_store()
+    slept: list[float] = []
+    b = make_store(sleep=lambda t: (slept.append(t), time.sleep(t)), conflict_retries=20,
+                   retry={"attempts": 4, "initial_backoff": "50ms", "max_backoff": "100ms"})
+    ref = _fresh_ref()
+    _rotate(a, ref)
+    server.stale_for = 0.4
+    k2 = _stage(a, ref)  # b's reads keep answering with the secret as it was before this, for 0.4 s
+    k3 = _stage(b, ref)
+    server.stale_for = 0.0
+    assert server.count("UpdateSecret", status=400) >= 1 and len(slept) >= 1
+    entries = _entries(server, ref)
+    assert {entries[n]["key"] for n in (2, 3)} == {k2, k3}
+    assert _versions_holding(server, ref, k3) != [] and len(server.secret(PROJECT, ref.secret).versions) == 3
+
+
+def test_grace_starts_after_the_promote_is_visible_to_every_reader(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    store = make_store(clock=lambda: t0, visibility_lag="2m")
+    ref = _fresh_ref()
+    _rotate(store, ref)
+    assert store.inspect(ref).current_since == t0 + timedelta(minutes=2)
+    assert StoreConfig(type="gcp", project=PROJECT).visibility_lag == timedelta(minutes=5)
 
 
 # ---- crashes between calls ---------------------------------------------------------------------------------
