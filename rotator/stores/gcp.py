@@ -30,7 +30,7 @@ the ``keyId`` of a JSON payload, the ``MOMENTO_KEY_ID=`` line of an env payload,
 v2 key) before deciding whether to add a version, so a key is never added twice.
 
 Only "add a version, then access it by that number" is strongly consistent; metadata, etags, aliases and
-``latest`` may lag (https://cloud.google.com/secret-manager/docs/consistency). So the read-back reads the
+``latest`` may lag (https://cloud.google.com/secret-manager/docs/reference/consistency). So the read-back reads the
 version by number, a GetSecret answering an etag this process's own write replaced is taken as stale (the
 write's answer is used instead), and ``current_since`` is the promote plus ``visibility_lag``, so grace starts
 only once readers of ``current`` can see the new key.

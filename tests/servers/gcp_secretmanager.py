@@ -16,7 +16,7 @@ speaks the parts of the Secret Manager v1 REST API that rotator and its tests us
 - ``POST .../versions/N:enable|:disable|:destroy`` with an optional version ``etag``;
 - eventual consistency (:attr:`SecretManagerServer.stale_for`): Google documents that only adding a version
   and then reading it by its number is strongly consistent; a secret's metadata, its etag, its aliases and
-  ``latest`` may lag (https://cloud.google.com/secret-manager/docs/consistency). With ``stale_for`` set,
+  ``latest`` may lag (https://cloud.google.com/secret-manager/docs/reference/consistency). With ``stale_for`` set,
   GetSecret, ``latest`` and alias lookups answer with the state of that many seconds ago, while writes are
   still checked against the real etag;
 - etags on secrets and versions: a write carrying a stale ``etag`` gives 400 ``FAILED_PRECONDITION``, the
