@@ -136,7 +136,7 @@ def measure(kind: str, history: int = 0) -> dict[str, float]:
 def main() -> None:
     configure_logging("error")
     rows = []
-    for kind, history in (("file", 0), ("aws", 0), ("azure", 0), ("gcp", 0), ("azure", HISTORY)):
+    for kind, history in (("file", 0), ("aws", 0), ("azure", 0), ("gcp", 0), ("azure", HISTORY), ("gcp", HISTORY)):
         m = measure(kind, history)
         label = kind if not history else f"{kind} after {history} rotations"
         rows.append((label, m["publish"] + m["revoke"], m["publish"], m["revoke"], m["steady"]))

@@ -86,7 +86,8 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Captured]:
             # retired values are kept (destroy_after), so that every key minted is known to look for below
             local_store = {"type": "file", "path": str(h.secrets), "destroy_after": "30d"}
             cfg_path = h.write_config([CHECKOUT, REPORTING, BROKEN], stores={"local": local_store})
-            (h.secrets / "broken" / "momento").mkdir(parents=True)
+            for d in (h.secrets, h.secrets / "broken", h.secrets / "broken" / "momento"):
+                d.mkdir(mode=0o700)  # private, as the file store requires of its directories
             (h.secrets / "broken" / "momento" / "versions").write_text("not a directory\n")
             cfg = config_mod.load(cfg_path)
             configure_logging("debug", stream=buf, json=True)

@@ -66,6 +66,7 @@ from rotator.errors import (
     StoreError,
     StoreNotFound,
     StorePermissionError,
+    StorePreconditionFailed,
     StoreUnavailable,
 )
 from rotator.model import SecretState, SecretText, StoredVersion
@@ -642,8 +643,16 @@ class AzureKeyVaultStore:
         promoted back), the key's value is written again as a new version with the same tags, content type
         and expiry (a ``GET`` and a ``PUT``), since that is the only way to make it latest in Key Vault.
 
+        Compare-and-set (``expect_current`` other than ``ANY_CURRENT``): Key Vault has no conditional write
+        (Set Secret takes no etag or ``If-Match``:
+        https://learn.microsoft.com/rest/api/keyvault/secrets/set-secret/set-secret), so the current version
+        is read again (one ``GET``) right before the ``PUT`` that makes the key latest, and when it no longer
+        holds ``expect_current`` nothing is written. A writer whose ``PUT`` lands between that ``GET`` and
+        this ``PUT`` is not seen: docs/stores/azure.md describes that window.
+
         Raises: StoreNotFound (no enabled version holds ``key_id``), StoreConflict (the current value was not
-        written by rotator and the target does not set ``adopt: true``), StoreUnavailable, StorePermissionError.
+        written by rotator and the target does not set ``adopt: true``), StorePreconditionFailed (the current
+        version no longer holds ``expect_current``), StoreUnavailable, StorePermissionError.
         """
         listing = self._listing(ref)
         if not any(v.key_id == key_id for v in listing.versions.values()):
@@ -679,6 +688,8 @@ class AzureKeyVaultStore:
                 store=self.name,
                 secret=ref.secret,
             )
+        if expect_current is not ANY_CURRENT and self._current_is(ref, key_id, expect_current):
+            return
         self._write(
             ref,
             SecretText(secret.value),
@@ -687,6 +698,25 @@ class AzureKeyVaultStore:
             expires_on=props.expires_on,
         )
         self._log.info("promote: wrote the key again as the latest version", target=ref.id, key_id=key_id)
+
+    def _current_is(self, ref: TargetRef, key_id: str, expect_current: str | None) -> bool:
+        """Re-read the current version (one ``GET``): True when it holds ``key_id`` already (another pass
+        promoted it: nothing to do); raise StorePreconditionFailed when it holds neither ``key_id`` nor
+        ``expect_current`` (``None``: no enabled latest version, or one rotator did not write)."""
+        self._forget(ref)
+        current = self._current(ref, self._observe(ref))
+        held = current.key_id if current is not None else None
+        if held == key_id:
+            return True
+        if held != expect_current:
+            raise StorePreconditionFailed(
+                f"not promoting key {key_id}: the current version in Key Vault {self.vault_url} holds key "
+                f"{held or 'none'}, not {expect_current or 'none'} as read before",
+                store=self.name,
+                secret=ref.secret,
+            )
+        self._refuse_foreign(ref, current)
+        return False
 
     def retire(self, ref: TargetRef, key_id: str) -> None:
         """Disable (``enabled=false``) every enabled version holding ``key_id``; never deletes or purges.

@@ -28,7 +28,9 @@ import contextlib
 import fcntl
 import json
 import os
+import pwd
 import re
+import stat
 import tempfile
 import time
 import uuid
@@ -54,16 +56,81 @@ _TEMP_PREFIXES = (".tmp-", ".current-")
 DEFAULT_STALE_AFTER = timedelta(minutes=5)
 
 
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def private_dir_problem(path: Path, *, require_dir: bool = True) -> str | None:
+    """Why ``path`` must not hold keys: not a directory, owned by another user than the one rotator runs as,
+    or open to its group or to other users (any of ``go=rwx``). ``None`` when it is fine or does not exist.
+
+    A directory another user owns can be emptied, replaced or read by that user whatever its mode (chmod(2):
+    only the owner, or a privileged process, may change the mode), and one open to the group or the world
+    lets them list, read or swap the files in it (or, writable, rename a key file out of the way).
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"{path} cannot be checked ({exc.strerror or type(exc).__name__})"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{path} is not a directory" if require_dir else None
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        return (
+            f"{path} is owned by {_user(st.st_uid)}, not by {_user(uid)} that rotator runs as: another user "
+            f"could read or replace the keys in it; `chown {uid} {path}`, or point the store at a directory of "
+            "rotator's own"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        return (
+            f"{path} is accessible to its group or to other users (mode {mode:04o}): run `chmod 700 {path}` "
+            "(rotator keeps keys only where no other user can read or replace them)"
+        )
+    return None
+
+
+def store_tree_problems(root: Path, *, limit: int = 5) -> list[str]:
+    """:func:`private_dir_problem` for ``root`` and every directory under it (symlinks are not followed)."""
+    # a root that is not a directory fails every operation with a store error of its own, as before
+    problems = [p for p in [private_dir_problem(root, require_dir=False)] if p]
+    if problems or not root.is_dir():
+        return problems
+    for base, dirs, _ in os.walk(root):
+        for name in sorted(dirs):
+            problem = private_dir_problem(Path(base) / name)
+            if problem:
+                problems.append(problem)
+                if len(problems) >= limit:
+                    return problems
+    return problems
+
+
 class StoreConfig(BaseModel):
     """``stores.<name>`` for ``type: file``."""
 
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["file"]
+    #: the store root; when it exists it (and every directory under it) must be rotator's user's and 0700
     path: str = "./.rotator/secrets"
     #: remove a retired version's ``.value`` (the old key's plaintext) this long after it was retired, at the
     #: next retire of the secret; ``0s`` (the default) removes it with the retire itself, just before the revoke
     destroy_after: Duration = timedelta(0)
+
+    @field_validator("path")
+    @classmethod
+    def _private(cls, v: str) -> str:
+        # at startup and in `rotator validate`: refuse a store another user could read or swap keys in
+        problems = store_tree_problems(Path(v).expanduser())
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
 
 
 def _check_secret_name(value: str) -> str:
@@ -140,7 +207,14 @@ class FileStore:
 
     def _dir(self, ref: TargetRef) -> Path:
         _check_secret_name(ref.secret)
-        return self.root / ref.secret
+        d = self.root / ref.secret
+        # the root and each directory down to the secret's, as far as they exist: checked at startup, but a
+        # directory can be made (or chmod-ed) by someone else later
+        for p in (self.root, *(self.root / part for part in _prefixes(ref.secret)), d / "versions"):
+            problem = private_dir_problem(p, require_dir=False)  # a file in the way fails the operation itself
+            if problem:
+                raise StorePermissionError(f"refusing to use the store: {problem}", store=self.name, secret=ref.secret)
+        return d
 
     def _wrap(self, exc: OSError, ref: TargetRef, what: str) -> StoreError:
         cls = StorePermissionError if isinstance(exc, PermissionError) else StoreError
@@ -450,6 +524,12 @@ class FileStore:
 
     def close(self) -> None:
         return None
+
+
+def _prefixes(secret: str) -> list[str]:
+    """``a/b/c`` -> ``["a", "a/b", "a/b/c"]``."""
+    parts = secret.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _position(exc: ValueError) -> int:

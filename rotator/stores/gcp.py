@@ -9,15 +9,17 @@ and redo the change):
 - one annotation per version rotator wrote, ``rotator-v<N>`` = compact JSON
   ``{"key": <key id>, "state": "staged"|"live"|"retired", "at": <staged>, "expires": <key expiry>,
   "promoted_at": <made current>, "retired_at": <disabled>}`` (times ISO 8601 UTC, seconds), plus
-  ``rotator-schema: "1"``. Entries of destroyed versions are dropped, and only the ``keep_retired`` newest
-  retired entries are kept, so the annotations stay far below Secret Manager's 16 KiB;
+  ``rotator-schema: "1"``. Entries of destroyed versions are dropped; without ``destroy_after`` only the
+  ``keep_retired`` newest retired entries are kept, with it every entry of a version still to be destroyed
+  is (shortened near the limit), so the annotations stay below Secret Manager's 16 KiB;
 - the version aliases ``current`` (the version :meth:`~GcpSecretManagerStore.promote` made current) and
   ``previous`` (the one before it, until it is retired).
 
 ``add_secret_version`` makes the new version ``latest`` at once: consumers that read ``latest`` pick a key up
 when it is staged, consumers that read the alias ``current`` when it is promoted (rotator stages, reads back
-and promotes in one go, so the two differ for seconds). Retiring disables old versions, so ``latest`` keeps
-resolving to the newest key.
+and promotes in one go, so the two differ for seconds). ``latest`` is the most recently created version
+whatever its state, so retiring never leaves a disabled version above the current one: when it would (a key
+staged, never promoted, then retired), the current key is added again as the newest version.
 
 Staging is crash-safe without listing versions: the entry for the new version is written *before*
 ``addVersion``, with the number the version will get (the highest number rotator knows of, plus one). If the
@@ -27,13 +29,21 @@ number. A crash between the two calls leaves an entry in state ``staged`` whose 
 the ``keyId`` of a JSON payload, the ``MOMENTO_KEY_ID=`` line of an env payload, the ``jti`` claim of a raw
 v2 key) before deciding whether to add a version, so a key is never added twice.
 
+Only "add a version, then access it by that number" is strongly consistent; metadata, etags, aliases and
+``latest`` may lag (https://cloud.google.com/secret-manager/docs/reference/consistency). So the read-back reads the
+version by number, a GetSecret answering an etag this process's own write replaced is taken as stale (the
+write's answer is used instead), and ``current_since`` is the promote plus ``visibility_lag``, so grace starts
+only once readers of ``current`` can see the new key.
+
 Calls per rotation of one target: ``inspect`` 1 (GET), ``stage`` 2 (PATCH, addVersion; create + addVersion
 for a new secret), ``read`` 1 (access), ``promote`` 1 (PATCH); ``retire`` later costs 2 (disable, PATCH).
 Reads made by ``inspect`` (and the results of writes) are reused by the following write for ``cache_for``
 (default 60 s); every write carries the etag, so a stale copy costs one retry, never a lost update.
 
 Errors are caught by their google.api_core base classes, so the gRPC (default) and REST transports behave the
-same: 429/500/503/504 and connection errors are retried with exponential backoff and jitter, then raise
+same: 429/500/503/504 and connection errors of idempotent calls are retried by ``google.api_core.retry.Retry``
+(exponential backoff, jitter, ``retry.deadline``); an AddSecretVersion is never resent blindly (it is read
+back by number first, :meth:`GcpSecretManagerStore._add_version`); then they raise
 :class:`~rotator.errors.StoreUnavailable`; 403 raises :class:`~rotator.errors.StorePermissionError` naming
 the permission and the role to grant. ``google.*`` is imported by :func:`open_store` only.
 """
@@ -46,6 +56,7 @@ import random
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -61,6 +72,7 @@ from rotator.errors import (
     StoreIntegrityError,
     StoreNotFound,
     StorePermissionError,
+    StorePreconditionFailed,
     StoreUnavailable,
 )
 from rotator.keys import jwt_claims
@@ -152,14 +164,20 @@ Replication = Literal["automatic"] | UserManagedReplication
 
 
 class RetrySettings(BaseModel):
-    """Retries of throttled (429) and failing (500/503/504, connection errors) calls."""
+    """Retries of throttled (429) and failing (500/503/504, connection errors) calls.
+
+    The defaults outlast a per-minute quota (600 writes a minute per project, and a few writes a second on one
+    secret: https://cloud.google.com/secret-manager/quotas): up to 12 attempts within 2 minutes.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    attempts: int = Field(default=5, ge=1, le=20)
+    attempts: int = Field(default=12, ge=1, le=30)
     initial_backoff: Duration = timedelta(milliseconds=500)
     max_backoff: Duration = timedelta(seconds=20)
     multiplier: float = Field(default=2.0, ge=1.0, le=10.0)
+    #: stop retrying one call this long after its first attempt
+    deadline: Duration = timedelta(minutes=2)
 
 
 class StoreConfig(BaseModel):
@@ -188,6 +206,9 @@ class StoreConfig(BaseModel):
     cache_for: Duration = timedelta(seconds=60)
     #: retired versions still listed in the secret's annotations (older ones stay disabled, unlisted)
     keep_retired: int = Field(default=10, ge=0, le=50)
+    #: how long a promote may take to be seen by every reader of the alias ``current`` (aliases and metadata
+    #: are eventually consistent): the grace period of the old key starts this long after the promote
+    visibility_lag: Duration = timedelta(minutes=5)
 
     _project = field_validator("project")(classmethod(lambda cls, v: _check_project(v)))
 
@@ -424,6 +445,8 @@ class GcpSecretManagerStore:
         self._sleep = sleep or time.sleep
         self._random = random.Random()  # noqa: S311 - backoff jitter, not cryptography
         self._cache: dict[str, tuple[float, _Secret | None]] = {}
+        #: per secret, the etags this process's own writes replaced: a read answering one of them is stale
+        self._superseded: dict[str, deque[str]] = {}
         self._lock = threading.Lock()
         self._closed = False
         self._retryable = (
@@ -459,19 +482,31 @@ class GcpSecretManagerStore:
 
     # -- one API call: retries, accounting, translation ------------------------------------------------------
 
-    def _call(self, op: str, ref: TargetRef, fn: Callable[[], T]) -> T:
-        """Run one API operation: one ``record_call`` per attempt, backoff on 429/5xx/connection errors."""
-        g, retry = self._g, self.config.retry
-        delay = retry.initial_backoff.total_seconds()
-        for attempt in range(1, retry.attempts + 1):
+    def _call(self, op: str, ref: TargetRef, fn: Callable[[], T], *, idempotent: bool = True) -> T:
+        """Run one API operation: one ``record_call`` per attempt.
+
+        An idempotent operation (every read; UpdateSecret, which carries the etag; enable, disable, destroy
+        and CreateSecret, whose repeat is refused harmlessly) is retried by ``google.api_core.retry.Retry`` on
+        429, 500, 503, 504 and connection errors, with exponential backoff and jitter, at most
+        ``retry.attempts`` times within ``retry.deadline``. AddSecretVersion is not idempotent (each call makes
+        a version), and the client library gives it no default retry for that reason (only
+        AccessSecretVersion has one, in the transport's ``_prep_wrapped_messages``): with
+        ``idempotent=False`` only a 429 (refused, not carried out) is retried here; any other failure is
+        raised for :meth:`_add_version` to look before it adds again.
+        """
+        from google.api_core import retry as gretry
+
+        g, settings = self._g, self.config.retry
+        attempts = 0
+
+        def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
             try:
                 result = fn()
             except g.GoogleAPICallError as exc:
                 record_call(SERVICE, op, exc.code if exc.code is not None else type(exc).__name__)
-                if isinstance(exc, self._retryable) and attempt < retry.attempts:
-                    delay = self._backoff(delay, op, ref, exc.code)
-                    continue
-                raise self._translate(op, ref, exc, attempt) from exc
+                raise
             except self._auth.RefreshError as exc:
                 record_call(SERVICE, op, "RefreshError")
                 raise StorePermissionError(
@@ -481,24 +516,47 @@ class GcpSecretManagerStore:
                 ) from exc
             except (OSError, self._auth.TransportError) as exc:
                 record_call(SERVICE, op, type(exc).__name__)
-                if attempt < retry.attempts:
-                    delay = self._backoff(delay, op, ref, type(exc).__name__)
-                    continue
-                raise StoreUnavailable(
-                    f"{op}: Secret Manager could not be reached after {attempt} attempts ({type(exc).__name__})",
-                    store=self.name,
-                    secret=ref.secret,
-                ) from exc
-            else:
-                record_call(SERVICE, op, 200)
-                return result
-        raise AssertionError("unreachable")  # pragma: no cover
+                raise
+            record_call(SERVICE, op, 200)
+            return result
 
-    def _backoff(self, delay: float, op: str, ref: TargetRef, status: object) -> float:
-        retry = self.config.retry
-        _log().info("gcp_retry", store=self.name, target=ref.secret, operation=op, status=str(status))
-        self._sleep(delay * self._random.uniform(0.5, 1.0))
-        return min(delay * retry.multiplier, retry.max_backoff.total_seconds())
+        def retryable(exc: Exception) -> bool:
+            if attempts >= settings.attempts:
+                return False
+            if not idempotent:
+                return isinstance(exc, g.TooManyRequests | g.ResourceExhausted)
+            return isinstance(exc, (*self._retryable, OSError, self._auth.TransportError))
+
+        def on_error(exc: Exception) -> None:
+            status = getattr(exc, "code", None) or type(exc).__name__
+            _log().info("gcp_retry", store=self.name, target=ref.secret, operation=op, status=str(status))
+
+        policy = gretry.Retry(
+            predicate=retryable,
+            initial=settings.initial_backoff.total_seconds(),
+            maximum=settings.max_backoff.total_seconds(),
+            multiplier=settings.multiplier,
+            timeout=settings.deadline.total_seconds(),
+            on_error=on_error,
+        )
+        try:
+            return policy(attempt)()
+        except g.RetryError as exc:  # the deadline passed
+            cause = exc.cause
+            if isinstance(cause, g.GoogleAPICallError):
+                raise self._translate(op, ref, cause, attempts) from cause
+            raise self._unreachable(op, ref, cause, attempts) from exc
+        except g.GoogleAPICallError as exc:
+            raise self._translate(op, ref, exc, attempts) from exc
+        except (OSError, self._auth.TransportError) as exc:
+            raise self._unreachable(op, ref, exc, attempts) from exc
+
+    def _unreachable(self, op: str, ref: TargetRef, exc: BaseException | None, attempts: int) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"{op}: Secret Manager could not be reached after {attempts} attempts ({type(exc).__name__})",
+            store=self.name,
+            secret=ref.secret,
+        )
 
     def _status_name(self, exc: Any) -> str:
         code = getattr(exc, "grpc_status_code", None)
@@ -599,6 +657,14 @@ class GcpSecretManagerStore:
                 return None
             raise
         secret = self._to_secret(pb)
+        with self._lock:
+            stale = secret.etag in self._superseded.get(name, ())
+        if stale:
+            # reads of a secret's metadata are eventually consistent: this one predates our own last write
+            hit, known = self._cached(ref, None)
+            if hit and known is not None:
+                _log().info("gcp_stale_read", store=self.name, target=ref.secret)
+                return known
         self._remember(ref, secret)
         return secret
 
@@ -637,6 +703,8 @@ class GcpSecretManagerStore:
             self._forget(ref)
             raise
         updated = self._to_secret(pb)
+        with self._lock:
+            self._superseded.setdefault(self._secret_name(ref), deque(maxlen=32)).append(secret.etag)
         self._remember(ref, updated)
         return updated
 
@@ -646,7 +714,7 @@ class GcpSecretManagerStore:
         ``mutate`` returns ``None`` when there is nothing (left) to change. Raises StoreNotFound when the
         secret does not exist (any more), StoreUnavailable when other writers kept winning.
         """
-        for _ in range(self.config.conflict_retries):
+        for attempt in range(self.config.conflict_retries):
             if secret is None:
                 raise StoreNotFound("the secret does not exist", store=self.name, secret=ref.secret)
             change = mutate(secret)
@@ -661,7 +729,7 @@ class GcpSecretManagerStore:
             except _ApiError as exc:
                 if exc.kind not in ("etag", "precondition"):
                     raise
-                _log().info("gcp_etag_conflict", store=self.name, target=ref.secret)
+                self._conflict_backoff(ref, attempt)
                 secret = self._get(ref)
         raise StoreUnavailable(
             f"gave up after {self.config.conflict_retries} concurrent updates of the secret",
@@ -669,16 +737,43 @@ class GcpSecretManagerStore:
             secret=ref.secret,
         )
 
+    def _conflict_backoff(self, ref: TargetRef, attempt: int) -> None:
+        """Wait before re-reading after an etag conflict: another writer is at work (or the read was stale,
+        metadata reads may lag), and Secret Manager allows only a few writes a second per secret
+        (https://cloud.google.com/secret-manager/quotas), so retrying at once mostly loses again."""
+        retry = self.config.retry
+        delay = min(
+            retry.initial_backoff.total_seconds() * retry.multiplier**attempt, retry.max_backoff.total_seconds()
+        )
+        _log().info("gcp_etag_conflict", store=self.name, target=ref.secret, attempt=attempt + 1)
+        self._sleep(delay * self._random.uniform(0.5, 1.0))
+
     def _fit(self, ref: TargetRef, change: _Change) -> _Change:
-        """Drop the oldest retired entries beyond ``keep_retired``, then while over the annotations budget."""
+        """Drop the oldest retired entries beyond ``keep_retired``, then while over the annotations budget.
+
+        With ``destroy_after`` set, a retired entry is the only record of a version still to be destroyed (the
+        entry of a destroyed version is dropped by the retire that destroys it), so it is never dropped: over
+        the budget it is shortened to what destroying needs (key, state, retired_at). ``keep_retired`` only
+        bounds the entries of versions that stay disabled for good.
+        """
         ann = dict(change.annotations)
-        retired = sorted(v for v, e in _entries_of(ann).items() if e.state == RETIRED)
+        entries = _entries_of(ann)
+        retired = sorted(v for v, e in entries.items() if e.state == RETIRED)
+        if self.config.destroy_after is not None:
+            pending, retired = retired, []
+        else:
+            pending = []
         excess = max(0, len(retired) - self.config.keep_retired)
         for v in retired[:excess]:
             del ann[_entry_key(v)]
         retired = retired[excess:]
         while _annotations_size(ann) > ANNOTATION_BUDGET and retired:
             del ann[_entry_key(retired.pop(0))]
+        for v in pending:
+            if _annotations_size(ann) <= ANNOTATION_BUDGET:
+                break
+            e = entries[v]
+            ann[_entry_key(v)] = _Entry(v, e.key_id, RETIRED, retired_at=e.retired_at).dump()
         if _annotations_size(ann) >= ANNOTATION_LIMIT:
             raise StoreConflict(
                 f"the secret's annotations would exceed Secret Manager's 16 KiB ({_annotations_size(ann)} bytes); "
@@ -690,7 +785,11 @@ class GcpSecretManagerStore:
 
     # -- versions -------------------------------------------------------------------------------------------
 
-    def _add_version(self, ref: TargetRef, value: SecretText) -> int:
+    def _add_version(self, ref: TargetRef, value: SecretText, *, after: int = 0) -> int:
+        """AddSecretVersion, never resent blindly: after a failure that leaves open whether the version was
+        made (503, 500, DEADLINE_EXCEEDED, a reset connection), the versions above ``after`` (the highest
+        number known before) are read back by number and compared with ``value`` (CRC32C-checked bytes); only
+        when none holds it is the version added again."""
         import google_crc32c
 
         data = value.reveal().encode()
@@ -698,8 +797,29 @@ class GcpSecretManagerStore:
             "parent": self._secret_name(ref),
             "payload": {"data": data, "data_crc32c": google_crc32c.value(data)},
         }
+        settings = self.config.retry
         try:
-            pb = self._call("AddSecretVersion", ref, lambda: self._client.add_secret_version(**self._kw(request)))
+            for attempt in range(settings.attempts):
+                try:
+                    pb = self._call(
+                        "AddSecretVersion",
+                        ref,
+                        lambda: self._client.add_secret_version(**self._kw(request)),
+                        idempotent=False,
+                    )
+                    break
+                except StoreUnavailable:
+                    found = self._added_already(ref, data, after)
+                    if found is not None:
+                        _log().info("gcp_add_version_had_landed", store=self.name, target=ref.secret, version=found)
+                        return found
+                    if attempt + 1 == settings.attempts:
+                        raise
+                    delay = min(
+                        settings.initial_backoff.total_seconds() * settings.multiplier**attempt,
+                        settings.max_backoff.total_seconds(),
+                    )
+                    self._sleep(delay * self._random.uniform(0.5, 1.0))
         except _ApiError as exc:
             if exc.kind == "not_found":
                 self._forget(ref)
@@ -714,6 +834,21 @@ class GcpSecretManagerStore:
                 ) from exc
             raise
         return int(str(pb.name).rsplit("/", 1)[1])
+
+    def _added_already(self, ref: TargetRef, data: bytes, after: int, *, probes: int = 25) -> int | None:
+        """The number of an enabled version above ``after`` whose payload is ``data``, else None.
+
+        Versions are numbered 1, 2, 3... and never reused, so the one a lost addVersion made is ``after + 1``
+        or, when others added versions meanwhile, a little above. They are read by number (AccessSecretVersion:
+        reading a version by its number is the strongly consistent read, unlike listing, aliases and
+        ``latest``), upwards until a number that does not exist."""
+        for number in range(after + 1, after + 1 + probes):
+            status, payload = self._access(ref, number)
+            if status == "missing":
+                return None
+            if status == "ok" and payload == data:
+                return number
+        return None
 
     def _access(self, ref: TargetRef, version: int) -> tuple[Literal["ok", "missing", "unusable"], bytes]:
         """The payload of a version: ``("ok", data)``, ``("missing", b"")`` when the version does not exist,
@@ -804,17 +939,20 @@ class GcpSecretManagerStore:
                     enabled, created = found[0] == _ENABLED, found[1] or created
                 versions.append(StoredVersion(str(e.version), e.key_id, created, e.version == current, enabled))
             cur = entries.get(current) if current is not None else None
+            promoted = _parse_time(cur.promoted_at) if cur else None
             return SecretState(
                 exists=True,
                 versions=tuple(versions),
                 current_key_id=cur.key_id if cur else None,
-                current_since=_parse_time(cur.promoted_at) if cur else None,
+                # aliases are eventually consistent: every reader has the new key only after the lag
+                current_since=promoted + self.config.visibility_lag if promoted else None,
                 foreign=current is not None and cur is None,
             )
 
     def _inspect_unmanaged(self, ref: TargetRef) -> SecretState:
         listed = self._list_first_page(ref)
-        latest = next((n for n, state, _ in listed if state == _ENABLED), None)
+        # what readers of `latest` get: the most recently created version (newest first), if it is enabled
+        latest = listed[0][0] if listed and listed[0][1] == _ENABLED else None
         versions = tuple(
             StoredVersion(str(n), None, created, n == latest, state == _ENABLED) for n, state, created in listed
         )
@@ -831,7 +969,7 @@ class GcpSecretManagerStore:
         with self._boundary(ref):
             key_id = meta.key_id
             secret = self._load(ref)
-            for _ in range(self.config.conflict_retries):
+            for attempt in range(self.config.conflict_retries):
                 if secret is None:
                     created = self._create(ref, meta)
                     if created is None:  # someone else created it first
@@ -877,7 +1015,7 @@ class GcpSecretManagerStore:
                 except _ApiError as exc:
                     if exc.kind not in ("etag", "precondition"):
                         raise
-                    _log().info("gcp_etag_conflict", store=self.name, target=ref.secret)
+                    self._conflict_backoff(ref, attempt)
                     secret = self._get(ref)
                     continue
                 self._add_and_settle(ref, recorded, predicted, value, meta)
@@ -942,7 +1080,7 @@ class GcpSecretManagerStore:
         drop: int | None = None,
     ) -> None:
         """addVersion; when it got another number than recorded, move the entry there (etag-guarded)."""
-        number = self._add_version(ref, value)
+        number = self._add_version(ref, value, after=predicted - 1 if predicted else secret.head)
         if number == predicted:
             return
         wrong = {v for v in (predicted, drop) if v is not None}
@@ -991,11 +1129,25 @@ class GcpSecretManagerStore:
         """Point the alias ``current`` at the version holding ``key_id`` (``previous`` at the one before) and
         record when: one UpdateSecret. Promoting the current key again changes nothing.
 
+        Compare-and-set (``expect_current`` other than ``ANY_CURRENT``): the alias map is only changed if the
+        version the alias ``current`` names still holds ``expect_current`` (``None``: no alias, or a version
+        rotator did not record). The check and the switch are one conditional write: the UpdateSecret carries
+        the etag read together with the alias, and Secret Manager refuses it when the secret changed since
+        ("etag: ... If this field is set and does not match the current etag, the request fails",
+        https://cloud.google.com/secret-manager/docs/reference/rest/v1/projects.secrets#Secret.FIELDS.etag).
+        On a mismatch the secret is read again (after a backoff) and the check redone on what it holds now.
+
         Raises: StoreNotFound (nothing staged for key_id), StoreConflict (its versions are retired),
-        StoreUnavailable, StorePermissionError.
+        StorePreconditionFailed (the current version no longer holds ``expect_current``), StoreUnavailable,
+        StorePermissionError.
         """
         with self._boundary(ref):
             now = _iso(self._clock())
+
+            def held(s: _Secret) -> str | None:
+                current = s.aliases.get(CURRENT)
+                entry = s.entries.get(current) if current is not None else None
+                return entry.key_id if entry is not None else None
 
             def mutate(s: _Secret) -> _Change | None:
                 mine = s.of_key(key_id)
@@ -1010,6 +1162,13 @@ class GcpSecretManagerStore:
                 current = s.aliases.get(CURRENT)
                 if current == target.version and target.state == LIVE:
                     return None
+                if current != target.version and expect_current is not ANY_CURRENT and held(s) != expect_current:
+                    raise StorePreconditionFailed(
+                        f"not promoting key {key_id}: the current version holds key {held(s) or 'none'}, "
+                        f"not {expect_current or 'none'} as read before",
+                        store=self.name,
+                        secret=ref.secret,
+                    )
                 aliases = dict(s.aliases)
                 if current is not None and current != target.version:
                     aliases[PREVIOUS] = current
@@ -1017,8 +1176,12 @@ class GcpSecretManagerStore:
                 live = replace(target, state=LIVE, promoted_at=now)
                 return _Change(dict(s.labels), {**s.annotations, _entry_key(target.version): live.dump()}, aliases)
 
+            secret = self._load(ref)
+            if expect_current is not ANY_CURRENT and secret is not None and held(secret) != expect_current:
+                # a copy from the cache may be older than what the caller read: judge on a fresh one
+                secret = self._get(ref)
             try:
-                self._update(ref, self._load(ref), mutate)
+                self._update(ref, secret, mutate)
             except _ApiError as exc:
                 if exc.kind == "bad_request":  # the alias names a version that does not exist
                     raise StoreNotFound(
@@ -1085,7 +1248,7 @@ class GcpSecretManagerStore:
                 return _Change(dict(s.labels), ann, aliases)
 
             try:
-                self._update(ref, secret, mutate)
+                updated = self._update(ref, secret, mutate)
             except _CurrentRaced as raced:
                 name = f"{self._secret_name(ref)}/versions/{raced.version}"
                 self._call(
@@ -1096,6 +1259,61 @@ class GcpSecretManagerStore:
                     store=self.name,
                     secret=ref.secret,
                 ) from None
+            cur = updated.aliases.get(CURRENT)
+            if cur is not None and any(e.state == RETIRED and e.version > cur for e in updated.entries.values()):
+                self._republish_current(ref, updated)
+
+    def _republish_current(self, ref: TargetRef, secret: _Secret) -> None:
+        """Add the current key again as the newest version and point ``current`` at it.
+
+        ``latest`` is "the most recently created SecretVersion" whatever its state
+        (https://cloud.google.com/secret-manager/docs/reference/rest/v1/projects.secrets.versions/access), so a
+        version disabled above the current one (a key staged and never promoted, then retired) would make
+        every read of ``latest`` fail. Adding a version is the only way to make one newest. Crash-safe like
+        :meth:`stage`: the entry is recorded before ``addVersion``; the older version holding the key stays
+        enabled and is retired with the key. Costs an access, two UpdateSecret and an addVersion, only then.
+        """
+        current = secret.aliases.get(CURRENT)
+        entry = secret.entries.get(current) if current is not None else None
+        if entry is None or entry.state != LIVE:
+            return
+        status, data = self._access(ref, entry.version)
+        if status != "ok":
+            return
+        stamp = _iso(self._clock())
+        predicted = secret.head + 1
+
+        def record(s: _Secret) -> _Change | None:
+            if s.aliases.get(CURRENT) != current or _entry_key(predicted) in s.annotations:
+                return None  # promoted or staged meanwhile: that newer version is what readers get
+            staged = replace(entry, version=predicted, state=STAGED, at=stamp)
+            return _Change(dict(s.labels), {**s.annotations, _entry_key(predicted): staged.dump()}, dict(s.aliases))
+
+        recorded = self._update(ref, secret, record)
+        if _Entry.load(predicted, recorded.annotations.get(_entry_key(predicted), "")) != replace(
+            entry, version=predicted, state=STAGED, at=stamp
+        ):
+            return
+        try:
+            value = SecretText(data.decode())
+        except UnicodeDecodeError:
+            return
+        number = self._add_version(ref, value, after=predicted - 1)
+        _log().info("gcp_current_republished", store=self.name, target=ref.secret, version=number)
+
+        def settle(s: _Secret) -> _Change:
+            ann, aliases = dict(s.annotations), dict(s.aliases)
+            if number != predicted:
+                old = _Entry.load(predicted, ann.get(_entry_key(predicted), ""))
+                if old is not None and old.key_id == entry.key_id and old.state == STAGED:
+                    del ann[_entry_key(predicted)]
+            state = STAGED
+            if aliases.get(CURRENT) == current:
+                aliases[CURRENT], state = number, LIVE
+            ann[_entry_key(number)] = replace(entry, version=number, state=state, at=stamp).dump()
+            return _Change(dict(s.labels), ann, aliases)
+
+        self._update(ref, recorded, settle)
 
     def close(self) -> None:
         """Close the client's channel or session. Idempotent."""

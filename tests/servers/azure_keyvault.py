@@ -31,7 +31,9 @@ speaks the parts of the Key Vault secrets REST API that rotator and its tests us
   version exists although the client saw an error, and a retried ``PUT`` makes a second one); status ``0``
   closes the connection without an answer (a reset);
   :attr:`KeyVaultServer.fail_rate` fails a seeded random share of them, and :meth:`KeyVaultServer.deny`
-  answers 403 for a permission (``get``, ``list``, ``set``...).
+  answers 403 for a permission (``get``, ``list``, ``set``...);
+- :attr:`KeyVaultServer.before` runs a hook before an authenticated request is served, to put a concurrent
+  writer between two of the client's requests deterministically.
 
 Faults and denials apply only to authenticated requests, never to the challenge round trip. Everything the
 server saw is in :attr:`KeyVaultServer.requests` as ``(method, path, status)``.
@@ -205,6 +207,9 @@ class KeyVaultServer:
         self.faults: deque[Fault] = deque()
         self.denied: dict[str, str] = {}  # permission -> style ("rbac" | "access-policy" | "firewall")
         self.requests: list[tuple[str, str, int]] = []
+        #: called as ``before(method, op, path)`` before an authenticated request is served (outside the lock),
+        #: to interleave a concurrent writer deterministically
+        self.before: Callable[[str, str, str], None] | None = None
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -290,6 +295,7 @@ class KeyVaultServer:
             self.denied.clear()
             self.requests.clear()
             self.fail_rate = 0.0
+            self.before = None
 
     def versions(self, name: str) -> list[Version]:
         """The versions of ``name`` (live or soft-deleted, any case), oldest first."""
@@ -344,6 +350,9 @@ class KeyVaultServer:
                     f"The specified version ({version}) is not recognized. "
                     "Consider using the latest supported version (2026-04-01).",
                 )
+            hook = self.before
+            if hook is not None and op != "unknown":
+                hook(method, op, path)
             with self._lock:
                 late = self._maybe_fail(method, op)
                 self._check_permission(op)

@@ -8,11 +8,17 @@ speaks the parts of the Secret Manager v1 REST API that rotator and its tests us
   ``annotations``, ``versionAliases``; each masked map is replaced whole);
 - ``POST .../secrets/S:addVersion`` with ``dataCrc32c`` checking (400 ``INVALID_ARGUMENT`` on a mismatch);
   versions are numbered 1, 2, 3... per secret and never reused;
-- ``GET .../versions/{N|latest|alias}:access`` (``latest`` is the newest ENABLED version; a disabled or
-  destroyed version gives 400 ``FAILED_PRECONDITION``), ``GET .../versions/{N|latest|alias}``;
+- ``GET .../versions/{N|latest|alias}:access`` (``latest`` is the most recently created version whatever its
+  state, as the service documents it; a disabled or destroyed version gives 400 ``FAILED_PRECONDITION``),
+  ``GET .../versions/{N|latest|alias}``;
 - ``GET .../versions?pageSize=&pageToken=&filter=`` newest first, paged with ``nextPageToken``;
   ``filter`` understands ``state:ENABLED`` / ``state:DISABLED`` / ``state:DESTROYED``;
 - ``POST .../versions/N:enable|:disable|:destroy`` with an optional version ``etag``;
+- eventual consistency (:attr:`SecretManagerServer.stale_for`): Google documents that only adding a version
+  and then reading it by its number is strongly consistent; a secret's metadata, its etag, its aliases and
+  ``latest`` may lag (https://cloud.google.com/secret-manager/docs/reference/consistency). With ``stale_for`` set,
+  GetSecret, ``latest`` and alias lookups answer with the state of that many seconds ago, while writes are
+  still checked against the real etag;
 - etags on secrets and versions: a write carrying a stale ``etag`` gives 400 ``FAILED_PRECONDITION``, the
   shape the service uses over REST; every change gives a new etag;
 - validation of secret ids, labels, annotations (key syntax, total size under 16 KiB) and version aliases
@@ -21,7 +27,10 @@ speaks the parts of the Secret Manager v1 REST API that rotator and its tests us
   otherwise; int64 fields (``dataCrc32c``, alias targets) as decimal strings, like proto3 JSON;
 - error bodies ``{"error": {"code", "message", "status"}}``;
 - injectable faults: :meth:`SecretManagerServer.fail_next` queues statuses (429 ``RESOURCE_EXHAUSTED``,
-  503 ``UNAVAILABLE``, ...) for the next matching requests, :attr:`SecretManagerServer.fail_rate` fails a
+  503 ``UNAVAILABLE``, 504 ``DEADLINE_EXCEEDED``, 0 for a reset connection) for the next matching requests,
+  instead of carrying them out or, with ``after=True``, after carrying them out (the answer lost: an
+  ``addVersion`` resent then makes a second version, which is why the client library gives AddSecretVersion
+  no default retry), :attr:`SecretManagerServer.fail_rate` fails a
   seeded random share of them, :meth:`SecretManagerServer.deny` answers 403 ``PERMISSION_DENIED`` for an
   operation, and :attr:`SecretManagerServer.before` runs a hook before a request is served (to interleave a
   concurrent writer deterministically).
@@ -38,6 +47,7 @@ import json
 import random
 import re
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -115,6 +125,17 @@ class Version:
     destroy_time: str | None = None
 
 
+@dataclass(frozen=True)
+class _View:
+    """The secret's metadata, aliases and newest version number as they were at one moment."""
+
+    etag: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    aliases: dict[str, int]
+    newest: int | None
+
+
 @dataclass
 class Secret:
     project: str
@@ -127,14 +148,36 @@ class Secret:
     versions: dict[int, Version] = field(default_factory=dict)
     next_version: int = 1
     etag: str = field(default_factory=_etag)
+    #: what an eventually consistent read may still serve: ``(monotonic time, _View)`` after each change
+    history: list[tuple[float, _View]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return f"projects/{self.project}/secrets/{self.secret_id}"
 
+    def snap(self) -> None:
+        """Record the state after a change, for reads that lag (:attr:`SecretManagerServer.stale_for`)."""
+        newest = max(self.versions) if self.versions else None
+        view = _View(self.etag, dict(self.labels), dict(self.annotations), dict(self.aliases), newest)
+        self.history.append((time.monotonic(), view))
+        del self.history[:-200]
+
+    def view(self, stale_for: float) -> _View:
+        """What a metadata read returns: the state ``stale_for`` seconds ago (the first recorded state when the
+        secret is younger), or now."""
+        newest = max(self.versions) if self.versions else None
+        now = _View(self.etag, dict(self.labels), dict(self.annotations), dict(self.aliases), newest)
+        if stale_for <= 0 or not self.history:
+            return now
+        cutoff = time.monotonic() - stale_for
+        older = [v for t, v in self.history if t <= cutoff]
+        return older[-1] if older else self.history[0][1]
+
     def latest(self) -> Version | None:
-        enabled = [v for v in self.versions.values() if v.state == ENABLED]
-        return max(enabled, key=lambda v: v.number) if enabled else None
+        """The most recently created version, whatever its state: "latest" is "an alias to the most recently
+        created SecretVersion" (https://cloud.google.com/secret-manager/docs/reference/rest/v1/projects.secrets.versions/access),
+        so when that version is disabled, accessing ``latest`` fails even if older versions are enabled."""
+        return max(self.versions.values(), key=lambda v: v.number) if self.versions else None
 
 
 @dataclass
@@ -142,6 +185,7 @@ class Fault:
     status: int
     method: str | None
     op: str | None
+    after: bool = False
 
     def matches(self, method: str, op: str) -> bool:
         return (self.method is None or self.method == method) and (self.op is None or self.op == op)
@@ -169,6 +213,8 @@ class SecretManagerServer:
         self.fail_rate = 0.0
         self.fail_rate_status = 503
         self.denied: set[str] = set()
+        #: eventual consistency: GetSecret, ``latest`` and aliases answer as of this many seconds ago (0: now)
+        self.stale_for = 0.0
         #: called as ``before(method, op, path)`` before a request is served (outside the faults)
         self.before: Callable[[str, str, str], None] | None = None
         self._random = random.Random(seed)
@@ -207,11 +253,18 @@ class SecretManagerServer:
 
     # -- test controls ---------------------------------------------------------------------------------------
 
-    def fail_next(self, status: int, *, times: int = 1, method: str | None = None, op: str | None = None) -> None:
-        """Answer the next ``times`` requests matching ``method``/``op`` (``"AddSecretVersion"``...) with ``status``."""
+    def fail_next(
+        self, status: int, *, times: int = 1, method: str | None = None, op: str | None = None, after: bool = False
+    ) -> None:
+        """Answer the next ``times`` requests matching ``method``/``op`` (``"AddSecretVersion"``...) with ``status``.
+
+        With ``after``, the request is carried out first and then answered with the fault: the answer was lost
+        (a 503 or 504 from a front end, DEADLINE_EXCEEDED) although the change was made. Status ``0`` closes the
+        connection without any answer (a reset), the request carried out or not as ``after`` says.
+        """
         with self._lock:
             for _ in range(times):
-                self.faults.append(Fault(status, method, op))
+                self.faults.append(Fault(status, method, op, after))
 
     def deny(self, op: str) -> None:
         """Answer 403 ``PERMISSION_DENIED`` to every ``op`` request (e.g. ``"UpdateSecret"``)."""
@@ -232,6 +285,7 @@ class SecretManagerServer:
             self.denied.clear()
             self.fail_rate = 0.0
             self.before = None
+            self.stale_for = 0.0
 
     def secret(self, project: str, secret_id: str) -> Secret:
         """The stored secret (for assertions), raising KeyError when absent."""
@@ -248,6 +302,7 @@ class SecretManagerServer:
             v = Version(s.next_version, data, google_crc32c.value(data), _now())
             s.versions[v.number] = v
             s.next_version += 1
+            s.snap()
             return v.number
 
     def touch(self, project: str, secret_id: str, annotations: dict[str, str] | None = None) -> None:
@@ -257,6 +312,7 @@ class SecretManagerServer:
             if annotations:
                 s.annotations.update(annotations)
             s.etag = _etag()
+            s.snap()
 
     def count(self, op: str | None = None, *, status: int | None = None) -> int:
         with self._lock:
@@ -279,7 +335,7 @@ class SecretManagerServer:
             try:
                 if op == "Unknown":
                     raise _error(404, f"Method not found: {method} {path}", "NOT_FOUND")
-                self._maybe_fail(method, op)
+                late = self._maybe_fail(method, op)
                 if op in self.denied:
                     resource = f"projects/{args[0]}" + (f"/secrets/{args[1]}" if len(args) > 1 else "")
                     raise _error(
@@ -287,18 +343,24 @@ class SecretManagerServer:
                         f"Permission '{PERMISSIONS[op]}' denied for resource '{resource}' (or it may not exist).",
                     )
                 status, out = 200, self._dispatch(op, args, query, _json(body), ints)
+                if late is not None:
+                    raise _fault(late.status)
             except _Reply as reply:
                 status, out = reply.status, reply.body
             self.requests.append((method, op, path, status))
             return status, out
 
-    def _maybe_fail(self, method: str, op: str) -> None:
+    def _maybe_fail(self, method: str, op: str) -> Fault | None:
+        """Raise the first queued fault for this request, or return it when it applies after the request."""
         for i, f in enumerate(self.faults):
             if f.matches(method, op):
                 del self.faults[i]
+                if f.after:
+                    return f
                 raise _fault(f.status)
         if self.fail_rate and self._random.random() < self.fail_rate:
             raise _fault(self.fail_rate_status)
+        return None
 
     def _dispatch(self, op: str, args: list[str], query: dict[str, list[str]], body: dict[str, Any], ints: bool) -> Any:
         if op == "CreateSecret":
@@ -308,7 +370,7 @@ class SecretManagerServer:
         if secret is None:
             raise _error(404, f"Secret [{name}] not found or has no versions.")
         if op == "GetSecret":
-            return _secret_json(secret)
+            return _secret_json(secret, self.stale_for)
         if op == "DeleteSecret":
             del self.secrets[name]
             return {}
@@ -352,6 +414,7 @@ class SecretManagerServer:
         else:
             version.state, version.data, version.destroy_time = DESTROYED, None, _now()
         version.etag = _etag()
+        secret.snap()
         return _version_json(secret, version, ints)
 
     def _create(self, project: str, query: dict[str, list[str]], body: dict[str, Any]) -> Any:
@@ -379,6 +442,7 @@ class SecretManagerServer:
             raise _error(400, "A new secret has no versions to alias.")
         s = Secret(project, secret_id, replication, _now(), labels, annotations)
         self.secrets[name] = s
+        s.snap()
         return _secret_json(s)
 
     def _update(self, secret: Secret, query: dict[str, list[str]], body: dict[str, Any]) -> Any:
@@ -402,6 +466,7 @@ class SecretManagerServer:
                 raise _error(400, f"Unsupported field in update_mask: {path!r}.")
         secret.labels, secret.annotations, secret.aliases = labels, annotations, aliases
         secret.etag = _etag()
+        secret.snap()
         return _secret_json(secret)
 
     def _check_aliases(self, secret: Secret, raw: dict[str, Any]) -> dict[str, int]:
@@ -436,6 +501,7 @@ class SecretManagerServer:
         v = Version(secret.next_version, data, crc, _now(), client_checksum=given is not None)
         secret.versions[v.number] = v
         secret.next_version += 1
+        secret.snap()
         return _version_json(secret, v, ints)
 
     def _list(self, secret: Secret, query: dict[str, list[str]], ints: bool) -> Any:
@@ -463,15 +529,17 @@ class SecretManagerServer:
         return out
 
     def _resolve(self, secret: Secret, ref: str) -> Version:
+        # a version named by its number is read strongly consistently; `latest` and aliases may lag
+        view = secret.view(self.stale_for)
         if ref == "latest":
-            v = secret.latest()
+            v = secret.versions.get(view.newest) if view.newest is not None else None
             if v is None:
                 raise _error(404, f"Secret [{secret.name}] not found or has no versions.")
             return v
         if ref.isdigit():
             found = secret.versions.get(int(ref))
         else:
-            number = secret.aliases.get(ref)
+            number = view.aliases.get(ref)
             found = None if number is None else secret.versions.get(number)
         if found is None:
             raise _error(404, f"Secret Version [{secret.name}/versions/{ref}] not found.")
@@ -479,10 +547,13 @@ class SecretManagerServer:
 
 
 def _fault(status: int) -> _Reply:
+    if status == 0:
+        return _Reply(0, {})
     messages = {
         429: "Quota exceeded for quota metric 'Access requests' and limit 'Access requests per minute'.",
         500: "Internal error encountered.",
         503: "The service is currently unavailable.",
+        504: "Deadline expired before operation could complete.",
     }
     return _error(status, messages.get(status, f"injected fault {status}"), STATUS_NAMES.get(status, "UNKNOWN"))
 
@@ -545,19 +616,20 @@ def _check_annotations(annotations: Any) -> dict[str, str]:
     return dict(annotations)
 
 
-def _secret_json(s: Secret) -> dict[str, Any]:
+def _secret_json(s: Secret, stale_for: float = 0.0) -> dict[str, Any]:
+    view = s.view(stale_for)
     out: dict[str, Any] = {
         "name": s.name,
         "replication": s.replication,
         "createTime": s.create_time,
-        "etag": s.etag,
+        "etag": view.etag,
     }
-    if s.labels:
-        out["labels"] = dict(s.labels)
-    if s.annotations:
-        out["annotations"] = dict(s.annotations)
-    if s.aliases:
-        out["versionAliases"] = {k: str(v) for k, v in s.aliases.items()}
+    if view.labels:
+        out["labels"] = dict(view.labels)
+    if view.annotations:
+        out["annotations"] = dict(view.annotations)
+    if view.aliases:
+        out["versionAliases"] = {k: str(v) for k, v in view.aliases.items()}
     return out
 
 
@@ -587,6 +659,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         status, out = self.owner.handle(self.command, self.path, body)
+        if status == 0:  # a reset: no answer at all
+            self.close_connection = True
+            return
         data = json.dumps(out).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=UTF-8")

@@ -21,6 +21,7 @@ from rotator.errors import (
     StoreConflict,
     StoreNotFound,
     StorePermissionError,
+    StorePreconditionFailed,
     StoreUnavailable,
 )
 from rotator.model import SecretText
@@ -376,6 +377,52 @@ def test_promote_in_a_fresh_process_checks_the_version_with_one_get(
     with count_calls(SERVICE) as calls:
         fresh_store().promote(ref, "k1")
     assert kv_calls(calls) == [("get_secret", "200")]
+
+
+def test_promote_back_with_the_expected_current_writes_the_key_again(
+    kv: KeyVaultServer, store: AzureKeyVaultStore, ref: TargetRef
+) -> None:
+    store.stage(ref, value("k1"), meta("k1"))
+    store.stage(ref, value("k2"), meta("k2"))
+    store.promote(ref, "k2", expect_current="k1")  # k2 is current already: a no-op, whatever was expected
+    assert kv.version_count(ref.secret) == 2
+    store.promote(ref, "k1", expect_current="k2")
+    assert kv.version_count(ref.secret) == 3
+    assert store.inspect(ref).current_key_id == "k1"
+
+
+def test_promote_refuses_when_another_writer_made_a_version_latest_before_the_put(
+    kv: KeyVaultServer, store: AzureKeyVaultStore, fresh_store: Callable[[], AzureKeyVaultStore], ref: TargetRef
+) -> None:
+    """Key Vault has no conditional PUT: promote re-reads the current version right before its PUT, and a
+    writer that got in before that re-read (here: while the key's value is being fetched) is seen."""
+    store.stage(ref, value("k1"), meta("k1"))
+    store.stage(ref, value("k2"), meta("k2"))  # store's copy: k2 current
+    other = fresh_store()
+    fired: list[str] = []
+
+    def before(method: str, op: str, path: str) -> None:
+        if op == "get_secret" and not fired and path.rstrip("/").count("/") == 3:  # GET of k1's version
+            fired.append(path)
+            other.stage(ref, value("k3"), meta("k3"))
+
+    kv.before = before
+    with pytest.raises(StorePreconditionFailed, match="holds key k3, not k2"):
+        store.promote(ref, "k1", expect_current="k2")
+    kv.before = None
+    assert fired
+    assert kv.version_count(ref.secret) == 3  # k1 was not written again
+    assert store.inspect(ref).current_key_id == "k3"
+
+
+def test_promote_expecting_the_key_another_pass_promoted_is_a_no_op(
+    kv: KeyVaultServer, store: AzureKeyVaultStore, fresh_store: Callable[[], AzureKeyVaultStore], ref: TargetRef
+) -> None:
+    store.stage(ref, value("k1"), meta("k1"))
+    store.stage(ref, value("k2"), meta("k2"))
+    fresh_store().promote(ref, "k1")  # another pass wrote k1 again as latest
+    store.promote(ref, "k1", expect_current="k2")  # the re-read sees k1 current: nothing more to write
+    assert kv.version_count(ref.secret) == 3
 
 
 def test_retire_disables_the_old_version_and_deletes_nothing(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rotator.errors import StoreError, StoreNotFound
+from rotator.errors import StoreError, StoreNotFound, StorePermissionError
 from rotator.model import SecretText
 from rotator.stores.base import TargetRef
 from rotator.stores.file import FileStore, StoreConfig, TargetOptions, open_store
@@ -62,7 +62,8 @@ def test_no_temp_files_left_behind(store: FileStore, tmp_path: Path) -> None:
 
 def test_hand_written_value_is_foreign(store: FileStore, tmp_path: Path) -> None:
     d = tmp_path / "secrets" / "legacy"
-    d.mkdir(parents=True)
+    d.parent.mkdir(mode=0o700)
+    d.mkdir(mode=0o700)
     (d / "value").write_text("something")
     assert store.inspect(TargetRef("local", "legacy", "p")).foreign
 
@@ -309,3 +310,92 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+# ---- issue 11 item 10: a store root or directory that other users can reach is refused ---------------------
+
+_LOCAL_CONFIG = """\
+issuer: {{type: emulator, endpoint: cell-1-us-east-1-1.emulator.local}}
+stores:
+  local: {{type: file, path: {path}}}
+policies:
+  - name: demo
+    role: operator
+    targets: [{{store: local, secret: momento/demo}}]
+"""
+
+
+def _validate(tmp_path: Path, root: Path, capsys: pytest.CaptureFixture[str], command: str = "validate") -> str:
+    from rotator.runtime.cli import main
+
+    cfg = tmp_path / "rotator.yaml"
+    cfg.write_text(_LOCAL_CONFIG.format(path=root))
+    capsys.readouterr()
+    rc = main([command, "-c", str(cfg)])
+    out = capsys.readouterr()
+    assert rc == 2, out
+    return out.err
+
+
+def _private_tree(root: Path, *parts: str) -> Path:
+    root.mkdir(mode=0o700)
+    d = root
+    for part in parts:
+        d = d / part
+        d.mkdir(mode=0o700)
+    return d
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o750, 0o701, 0o770])
+def test_validate_refuses_a_root_open_to_the_group_or_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int
+) -> None:
+    root = tmp_path / "secrets"
+    root.mkdir()
+    root.chmod(mode)
+    err = _validate(tmp_path, root, capsys)
+    assert "stores.local.path" in err
+    assert f"mode {mode:04o}" in err and f"chmod 700 {root}" in err
+
+
+def test_startup_refuses_a_directory_under_the_root_open_to_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "secrets"
+    d = _private_tree(root, "momento", "demo")
+    (d / "versions").mkdir(mode=0o700)
+    (root / "momento").chmod(0o777)
+    err = _validate(tmp_path, root, capsys, command="once")  # exit 2 before anything is opened or written
+    assert f"chmod 700 {root / 'momento'}" in err
+    assert sorted(p.name for p in d.iterdir()) == ["versions"]
+
+
+def test_validate_refuses_a_root_another_user_owns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if os.geteuid() == 0:
+        root = tmp_path / "secrets"
+        root.mkdir(mode=0o700)
+        os.chown(root, 65534, 65534)
+        owner = "uid 65534"
+    else:
+        root, owner = Path("/"), "uid 0"  # a directory of another user, whatever the test runs as
+    err = _validate(tmp_path, root, capsys)
+    assert "stores.local.path" in err and owner in err and "chown" in err
+
+
+def test_a_private_root_validates(tmp_path: Path) -> None:
+    root = tmp_path / "secrets"
+    _private_tree(root, "momento", "demo")
+    assert StoreConfig(type="file", path=str(root)).path == str(root)
+    assert StoreConfig(type="file", path=str(tmp_path / "not-yet")).path  # created 0700 on the first write
+
+
+def test_a_directory_opened_up_after_startup_is_refused_at_the_next_use(tmp_path: Path) -> None:
+    root = tmp_path / "secrets"
+    store = open_store("local", StoreConfig(type="file", path=str(root)))
+    ref = _ref("momento/demo")
+    _rotate(store, ref, "k1")  # creates root, momento, momento/demo 0700
+    (root / "momento" / "demo").chmod(0o755)
+    for op in (lambda: store.inspect(ref), lambda: store.stage(ref, SecretText("payload-k2"), _meta("k2"))):
+        with pytest.raises(StorePermissionError, match=r"demo is accessible to its group or to other users"):
+            op()
+    assert not (root / "momento" / "demo" / "versions" / "k2.value").exists()

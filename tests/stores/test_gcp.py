@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,13 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import secretmanager
 from pydantic import ValidationError
 
-from rotator.errors import StoreConflict, StoreNotFound, StorePermissionError, StoreUnavailable
+from rotator.errors import (
+    StoreConflict,
+    StoreNotFound,
+    StorePermissionError,
+    StorePreconditionFailed,
+    StoreUnavailable,
+)
 from rotator.model import SecretText
 from rotator.stores.base import TargetRef, VersionMeta
 from rotator.stores.gcp import GcpSecretManagerStore, StoreConfig, TargetOptions, key_id_in, open_store
@@ -50,7 +57,9 @@ StoreFactory = Callable[..., GcpSecretManagerStore]
 def make_store(server: SecretManagerServer) -> Iterator[StoreFactory]:
     opened: list[GcpSecretManagerStore] = []
 
-    def make(*, clock: Callable[[], datetime] | None = None, **cfg: Any) -> GcpSecretManagerStore:
+    def make(
+        *, clock: Callable[[], datetime] | None = None, sleep: Callable[[float], None] | None = None, **cfg: Any
+    ) -> GcpSecretManagerStore:
         body: dict[str, Any] = {
             "type": "gcp",
             "project": PROJECT,
@@ -64,6 +73,7 @@ def make_store(server: SecretManagerServer) -> Iterator[StoreFactory]:
             credentials=AnonymousCredentials(),
             client_options={"api_endpoint": server.endpoint},
             clock=clock,
+            sleep=sleep,
         )
         assert isinstance(s, GcpSecretManagerStore)
         opened.append(s)
@@ -276,6 +286,85 @@ def test_retire_destroys_versions_disabled_long_enough(
     assert sorted(_entries(server, ref)) == [2, 3, 4]
 
 
+def test_a_year_of_weekly_rotations_destroys_every_version_due(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    """Issue 11 item 8: with keep_retired 3 and destroy_after 30d, pruning the bookkeeping used to forget
+    versions before they were due, so nothing was ever destroyed and old versions stayed DISABLED, untracked."""
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    store = make_store(keep_retired=3, destroy_after="30d", clock=lambda: now[0])
+    ref = _fresh_ref()
+    keys = [_rotate(store, ref)[0]]
+    per_week: list[int] = []
+    for _ in range(52):
+        now[0] += timedelta(days=7)
+        with count_calls(SERVICE) as calls:
+            store.inspect(ref)
+            keys.append(_rotate(store, ref)[0])
+            now[0] += timedelta(hours=1)  # grace
+            store.inspect(ref)
+            store.retire(ref, keys[-2])
+        per_week.append(len(calls))
+        now[0] -= timedelta(hours=1)
+    s = server.secret(PROJECT, ref.secret)
+    entries = _entries(server, ref)
+    states = {n: v.state for n, v in s.versions.items()}
+    assert len(states) == 53
+    disabled = sorted(n for n, st in states.items() if st == DISABLED)
+    # retired weekly, destroyed by the first retire 30 days or more later: the last 5 retired are still due
+    assert disabled == list(range(48, 53))
+    assert all(states[n] == DESTROYED for n in range(1, 48))
+    assert all(entries[n]["state"] == "retired" for n in disabled)  # every version still to destroy is tracked
+    assert sorted(entries) == [*disabled, 53]  # destroyed versions are forgotten, nothing else
+    assert states[53] == ENABLED and s.aliases == {"current": 53}
+    # per rotation: the calls do not grow (one DestroySecretVersion more once versions come due)
+    assert max(per_week) - min(per_week) <= 1 and per_week[-1] == per_week[10]
+
+
+def test_versions_due_for_destruction_are_never_pruned_over_the_budget(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    now = [datetime(2030, 1, 1, tzinfo=UTC)]
+    store = make_store(keep_retired=0, destroy_after="400d", clock=lambda: now[0])
+    ref = _fresh_ref()
+    keys = [_rotate(store, ref)[0]]
+    for _ in range(70):  # 70 full entries do not fit in the annotations budget: retired ones are shortened
+        now[0] += timedelta(days=1)
+        keys.append(_rotate(store, ref)[0])
+        store.retire(ref, keys[-2])
+    entries = _entries(server, ref)
+    assert sorted(entries) == list(range(1, 72))
+    assert all(entries[n]["state"] == "retired" and "retired_at" in entries[n] for n in range(1, 71))
+
+
+def test_retiring_a_staged_key_above_current_leaves_latest_on_the_current_key(
+    server: SecretManagerServer, store: GcpSecretManagerStore
+) -> None:
+    """Issue 11 item 7: `latest` is the most recently created version whatever its state. A key staged and
+    never promoted (a pass that died, an orphan) and then retired left a DISABLED version above the current
+    one, so every consumer reading `latest` got FAILED_PRECONDITION."""
+    ref = _fresh_ref()
+    k1, v1 = _rotate(store, ref)
+    k2 = _stage(store, ref)  # version 2, never promoted
+    store.inspect(ref)
+    store.retire(ref, k2)  # the planner retires the orphan before revoking it
+    s = server.secret(PROJECT, ref.secret)
+    assert s.versions[2].state == DISABLED
+    latest = s.latest()
+    assert latest is not None and latest.state == ENABLED
+    assert _access(server, ref, "latest") == v1.reveal()
+    assert _access(server, ref, "current") == v1.reveal()
+    state = store.inspect(ref)
+    assert state.current_key_id == k1
+    assert store.read(ref, k1) == v1
+    # the key's versions are all retired with it later
+    _rotate(store, ref)
+    store.retire(ref, k1)
+    s = server.secret(PROJECT, ref.secret)
+    assert [n for n, v in s.versions.items() if v.state == ENABLED] == [max(s.versions)]
+    assert _versions_holding(server, ref, k1) == [1, 3]
+
+
 def test_destroy_after_must_be_at_least_an_hour() -> None:
     with pytest.raises(ValidationError, match="destroy_after must be at least 1h"):
         StoreConfig(type="gcp", project=PROJECT, destroy_after="10m")  # type: ignore[arg-type]
@@ -316,6 +405,20 @@ def test_two_stores_staging_on_stale_etags_both_land(
     assert {entries[n]["key"] for n in (2, 3)} == {ka, kb}
     a.promote(ref, ka)
     assert a.inspect(ref).current_key_id == ka
+
+
+def test_an_etag_conflict_backs_off_before_the_retry(server: SecretManagerServer, make_store: StoreFactory) -> None:
+    """Issue 11 item 5: a stale etag is retried after a pause, not at once (few writes/s per secret)."""
+    slept: list[float] = []
+    a = make_store()
+    b = make_store(sleep=slept.append, retry={"attempts": 3, "initial_backoff": "200ms", "max_backoff": "1s"})
+    ref = _fresh_ref()
+    _rotate(a, ref)
+    b.inspect(ref)
+    _stage(a, ref)  # b's copy is stale now
+    _stage(b, ref)
+    assert server.count("UpdateSecret", status=400) == 1
+    assert len(slept) == 1 and 0.1 <= slept[0] <= 0.2
 
 
 def test_addversion_numbers_swapped_by_a_concurrent_stage_are_settled(
@@ -426,6 +529,152 @@ def test_retire_racing_a_promote_of_the_same_key_undoes_its_disable(
     assert s.aliases["current"] == 2
     assert s.versions[2].state == ENABLED
     assert _access(server, ref, "current") == v2.reveal()
+
+
+# ---- promote as a compare-and-set -------------------------------------------------------------------------
+
+
+def _stage(store: GcpSecretManagerStore, ref: TargetRef) -> str:
+    k = _key()
+    store.stage(ref, _value(k), _meta(k))
+    return k
+
+
+def test_promote_with_the_expected_current_switches(server: SecretManagerServer, store: GcpSecretManagerStore) -> None:
+    ref = _fresh_ref()
+    k1 = _stage(store, ref)
+    store.promote(ref, k1, expect_current=None)  # nothing current yet
+    k2 = _stage(store, ref)
+    store.promote(ref, k2, expect_current=k1)
+    assert server.secret(PROJECT, ref.secret).aliases == {"current": 2, "previous": 1}
+    store.promote(ref, k2, expect_current=k1)  # promoting the current key again: a no-op, whatever expected
+    assert store.inspect(ref).current_key_id == k2
+
+
+def test_promote_refuses_when_another_pass_promoted_first(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    a, b = make_store(), make_store()
+    ref = _fresh_ref()
+    k1, _ = _rotate(a, ref)
+    assert a.inspect(ref).current_key_id == k1
+    k2 = _stage(a, ref)
+    k3 = _stage(b, ref)
+    b.promote(ref, k3, expect_current=k1)
+    before = dict(server.secret(PROJECT, ref.secret).annotations)
+    with pytest.raises(StorePreconditionFailed, match=f"holds key {k3}, not {k1}"):
+        a.promote(ref, k2, expect_current=k1)
+    s = server.secret(PROJECT, ref.secret)
+    assert s.aliases["current"] == 3
+    assert s.annotations == before  # nothing changed
+    assert a.inspect(ref).current_key_id == k3
+
+
+def test_promote_refuses_when_a_writer_switches_between_its_read_and_its_write(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    """The alias update carries the etag read with the alias: a switch landing in between fails it (400), and
+    the re-read finds the current key is no longer the expected one."""
+    a, b = make_store(), make_store()
+    ref = _fresh_ref()
+    k1, _ = _rotate(a, ref)
+    k2 = _stage(a, ref)
+    k3 = _stage(b, ref)
+    a.inspect(ref)  # a's copy: k1 current, k2 and k3 staged
+    fired = threading.Event()
+
+    def before(method: str, op: str, path: str) -> None:
+        if op == "UpdateSecret" and not fired.is_set():
+            fired.set()
+            b.promote(ref, k3)  # lands while a's UpdateSecret is on its way
+
+    server.before = before
+    with pytest.raises(StorePreconditionFailed):
+        a.promote(ref, k2, expect_current=k1)
+    server.before = None
+    assert server.count("UpdateSecret", status=400) == 1  # a's conditional write was refused on the etag
+    s = server.secret(PROJECT, ref.secret)
+    assert s.aliases == {"current": 3, "previous": 1}
+    assert _entries(server, ref)[2]["state"] == "staged"
+    assert _access(server, ref, "current") == a.read(ref, k3).reveal()
+
+
+def test_promote_on_a_stale_cached_copy_checks_a_fresh_read(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    a, b = make_store(), make_store()
+    ref = _fresh_ref()
+    _rotate(a, ref)
+    k2 = _stage(a, ref)  # a's cache: k1 current
+    k3 = _stage(b, ref)
+    b.promote(ref, k3)
+    a.promote(ref, k2, expect_current=k3)  # the caller read k3 as current after a's cache was filled
+    assert server.secret(PROJECT, ref.secret).aliases == {"current": 2, "previous": 3}
+
+
+def test_promote_expecting_nothing_refuses_a_current_version(
+    server: SecretManagerServer, store: GcpSecretManagerStore
+) -> None:
+    ref = _fresh_ref()
+    k1, _ = _rotate(store, ref)
+    k2 = _stage(store, ref)
+    with pytest.raises(StorePreconditionFailed):
+        store.promote(ref, k2, expect_current=None)
+    assert store.inspect(ref).current_key_id == k1
+
+
+# ---- eventual consistency (issue 11 item 6) ---------------------------------------------------------------
+
+
+def test_under_lagging_metadata_reads_a_store_sees_its_own_writes(
+    server: SecretManagerServer, store: GcpSecretManagerStore
+) -> None:
+    """GetSecret, aliases and `latest` may answer with an older state; reading a version by number may not."""
+    server.stale_for = 60.0  # every metadata read answers with the state of a minute ago (here: the creation)
+    ref = _fresh_ref()
+    k1, v1 = _rotate(store, ref)  # the read-back reads version 1 by its number
+    with pytest.raises(gexc.NotFound):
+        _access(server, ref, "current")  # a consumer does not see the alias yet
+    state = store.inspect(ref)  # the GetSecret answer predates the promote: it is recognised as stale
+    assert state.current_key_id == k1
+    k2, v2 = _rotate(store, ref)
+    assert store.inspect(ref).current_key_id == k2
+    assert store.read(ref, k1) == v1
+    store.retire(ref, k1)
+    server.stale_for = 0.0
+    s = server.secret(PROJECT, ref.secret)
+    assert s.aliases == {"current": 2} and s.versions[1].state == DISABLED
+    assert _access(server, ref, "current") == v2.reveal()
+
+
+def test_a_stale_etag_from_a_lagging_read_backs_off_until_the_write_lands(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    a = make_store()
+    slept: list[float] = []
+    b = make_store(sleep=lambda t: (slept.append(t), time.sleep(t)), conflict_retries=20,
+                   retry={"attempts": 4, "initial_backoff": "50ms", "max_backoff": "100ms"})
+    ref = _fresh_ref()
+    _rotate(a, ref)
+    server.stale_for = 0.4
+    k2 = _stage(a, ref)  # b's reads keep answering with the secret as it was before this, for 0.4 s
+    k3 = _stage(b, ref)
+    server.stale_for = 0.0
+    assert server.count("UpdateSecret", status=400) >= 1 and len(slept) >= 1
+    entries = _entries(server, ref)
+    assert {entries[n]["key"] for n in (2, 3)} == {k2, k3}
+    assert _versions_holding(server, ref, k3) != [] and len(server.secret(PROJECT, ref.secret).versions) == 3
+
+
+def test_grace_starts_after_the_promote_is_visible_to_every_reader(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    store = make_store(clock=lambda: t0, visibility_lag="2m")
+    ref = _fresh_ref()
+    _rotate(store, ref)
+    assert store.inspect(ref).current_since == t0 + timedelta(minutes=2)
+    assert StoreConfig(type="gcp", project=PROJECT).visibility_lag == timedelta(minutes=5)
 
 
 # ---- crashes between calls ---------------------------------------------------------------------------------
@@ -574,6 +823,61 @@ def test_429_and_503_are_retried(server: SecretManagerServer, store: GcpSecretMa
         ("AddSecretVersion", "200"),
     ]
     assert store.inspect(ref).current_key_id == k
+
+
+@pytest.mark.parametrize("status", [503, 504, 500, 0])
+def test_an_addversion_whose_answer_was_lost_is_not_sent_again(
+    server: SecretManagerServer, store: GcpSecretManagerStore, status: int
+) -> None:
+    """Issue 11 item 5: the version was made but the answer lost (0: the connection reset). Resending would
+    make a second ENABLED version of the key; rotator reads the next version number back and finds it."""
+    ref = _fresh_ref()
+    _rotate(store, ref)
+    k = _key()
+    v = _value(k)
+    server.fail_next(status, op="AddSecretVersion", after=True)
+    with count_calls(SERVICE) as calls:
+        store.stage(ref, v, _meta(k))
+    assert _versions_holding(server, ref, k) == [2]
+    assert len(server.secret(PROJECT, ref.secret).versions) == 2
+    assert [op for _, op, _ in calls].count("AddSecretVersion") == 1
+    assert store.read(ref, k) == v
+    store.promote(ref, k)
+    assert store.inspect(ref).current_key_id == k
+
+
+def test_an_addversion_that_did_not_land_is_sent_again_after_looking(
+    server: SecretManagerServer, store: GcpSecretManagerStore
+) -> None:
+    ref = _fresh_ref()
+    _rotate(store, ref)
+    k = _key()
+    server.fail_next(503, op="AddSecretVersion")  # refused before anything was made
+    with count_calls(SERVICE) as calls:
+        store.stage(ref, _value(k), _meta(k))
+    assert [(op, st) for _, op, st in calls if op != "GetSecret"] == [
+        ("UpdateSecret", "200"),
+        ("AddSecretVersion", "503"),
+        ("AccessSecretVersion", "404"),  # version 2 does not exist: it was not made
+        ("AddSecretVersion", "200"),
+    ]
+    assert _versions_holding(server, ref, k) == [2]
+
+
+def test_retries_stop_at_the_deadline(server: SecretManagerServer, make_store: StoreFactory) -> None:
+    store = make_store(retry={"attempts": 30, "initial_backoff": "20ms", "max_backoff": "20ms", "deadline": "0.1s"})
+    server.fail_next(503, times=30, op="GetSecret")
+    with count_calls(SERVICE) as calls, pytest.raises(StoreUnavailable, match="GetSecret kept failing"):
+        store.inspect(_fresh_ref())
+    assert 2 <= len(calls) < 30
+
+
+def test_default_retries_outlast_a_per_minute_quota() -> None:
+    retry = StoreConfig(type="gcp", project=PROJECT).retry
+    assert retry.deadline >= timedelta(seconds=60)
+    waits = [min(retry.initial_backoff.total_seconds() * retry.multiplier**i, retry.max_backoff.total_seconds())
+             for i in range(retry.attempts - 1)]
+    assert sum(waits) / 2 >= 60  # full jitter: on average half of each ceiling
 
 
 def test_random_throttling_is_absorbed(server: SecretManagerServer, make_store: StoreFactory) -> None:
