@@ -283,7 +283,7 @@ class World:
                 first = {s: self._current_key(s) for _, s in self._secrets()}
                 states = self._key_states()
                 second = {s: self._current_key(s) for _, s in self._secrets()}
-            except Exception:  # noqa: BLE001 - the emulator is shutting down
+            except Exception:  # the emulator is shutting down
                 continue
             with self._lock:
                 self.fig.samples += len(first)
