@@ -42,7 +42,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from rotator.config import Duration
-from rotator.errors import StoreConflict, StoreError, StoreNotFound, StorePermissionError, StorePreconditionFailed
+from rotator.errors import (
+    StoreConflict,
+    StoreError,
+    StoreNotFound,
+    StorePermissionError,
+    StorePreconditionFailed,
+    StoreUnavailable,
+)
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import record_call
 from rotator.stores.base import ANY_CURRENT, Expect, SecretStore, TargetRef, VersionMeta
@@ -180,7 +187,8 @@ class FileStore:
     ``destroy_after``: how long a retired version's value file is kept (0: removed when it is retired).
     ``stale_after``: the age (by mtime, wall clock) at which a temporary file is taken as abandoned by a dead
     writer and removed; the engine passes ``pass_timeout``. ``write`` is ``os.write`` (tests pass a writer
-    that writes a few bytes per call).
+    that writes a few bytes per call). ``lock_wait``: how long a promote or retire waits for another process's
+    lock on the secret before it gives up (a holder that is paused or hung must not stall every other pass).
     """
 
     def __init__(
@@ -192,8 +200,10 @@ class FileStore:
         destroy_after: timedelta = timedelta(0),
         stale_after: timedelta = DEFAULT_STALE_AFTER,
         write: Callable[[int, memoryview], int] = os.write,
+        lock_wait: float = 2.0,
     ) -> None:
         self.name = name
+        self.lock_wait = lock_wait
         self.root = root
         self.destroy_after = destroy_after
         self.stale_after = stale_after
@@ -311,7 +321,22 @@ class FileStore:
         but not the mutual exclusion; docs/design-notes.md.)"""
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            # the critical section takes milliseconds; a holder that keeps the lock for seconds is paused (SIGSTOP,
+            # a frozen VM) or hung, and waiting for it would stall this pass too: give up, the next pass retries
+            give_up = time.monotonic() + self.lock_wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= give_up:
+                        raise StoreUnavailable(
+                            f"another process has held the lock on this secret for over {self.lock_wait:g}s "
+                            "(a paused or hung pass?); left to the next pass",
+                            store=self.name,
+                            secret=os.path.relpath(d, self.root),
+                        ) from None
+                    time.sleep(0.01)
             yield
         finally:
             os.close(fd)  # closing the last descriptor releases the lock
@@ -450,7 +475,6 @@ class FileStore:
         os.symlink(f"versions/{value_path.name}", tmp)
         os.replace(tmp, d / "current")
         self._fsync_dir(d)
-
 
     def _retire(self, ref: TargetRef, key_id: str) -> None:
         d = self._dir(ref)

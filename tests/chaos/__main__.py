@@ -1,6 +1,6 @@
 """``make chaos``: the chaos scenarios at length, with their figures.
 
-    python -m tests.chaos [--rounds 200] [--seed 1] [--scenario kill ...]
+python -m tests.chaos [--rounds 200] [--seed 1] [--scenario kill ...]
 """
 
 from __future__ import annotations

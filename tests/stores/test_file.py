@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rotator.errors import StoreError, StoreNotFound, StorePermissionError
+from rotator.errors import StoreError, StoreNotFound, StorePermissionError, StoreUnavailable
 from rotator.model import SecretText
 from rotator.stores.base import TargetRef
 from rotator.stores.file import FileStore, StoreConfig, TargetOptions, open_store
@@ -399,3 +399,34 @@ def test_a_directory_opened_up_after_startup_is_refused_at_the_next_use(tmp_path
         with pytest.raises(StorePermissionError, match=r"demo is accessible to its group or to other users"):
             op()
     assert not (root / "momento" / "demo" / "versions" / "k2.value").exists()
+
+
+def test_a_paused_process_holding_the_lock_does_not_stall_a_promote(store: FileStore, tmp_path: Path) -> None:
+    """Another process takes the secret's lock and is paused (SIGSTOP) while holding it: a promote gives up
+    after ``lock_wait`` with StoreUnavailable instead of waiting for ever, and changes nothing."""
+    ref = _ref()
+    _rotate(store, ref, "k1")
+    store.stage(ref, SecretText("value-k2"), _meta("k2"))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+            str(tmp_path / "secrets" / "demo"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        holder.send_signal(signal.SIGSTOP)
+        store.lock_wait = 0.3
+        with pytest.raises(StoreUnavailable, match="held the lock"):
+            store.promote(ref, "k2", expect_current="k1")
+        assert store.inspect(ref).current_key_id == "k1"
+    finally:
+        holder.kill()
+        holder.wait()
+    store.promote(ref, "k2", expect_current="k1")  # the lock is free again: the next pass goes ahead
+    assert store.inspect(ref).current_key_id == "k2"
