@@ -87,6 +87,7 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Captured]:
             local_store = {"type": "file", "path": str(h.secrets), "destroy_after": "30d"}
             cfg_path = h.write_config([CHECKOUT, REPORTING, BROKEN], stores={"local": local_store})
             (h.secrets / "broken" / "momento").mkdir(parents=True)
+            h.secrets.chmod(0o700)  # the preflight refuses a store directory others can read
             (h.secrets / "broken" / "momento" / "versions").write_text("not a directory\n")
             cfg = config_mod.load(cfg_path)
             configure_logging("debug", stream=buf, json=True)

@@ -302,9 +302,14 @@ def _pass_outcome(report: PassReport, config: Config, *, stopped: bool = False, 
     return int(code)
 
 
-def unserved_policies(report: PassReport) -> list[str]:
-    """Policies whose targets were read and hold no live key, with nothing published by this pass either:
-    such a policy is never reported as ok (e.g. every target unwritable, and its key waiting as an orphan)."""
+UNSERVED = "no target holds a live key, and this pass published none"
+
+
+def mark_unserved(report: PassReport) -> list[str]:
+    """Policies whose targets were read and hold no live key, with nothing published by this pass either.
+
+    Such a policy is never reported as ok (e.g. every target failed, and its key waits out orphan_after):
+    its report gets an error, so the summary, the metrics and the alerts all see a failure."""
     out = []
     for pr in report.policies:
         if pr.error or pr.targets is None:
@@ -315,6 +320,7 @@ def unserved_policies(report: PassReport) -> list[str]:
             (r.ok and r.action.kind == "publish") or any(v == "ok" for v in r.detail.values()) for r in pr.results
         )
         if not held and not published:
+            pr.error = UNSERVED
             out.append(pr.policy)
     return out
 
@@ -474,6 +480,7 @@ def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         report = app.engine.run_pass(only=only, progress=ProgressBar() if tty else None, stop=stop)
+        unserved = [] if report.issuer_auth_error or stop.is_set() else mark_unserved(report)
         metrics.observe(report)
         AlertHub(app.config.alerts, clock=clock).handle(report)
         if app.config.metrics.pushgateway:
@@ -487,16 +494,7 @@ def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
             signal.signal(sig, handler)
     if tty:
         _print_plan(report, app.config, clock(), as_json=False, results=True)
-    unserved = [] if report.issuer_auth_error or stop.is_set() else unserved_policies(report)
-    summary = report.to_json()
-    if unserved:
-        summary["ok"] = False
-        summary["unserved"] = unserved
-        for p in summary["policies"]:
-            if p["policy"] in unserved:
-                p["ok"] = False
-                p["notes"] = [*p["notes"], "! no target holds a live key"]
-    print(json.dumps({"summary": summary}, default=str), flush=True)
+    print(json.dumps({"summary": report.to_json()}, default=str), flush=True)
     return _pass_outcome(report, app.config, stopped=stop.is_set(), unserved=unserved)
 
 
