@@ -429,7 +429,7 @@ def _rotate(app: Any, name: str, *, emergency: bool, clock: Clock) -> int:
 
 
 def _audit(app: Any, now: datetime, *, window: str, as_json: bool) -> int:
-    from rotator.audit import classify
+    from rotator.audit import CLASSES, classify
     from rotator.config import parse_duration
 
     try:
@@ -463,7 +463,7 @@ def _audit(app: Any, now: datetime, *, window: str, as_json: bool) -> int:
             ]
         )
     _table(table, sys.stdout)
-    counts = {c: sum(1 for r in rows if r.cls == c) for c in ("managed", "orphaned", "unmanaged")}
+    counts = {c: sum(1 for r in rows if r.cls == c) for c in CLASSES}
     print(f"{len(rows)} keys: " + ", ".join(f"{n} {c}" for c, n in counts.items()))
     return 0
 
