@@ -26,6 +26,8 @@ from rotator.stores import base as store_base
 # key-shaped text: a JWT (v2 keys, legacy tokens), base64 JSON (v1 keys), or a long mixed base64 run
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
 _B64_RUN_RE = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
+# a run without '/': for "a long base64 string", so that paths and webhook URLs are not taken for secrets
+_B64_PLAIN_RE = re.compile(r"[A-Za-z0-9+_=-]{32,}")
 SECRET_HINT = "a key does not belong in this field (read secrets with {env: VAR} or {file: PATH})"  # noqa: S105
 
 
@@ -57,15 +59,69 @@ def redact_secrets(text: str) -> str:
         what = _key_shape(m.group(0))
         return m.group(0) if what is None else f"<{what}: {SECRET_HINT}>"
 
-    return _B64_RUN_RE.sub(sub, _JWT_RE.sub(sub, text))
+    text = _JWT_RE.sub(sub, text)
+    text = _B64_RUN_RE.sub(lambda m: sub(m) if m.group(0).startswith("eyJ") else m.group(0), text)
+    return _B64_PLAIN_RE.sub(sub, text)
+
+
+def _momento_keys_in(text: str) -> list[str]:
+    """Descriptions of the Momento keys (v1, v2, legacy) found in ``text``."""
+    if len(text) < 32:
+        return []
+    from rotator.keys import key_kind
+
+    found = []
+    for m in (*_JWT_RE.finditer(text), *_B64_RUN_RE.finditer(text)):
+        if key_kind(m.group(0)) in ("v1", "v2", "legacy"):
+            found.append(_key_shape(m.group(0)) or "a Momento API key")
+    return found
+
+
+def _keys_in_config(data: Any, issues: list[ConfigIssue]) -> None:
+    """A Momento key anywhere in the config (value or mapping key) is an error naming where, never the key:
+    a config file is no place for one ({env: VAR}, {file: PATH} and {store: ...} sources read them)."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    seen: set[int] = set()
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict | list):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            children = []
+            for k, v in items:
+                if isinstance(value, list):
+                    children.append((f"{path}[{k}]", v))
+                    continue
+                name = str(k)
+                found = _momento_keys_in(name)
+                if found:
+                    name = f"<{found[0]}>"
+                    issues.append(ConfigIssue(f"{path}.{name}" if path else name, _key_here(found[0])))
+                children.append((f"{path}.{name}" if path else name, v))
+            stack.extend(reversed(children))
+        elif isinstance(value, str):
+            found = _momento_keys_in(value)
+            if found:
+                issues.append(ConfigIssue(path or "(top level)", _key_here(found[0])))
+
+
+def _key_here(what: str) -> str:
+    return (
+        f"holds {what}, and a key does not belong in a config file: put it in an environment variable or a "
+        "file and point to it with {env: VAR} or {file: PATH} (issuer.management_key), then revoke it if "
+        "this file was shared"
+    )
 
 
 def _shown(value: Any) -> str:
     """``repr(value)`` for a message, unless it is shaped like a key: then a description of it."""
     text = repr(value)
-    if len(text) > 120:
-        text = text[:100] + "...'"
-    return redact_secrets(text)
+    shown = redact_secrets(text)
+    if shown != text:  # described, not shown: never cut a key in two (a part could slip through)
+        return shown
+    return text if len(text) <= 120 else text[:100] + "...'"
 
 
 # ---- durations and fractions ------------------------------------------------------------------------------
@@ -794,12 +850,13 @@ def _from_mapping(data: Any, *, source: str | None) -> Config:
             [ConfigIssue("", "the config must be a YAML mapping with issuer, stores and policies")], source=source
         )
     issues: list[ConfigIssue] = []
+    _keys_in_config(data, issues)
     broken: set[str] = set()
     try:
         raw = RawConfig.model_validate(data)
     except ValidationError as exc:
         # go on with every top-level field that is fine, so a broken one does not hide the other errors
-        issues = _issues(exc)
+        issues.extend(_issues(exc))
         broken = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
         rest = {k: v for k, v in data.items() if k not in broken and k in RawConfig.model_fields}
         if "issuer" not in rest:

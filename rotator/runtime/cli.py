@@ -32,6 +32,9 @@ from rotator.observability import configure_logging, get_logger, redact_text
 DEFAULT_CONFIGS = ("rotator.yaml", "config/local.yaml")
 #: the commands that can change the issuer or a store: they get their engine after the preflight
 MUTATING_COMMANDS = frozenset({"run", "once", "rotate"})
+#: the commands whose engine comes from build(preflight=True): the mutating ones, plus `plan` (it shows what a
+#: pass would do, and a pass would stop at the preflight) and `validate --online`
+PREFLIGHT_COMMANDS = MUTATING_COMMANDS | {"plan", "validate"}
 
 
 class ExitCode(enum.IntEnum):
@@ -234,8 +237,6 @@ def _dispatch(args: argparse.Namespace, state: dict[str, Any]) -> int:
     state["config"] = config
     state["log_level"] = args.log_level or config.log_level
     configure_logging(args.log_level or config.log_level)
-    if args.command == "validate" and not args.online:
-        return _validate(config, path)
     clock: Clock = system_clock
     if args.now is not None:
         from rotator.runtime.app import parse_now
@@ -252,6 +253,8 @@ def _dispatch(args: argparse.Namespace, state: dict[str, Any]) -> int:
             parse_duration(args.window)
         except ValueError as exc:
             raise ConfigError(f"--window: {exc}") from None
+    if args.command == "validate" and not args.online:
+        return _validate(config, path)
     if args.command == "run":
         from rotator.runtime.daemon import run_daemon
 
@@ -265,7 +268,7 @@ def _dispatch(args: argparse.Namespace, state: dict[str, Any]) -> int:
     from rotator.runtime.app import build
 
     # the one place a mutating command's engine comes from: build() runs the preflight before returning it
-    with build(config, clock=clock, preflight=args.command in MUTATING_COMMANDS or args.command == "validate") as app:
+    with build(config, clock=clock, preflight=args.command in PREFLIGHT_COMMANDS) as app:
         if args.command == "validate":
             code = _validate(config, path)
             print("  online: every role resolves at the issuer, and every file store is writable")
