@@ -320,6 +320,13 @@ class Defaults(BaseModel):
     orphan_after: Duration = timedelta(minutes=15)
     format: Literal["json", "env", "key"] = "json"
 
+    @field_validator("lifetime")
+    @classmethod
+    def _lifetime(cls, v: timedelta | str) -> timedelta | str:
+        if isinstance(v, timedelta) and v <= timedelta(0):
+            raise ValueError("must be longer than 0s, e.g. 30d (or never)")
+        return v
+
 
 class RawPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

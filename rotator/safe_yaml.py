@@ -204,6 +204,12 @@ def _walk(
     if id(node) in seen:  # an alias: the node was checked where its anchor is
         return
     seen.add(id(node))
+    if node.tag not in type(loader).yaml_constructors:
+        # !!python/object and friends: the safe constructor refuses them; say where, before it does
+        issues.append(
+            ConfigIssue(path or "(top level)", f"the YAML tag {node.tag[:60]} is not allowed in a config; remove it")
+        )
+        return
     if isinstance(node, yaml.ScalarNode):
         _expand(loader, node, path, environ, issues)
         _construct_scalar(loader, node, path, issues)

@@ -270,8 +270,9 @@ def _dispatch(args: argparse.Namespace, state: dict[str, Any]) -> int:
     # the one place a mutating command's engine comes from: build() runs the preflight before returning it
     with build(config, clock=clock, preflight=args.command in PREFLIGHT_COMMANDS) as app:
         if args.command == "validate":
+            app.issuer.list_keys()  # the management key may list keys (IssuerAuthError: exit 2, the remedy)
             code = _validate(config, path)
-            print("  online: every role resolves at the issuer, and every file store is writable")
+            print("  online: the issuer accepts the management key, every role resolves, every file store is writable")
             return code
         if args.command == "rotate":
             return _rotate(app, args.name, emergency=args.emergency, clock=clock)
