@@ -429,7 +429,10 @@ def _rotate(app: Any, name: str, *, emergency: bool, clock: Clock) -> int:
             for c in lagging:
                 print(f"  {c}", file=out)
     print(json.dumps(result, default=str), flush=True)
-    return 0 if result["ok"] else 1
+    refused = next((r for r in [before, *reports] if r.issuer_auth_error), None)
+    if refused is not None:
+        return _pass_outcome(refused, app.config)
+    return int(ExitCode.OK if result["ok"] else ExitCode.FAILED)
 
 
 def _audit(app: Any, now: datetime, *, window: str, as_json: bool) -> int:
@@ -583,8 +586,9 @@ def _print_plan(
 
 
 def _print_status(
-    report: PassReport, config: Config, now: datetime, *, as_json: bool, out: TextIO = sys.stdout
+    report: PassReport, config: Config, now: datetime, *, as_json: bool, out: TextIO | None = None
 ) -> None:
+    out = out or sys.stdout  # looked up at call time: stdout may have been replaced since import
     entries: list[dict[str, Any]] = []
     for p in report.policies:
         policy = config.policy(p.policy)
