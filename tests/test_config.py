@@ -239,9 +239,7 @@ def test_issuer_url_allowed(url: str) -> None:
     assert from_mapping(data).issuer.base_url == url
 
 
-@pytest.mark.parametrize(
-    "url", ["http://example.com", "http://10.0.0.5:7070", "http://mga.registry.prod.a.momentohq.com"]
-)
+@pytest.mark.parametrize("url", ["http://example.com", "http://10.0.0.5:7070", "http://mga.registry.prod.a.momentohq.com"])
 def test_plain_http_issuer_url_only_for_loopback(url: str) -> None:
     data = base()
     data["issuer"]["url"] = url

@@ -113,7 +113,9 @@ def test_three_rotations_of_two_policies(h: Harness, cfg: str) -> None:
             history[p].append(new)
             # the old key stays valid: it was replaced a moment ago
             assert h.live_ids(p) == history[p][-2:], (rotation, p)
-        assert {e["policy"]: e["new_key_id"] for e in r.events("created key")} == {p: v[-1] for p, v in history.items()}
+        assert {e["policy"]: e["new_key_id"] for e in r.events("created key")} == {
+            p: v[-1] for p, v in history.items()
+        }
         assert r.events("revoked key") == []
         assert_store_holds_newest(h)
         assert_retired_iff_revoked(h)
@@ -184,7 +186,9 @@ def test_plan_changes_nothing_and_prints_what_it_would_do(h: Harness, cfg: str) 
     assert first["checkout"] in h.live_ids("checkout")
 
 
-def test_stored_payloads_are_accepted_by_the_momento_sdk(h: Harness, cfg: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stored_payloads_are_accepted_by_the_momento_sdk(
+    h: Harness, cfg: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     h.once_in_process(Path(cfg), T0)
     for secret, fmt in SECRETS.items():
         payload = current_payload(h.secret_dir(secret))
@@ -193,7 +197,9 @@ def test_stored_payloads_are_accepted_by_the_momento_sdk(h: Harness, cfg: str, m
                 monkeypatch.setenv(name, value)
             provider = momento.CredentialProvider.from_environment_variables_v2()
         elif fmt == "json":
-            provider = momento.CredentialProvider.from_api_key_v2(api_key_of(fmt, payload), payload_endpoint(payload))
+            provider = momento.CredentialProvider.from_api_key_v2(
+                api_key_of(fmt, payload), payload_endpoint(payload)
+            )
         else:
             endpoint = current_payload(h.secret_dir("reporting/endpoint"))
             provider = momento.CredentialProvider.from_api_key_v2(api_key_of(fmt, payload), endpoint)

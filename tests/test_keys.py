@@ -33,11 +33,8 @@ def v2_key(key_id: str = "3f1c6a2e-1111-4222-8333-444455556666", **extra: object
 
 def legacy_token() -> str:
     return jwt.encode(
-        {
-            "sub": "someone@example.com",
-            "c": "cache.cell-4-us-west-2-1.prod.a.momentohq.com",
-            "cp": "control.cell-4-us-west-2-1.prod.a.momentohq.com",
-        },
+        {"sub": "someone@example.com", "c": "cache.cell-4-us-west-2-1.prod.a.momentohq.com",
+         "cp": "control.cell-4-us-west-2-1.prod.a.momentohq.com"},
         SIGNING,
         algorithm="HS256",
     )

@@ -189,14 +189,8 @@ def test_no_key_in_log_lines(captured: Captured) -> None:
 
 def test_no_key_in_exception_texts(captured: Captured) -> None:
     kinds = " ".join(captured.exceptions)
-    for name in (
-        "StoreError",
-        "StoreNotFound",
-        "StoreIntegrityError",
-        "IssuerAuthError",
-        "IssuerUnavailable",
-        "KeyFormatError",
-    ):
+    for name in ("StoreError", "StoreNotFound", "StoreIntegrityError", "IssuerAuthError", "IssuerUnavailable",
+                 "KeyFormatError"):
         assert name in kinds, name
     assert _leaks(captured.exceptions, captured.plaintexts) == []
 

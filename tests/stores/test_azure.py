@@ -284,11 +284,8 @@ def test_cli_rejects_bad_vault_urls_and_names_with_exit_code_2(
     from rotator.runtime.cli import main
 
     config = {
-        "issuer": {
-            "type": "momento",
-            "management_key": {"env": "MOMENTO_MANAGEMENT_KEY"},
-            "endpoint": "cell-4-us-west-2-1.prod.a.momentohq.com",
-        },
+        "issuer": {"type": "momento", "management_key": {"env": "MOMENTO_MANAGEMENT_KEY"},
+                   "endpoint": "cell-4-us-west-2-1.prod.a.momentohq.com"},
         "stores": {"kv": store},
         "policies": [{"name": "checkout", "role": "operator", "targets": [{"store": "kv", **target_}]}],
     }
@@ -448,7 +445,9 @@ def test_staging_over_a_foreign_value_is_refused(store: AzureKeyVaultStore, raw_
         store.stage(ref, value("k1"), meta("k1"))
 
 
-def test_staging_over_a_foreign_value_with_adopt_writes_the_key(store: AzureKeyVaultStore, raw_client: Any) -> None:
+def test_staging_over_a_foreign_value_with_adopt_writes_the_key(
+    store: AzureKeyVaultStore, raw_client: Any
+) -> None:
     ref = target(f"momento-{uuid.uuid4().hex[:12]}", adopt=True)
     raw_client.set_secret(ref.secret, "hand-written-value")
     store.stage(ref, value("k1"), meta("k1"))
@@ -487,11 +486,8 @@ def test_newer_versions_win_by_creation_time_without_reading_values(
 
 
 def test_foreign_write_in_the_same_second_is_seen_as_current(
-    kv: KeyVaultServer,
-    store: AzureKeyVaultStore,
-    fresh_store: Callable[[], AzureKeyVaultStore],
-    raw_client: Any,
-    ref: TargetRef,
+    kv: KeyVaultServer, store: AzureKeyVaultStore, fresh_store: Callable[[], AzureKeyVaultStore],
+    raw_client: Any, ref: TargetRef,
 ) -> None:
     kv.clock = lambda: T0
     store.stage(ref, value("k1"), meta("k1"))
@@ -643,14 +639,8 @@ def test_firewall_denial_points_at_the_network_rules(
 def test_credential_that_cannot_get_a_token_is_a_permission_error(
     kv: KeyVaultServer, ref: TargetRef, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for var in (
-        "AZURE_CLIENT_ID",
-        "AZURE_TENANT_ID",
-        "AZURE_CLIENT_SECRET",
-        "AZURE_CLIENT_CERTIFICATE_PATH",
-        "AZURE_USERNAME",
-        "AZURE_PASSWORD",
-    ):
+    for var in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PATH",
+                "AZURE_USERNAME", "AZURE_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     s = open_store("kv-test", make_config(kv, credential="environment"), connection_verify=kv.ca_path)
     try:
@@ -851,7 +841,9 @@ def world(kv: KeyVaultServer, tmp_path: Path) -> Iterator[dict[str, Any]]:
                     "client_options": {"verify_challenge_resource": False},
                 }
             },
-            "policies": [{"name": "checkout", "role": "operator", "targets": [{"store": "kv", "secret": secret}]}],
+            "policies": [
+                {"name": "checkout", "role": "operator", "targets": [{"store": "kv", "secret": secret}]}
+            ],
         }
     )
     yield {"clock": clock, "config": config, "secret": secret, "kv": kv}

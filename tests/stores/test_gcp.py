@@ -138,7 +138,9 @@ def _entries(server: SecretManagerServer, ref: TargetRef) -> dict[int, dict[str,
 
 def _versions_holding(server: SecretManagerServer, ref: TargetRef, key_id: str) -> list[int]:
     s = server.secret(PROJECT, ref.secret)
-    return sorted(n for n, v in s.versions.items() if v.data is not None and key_id_in(v.data.decode()) == key_id)
+    return sorted(
+        n for n, v in s.versions.items() if v.data is not None and key_id_in(v.data.decode()) == key_id
+    )
 
 
 # ---- what is written where ---------------------------------------------------------------------------------
@@ -179,7 +181,9 @@ def test_server_rejects_crc32c_mismatch(server: SecretManagerServer) -> None:
     client.transport.close()
 
 
-def test_user_managed_replication_and_project_override(server: SecretManagerServer, make_store: StoreFactory) -> None:
+def test_user_managed_replication_and_project_override(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
     store = make_store(replication={"locations": ["us-east1", "europe-west4"]})
     ref = _fresh_ref(project="other-project-1")
     _rotate(store, ref)
@@ -250,7 +254,9 @@ def test_retire_disables_and_latest_still_resolves_to_current(
     assert _access(server, ref, "current") == v2.reveal()
 
 
-def test_retire_destroys_versions_disabled_long_enough(server: SecretManagerServer, make_store: StoreFactory) -> None:
+def test_retire_destroys_versions_disabled_long_enough(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
     now = [datetime(2030, 1, 1, tzinfo=UTC)]
     store = make_store(destroy_after="7d", clock=lambda: now[0])
     ref = _fresh_ref()
@@ -291,7 +297,9 @@ def test_old_retired_entries_are_pruned(server: SecretManagerServer, make_store:
 # ---- concurrency: two passes racing on the etag ------------------------------------------------------------
 
 
-def test_two_stores_staging_on_stale_etags_both_land(server: SecretManagerServer, make_store: StoreFactory) -> None:
+def test_two_stores_staging_on_stale_etags_both_land(
+    server: SecretManagerServer, make_store: StoreFactory
+) -> None:
     a, b = make_store(), make_store()
     ref = _fresh_ref()
     _rotate(a, ref)
