@@ -263,7 +263,7 @@ def _expand(
     if value == node.value:
         return
     node.value = value
-    if node.style is None and node.tag == "tag:yaml.org,2002:str":
+    if not node.style and node.tag == "tag:yaml.org,2002:str":  # plain: None (PyYAML) or "" (libyaml)
         # a plain scalar: type the expanded text the way YAML would have typed it written out
         node.tag = loader.resolve(yaml.ScalarNode, value, (True, False))
 
