@@ -178,6 +178,10 @@ def _check_shape(text: str, source: str | None) -> None:
         else:
             continue
         if size > MAX_NODES:
+            if not anchors:
+                raise _fail(
+                    f"has more than {MAX_NODES} values: a config needs far fewer (is it the right file?)", source
+                )
             raise _fail(
                 f"expands to more than {MAX_NODES} values through anchors and aliases (&name / *name): "
                 "write the values out, or use fewer aliases",
