@@ -159,7 +159,7 @@ class _Parser(argparse.ArgumentParser):
         m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if m:
             choices = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(",")]
-            close = difflib.get_close_matches(m.group(1), choices, n=1)
+            close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.7)
             if close:
                 message += f"; did you mean {close[0]}?"
         raise UsageError(f"{message}\n  see: {self.prog} --help")
