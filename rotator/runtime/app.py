@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -163,15 +164,34 @@ def build(
             def emulator_clock() -> float:
                 return clock().timestamp()
 
-            emu = Emulator(
-                ic.emulator.db,
-                port=ic.emulator.port,
-                clock=emulator_clock,
-                latency=ic.emulator.latency.total_seconds(),
-                failure_rate=ic.emulator.failure_rate,
-                bootstrap_key_file=ic.emulator.bootstrap_key_file,
-            )
-            url = emu.start()
+            try:
+                emu = Emulator(
+                    ic.emulator.db,
+                    port=ic.emulator.port,
+                    clock=emulator_clock,
+                    latency=ic.emulator.latency.total_seconds(),
+                    failure_rate=ic.emulator.failure_rate,
+                    bootstrap_key_file=ic.emulator.bootstrap_key_file,
+                )
+            except (OSError, sqlite3.Error) as exc:
+                # a path under a regular file, a read-only volume, a file that is not a database: bad input
+                why = getattr(exc, "strerror", None) or str(exc)
+                raise ConfigError(
+                    [
+                        ConfigIssue(
+                            "issuer.emulator.db",
+                            f"cannot open the emulator's database {ic.emulator.db} (or its key file "
+                            f"{ic.emulator.bootstrap_key_file}): {why}; point issuer.emulator.db at a writable path",
+                        )
+                    ]
+                ) from None
+            try:
+                url = emu.start()
+            except OSError as exc:
+                emu.stop()
+                raise ConfigError(
+                    [ConfigIssue("issuer.emulator.port", f"cannot listen on port {ic.emulator.port}: {exc.strerror}")]
+                ) from None
             closers.append(emu.stop)
             management_key = emu.bootstrap_key
         elif ic.management_key is not None:

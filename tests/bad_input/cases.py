@@ -248,6 +248,31 @@ def key_file(content: str) -> Callable[[Data, Ctx], None]:
     return edit
 
 
+def local_emulator(db: str, port: int = 0) -> Callable[[Data, Ctx], None]:
+    """``type: emulator`` (in this process) with its database at ``db`` (relative to the case's scratch dir)."""
+
+    def edit(d: Data, c: Ctx) -> None:
+        if db == "under-a-file":
+            (c.scratch / "a-file").write_text("not a directory\n")
+        if db == "garbage.db":
+            (c.scratch / "garbage.db").write_bytes(b"this is not an SQLite database, it only has the name\n" * 20)
+        path = c.scratch / ("a-file/emulator.db" if db == "under-a-file" else db)
+        d["issuer"] = {
+            "type": "emulator",
+            "endpoint": "cell-1-us-east-1-1.emulator.local",
+            "emulator": {"db": str(path), "bootstrap_key_file": str(c.scratch / "owner.key"), "port": port},
+        }
+
+    return edit
+
+
+def emulator_port_in_use(d: Data, c: Ctx) -> None:
+    from urllib.parse import urlsplit
+
+    port = urlsplit(d["issuer"]["url"]).port or 0  # the test's own emulator listens there
+    local_emulator("fresh.db", port)(d, c)
+
+
 def refused_key(d: Data, c: Ctx) -> None:
     from tests.support.e2e import fake_v2_key
 
@@ -336,6 +361,9 @@ CASES: list[Case] = [
     T("issuer-unknown-field", "issuer.urll", issuer("urll", "https://x")),
     T("issuer-emulator-failure-rate", "issuer.emulator.failure_rate", issuer("emulator", {"failure_rate": 2})),
     T("issuer-emulator-port", "issuer.emulator.port", issuer("emulator", {"port": 70000})),
+    T("emulator-db-under-a-file", "issuer.emulator.db", local_emulator("under-a-file"), online=True),
+    T("emulator-db-not-a-database", "issuer.emulator.db", local_emulator("garbage.db"), online=True),
+    T("emulator-port-in-use", "issuer.emulator.port", emulator_port_in_use, online=True),
     T("mk-env-and-file", "issuer.management_key", mk({"env": "A", "file": "/x"})),
     T("mk-env-not-a-name", "issuer.management_key.env", mk({"env": "not a name"})),
     T("mk-store-unknown", "issuer.management_key.store", mk({"store": "nope", "secret": "x"})),
