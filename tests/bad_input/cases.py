@@ -273,6 +273,18 @@ def emulator_port_in_use(d: Data, c: Ctx) -> None:
     local_emulator("fresh.db", port)(d, c)
 
 
+def cloud(body: dict[str, Any]) -> Callable[[Data, Ctx], None]:
+    """A second store, ``cloud``, defined (and so checked) though no target uses it."""
+
+    def edit(d: Data, c: Ctx) -> None:
+        d["stores"]["cloud"] = body
+
+    return edit
+
+
+HTTP_CHECK = {"type": "http", "urls": ["http://127.0.0.1:9/id"]}
+
+
 def refused_key(d: Data, c: Ctx) -> None:
     from tests.support.e2e import fake_v2_key
 
@@ -333,6 +345,18 @@ CASES: list[Case] = [
     T("alerts-notifier-type", "alerts.notifiers[0]", alerts({"notifiers": [{"type": "pager"}]})),
     T("alerts-sns-arn", "alerts.notifiers[0]", alerts({"notifiers": [{"type": "sns", "topic_arn": "arn:x"}]})),
     T("alerts-before-word", "alerts.alert_before", alerts({"alert_before": "later"})),
+    T("alerts-webhook-url-missing", "alerts.notifiers[0]", alerts({"notifiers": [{"type": "webhook"}]})),
+    T(
+        "alerts-slack-timeout-word",
+        "alerts.notifiers[0]",
+        alerts({"notifiers": [{"type": "slack", "url": "https://h", "timeout": "soon"}]}),
+    ),
+    T("alerts-state-file-list", "alerts.state_file", alerts({"state_file": ["/a"]})),
+    T("alerts-on-success-word", "alerts.on_success", alerts({"on_success": "perhaps"})),
+    T("http-listen-port-99999", "http.listen", top("http", {"listen": "127.0.0.1:99999"})),
+    T("metrics-pushgateway-list", "metrics.pushgateway", top("metrics", {"pushgateway": ["http://x"]})),
+    T("defaults-orphan-after-word", "defaults.orphan_after", defaults("orphan_after", "whenever")),
+    T("defaults-rotate-every-negative", "defaults.rotate_every", defaults("rotate_every", -1)),
     T("defaults-lifetime-zero", "lifetime", defaults("lifetime", "0s")),
     T("defaults-format-xml", "defaults.format", defaults("format", "xml")),
     T("defaults-rotate-before-150pct", "defaults.rotate_before", defaults("rotate_before", "150%")),
@@ -361,6 +385,7 @@ CASES: list[Case] = [
     T("issuer-unknown-field", "issuer.urll", issuer("urll", "https://x")),
     T("issuer-emulator-failure-rate", "issuer.emulator.failure_rate", issuer("emulator", {"failure_rate": 2})),
     T("issuer-emulator-port", "issuer.emulator.port", issuer("emulator", {"port": 70000})),
+    T("issuer-emulator-latency-negative", "issuer.emulator.latency", issuer("emulator", {"latency": -1})),
     T("emulator-db-under-a-file", "issuer.emulator.db", local_emulator("under-a-file"), online=True),
     T("emulator-db-not-a-database", "issuer.emulator.db", local_emulator("garbage.db"), online=True),
     T("emulator-port-in-use", "issuer.emulator.port", emulator_port_in_use, online=True),
@@ -394,6 +419,19 @@ CASES: list[Case] = [
     T("store-path-under-regular-file", "stores.local.path", store_under_regular_file, online=True),
     T("store-path-world-readable", "stores.local.path", store_world_readable, online=True),
     T("store-path-foreign-owner", "stores.local.path", store_foreign_owner, online=True),
+    T("aws-region-word", "stores.cloud.region", cloud({"type": "aws", "region": "Mars 1"})),
+    T("aws-endpoint-url-word", "stores.cloud.endpoint_url", cloud({"type": "aws", "endpoint_url": "not a url"})),
+    T("aws-max-attempts-word", "stores.cloud.max_attempts", cloud({"type": "aws", "max_attempts": "lots"})),
+    T("azure-vault-url-missing", "stores.cloud.vault_url", cloud({"type": "azure"})),
+    T("azure-vault-url-http", "stores.cloud.vault_url", cloud({"type": "azure", "vault_url": "http://kv.example"})),
+    T(
+        "azure-timeout-zero",
+        "stores.cloud.timeout",
+        cloud({"type": "azure", "vault_url": "https://x.vault.azure.net", "timeout": 0}),
+    ),
+    T("gcp-project-missing", "stores.cloud.project", cloud({"type": "gcp"})),
+    T("gcp-transport-pigeon", "stores.cloud.transport", cloud({"type": "gcp", "project": "p", "transport": "pigeon"})),
+    T("gcp-keep-retired-99", "stores.cloud.keep_retired", cloud({"type": "gcp", "project": "p", "keep_retired": 99})),
     T("target-dir-is-regular-file", "policies[0].targets[0].secret", target_dir_is_a_file, online=True),
     # policies
     T("policy-not-mapping", "policies[0]", top("policies", ["checkout"])),
@@ -435,6 +473,28 @@ CASES: list[Case] = [
     T("pickup-type-unknown", "policies[0].pickup[0].type", pol("pickup", [{"type": "ping"}])),
     T("pickup-http-no-urls", "policies[0].pickup[0]", pol("pickup", [{"type": "http"}])),
     T("max-wait-without-pickup", "policies[0].max_wait", pol("max_wait", "1h")),
+    T("pickup-http-urls-scalar", "policies[0].pickup[0].urls", pol("pickup", [{"type": "http", "urls": "http://x"}])),
+    T("pickup-http-timeout-negative", "policies[0].pickup[0].timeout", pol("pickup", [{**HTTP_CHECK, "timeout": -1}])),
+    T("pickup-k8s-namespace-missing", "policies[0].pickup[0].namespace", pol("pickup", [{"type": "kubernetes"}])),
+    T(
+        "revoke-after-shorter-than-grace",
+        "policies[0].revoke_after",
+        lambda d, c: d["policies"][0].update(pickup=[HTTP_CHECK], revoke_after="1m"),
+    ),
+    T(
+        "max-wait-over-revoke-after",
+        "policies[0].max_wait",
+        lambda d, c: d["policies"][0].update(pickup=[HTTP_CHECK], revoke_after="1h", max_wait="2h"),
+    ),
+    T("self-word", "policies[0].self", pol("self", "maybe")),
+    T(
+        "endpoint-secret-escapes",
+        "policies[0].targets[0].endpoint_secret",
+        lambda d, c: d["policies"][0].update(
+            format="key", targets=[{"store": "local", "secret": "k", "endpoint_secret": "../x"}]
+        ),
+    ),
+    T("target-unknown-field", "policies[0].targets[0].colour", target("colour", "red")),
     T("self-with-operator-role", "policies[0].role", self_not_owner),
     T("policy-unknown-field", "policies[0].rol", pol("rol", "operator")),
     # the YAML, its encoding and its size
