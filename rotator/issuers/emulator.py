@@ -726,6 +726,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rotator emulator: {exc}", file=sys.stderr)
         return 2
+    except (OSError, sqlite3.Error) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        print(
+            f"rotator emulator: cannot open --db {args.db} or --bootstrap-key-file {args.bootstrap_key_file}: "
+            f"{reason}; give writable paths",
+            file=sys.stderr,
+        )
+        return 2
     try:
         url = emulator.start()
     except OSError as exc:
