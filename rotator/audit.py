@@ -8,14 +8,14 @@ from datetime import datetime, timedelta
 from rotator.config import Config
 from rotator.model import KeyInfo, SecretState
 
-CLASSES = ("managed", "orphaned", "unmanaged")
+CLASSES = ("managed", "pending", "orphaned", "unmanaged")
 
 
 @dataclass(frozen=True)
 class KeyAudit:
     key: KeyInfo
     role: str
-    cls: str  # managed | orphaned | unmanaged
+    cls: str  # managed | pending | orphaned | unmanaged
     policy: str | None
     flags: tuple[str, ...]  # expiring-no-policy, never-expires-owner, expired, current, held-by:<target>...
 
@@ -44,11 +44,15 @@ def classify(
     """Classify each key.
 
     ``roles`` maps role id -> name; ``held`` maps policy name -> target id -> state (None: unreadable).
-    - managed: carries the marker of a configured policy and some target holds it (any version), or it is
-      the newest key of its policy and younger than ``orphan_after`` (being published);
+    - managed: carries the marker of a configured policy and some target holds it (any version), or a target
+      of its policy could not be read (so it may);
+    - pending: the newest key of a configured policy, younger than ``orphan_after``, that no target holds
+      yet (a pass may be publishing it);
     - orphaned: carries a marker, but its policy is not configured, or no target holds it;
     - unmanaged: no marker.
-    Flags: ``expiring-no-policy`` (unmanaged or orphaned, expires within ``window``), ``never-expires-owner``
+    Flags: ``expiring-no-policy`` (expires within ``window`` and no configured policy looks after it:
+    unmanaged, or marked for a policy that is not configured; never on a key of a configured policy),
+    ``never-expires-owner``
     (no expiry and the Owner role), ``expired``, ``current`` (a target serves it), ``unverified`` (a target
     could not be read).
     """
@@ -77,8 +81,10 @@ def classify(
             unreadable = any(s is None for s in states.values())
             newest = newest_of[policy]
             pending = newest.key_id == k.key_id and now - k.issued_at < policies[policy].orphan_after
-            if holding or pending or unreadable:
+            if holding or unreadable:
                 cls = "managed"
+            elif pending:
+                cls = "pending"
             else:
                 cls = "orphaned"
                 flags.append("held-by-no-target")
@@ -88,7 +94,7 @@ def classify(
                 flags.append("unverified")
         if k.expires_at is not None and k.expires_at <= now:
             flags.append("expired")
-        elif k.expires_at is not None and cls != "managed" and k.expires_at - now <= window:
+        elif k.expires_at is not None and (policy is None or policy not in policies) and k.expires_at - now <= window:
             flags.append("expiring-no-policy")
         if k.expires_at is None and role.lower() == "owner":
             flags.append("never-expires-owner")

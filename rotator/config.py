@@ -9,19 +9,120 @@ All problems are gathered into one :class:`ConfigError` whose lines read ``<path
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from rotator.errors import ConfigError, ConfigIssue, KeyFormatError
 from rotator.keys import check_endpoint
 from rotator.stores import base as store_base
+
+# ---- values quoted in messages -----------------------------------------------------------------------------
+
+# key-shaped text: a JWT (v2 keys, legacy tokens), base64 JSON (v1 keys), or a long mixed base64 run
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
+_B64_RUN_RE = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
+# a run without '/': for "a long base64 string", so that paths and webhook URLs are not taken for secrets
+_B64_PLAIN_RE = re.compile(r"[A-Za-z0-9+_=-]{32,}")
+SECRET_HINT = "a key does not belong in this field (read secrets with {env: VAR} or {file: PATH})"  # noqa: S105
+
+
+def _key_shape(token: str) -> str | None:
+    from rotator.keys import key_kind
+
+    kind = key_kind(token)
+    if kind == "v2":
+        return "a Momento API key (v2)"
+    if kind == "v1":
+        return "a Momento API key (v1)"
+    if kind == "legacy":
+        return "a Momento legacy token"
+    if _JWT_RE.fullmatch(token):
+        return "a JWT"
+    if token.startswith("eyJ") or (
+        any(c.isdigit() for c in token) and any(c.isupper() for c in token) and any(c.islower() for c in token)
+    ):
+        return "a long base64 string (a secret?)"
+    return None
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with every key-shaped token replaced by a short description of it and a hint."""
+    if len(text) < 32:
+        return text
+
+    def sub(m: re.Match[str]) -> str:
+        what = _key_shape(m.group(0))
+        return m.group(0) if what is None else f"<{what}: {SECRET_HINT}>"
+
+    text = _JWT_RE.sub(sub, text)
+    text = _B64_RUN_RE.sub(lambda m: sub(m) if m.group(0).startswith("eyJ") else m.group(0), text)
+    return _B64_PLAIN_RE.sub(sub, text)
+
+
+def _momento_keys_in(text: str) -> list[str]:
+    """Descriptions of the Momento keys (v1, v2, legacy) found in ``text``."""
+    if len(text) < 32:
+        return []
+    from rotator.keys import key_kind
+
+    found = []
+    for m in (*_JWT_RE.finditer(text), *_B64_RUN_RE.finditer(text)):
+        if key_kind(m.group(0)) in ("v1", "v2", "legacy"):
+            found.append(_key_shape(m.group(0)) or "a Momento API key")
+    return found
+
+
+def _keys_in_config(data: Any, issues: list[ConfigIssue]) -> None:
+    """A Momento key anywhere in the config (value or mapping key) is an error naming where, never the key:
+    a config file is no place for one ({env: VAR}, {file: PATH} and {store: ...} sources read them)."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    seen: set[int] = set()
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict | list):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            children = []
+            for k, v in items:
+                if isinstance(value, list):
+                    children.append((f"{path}[{k}]", v))
+                    continue
+                name = str(k)
+                found = _momento_keys_in(name)
+                if found:
+                    name = f"<{found[0]}>"
+                    issues.append(ConfigIssue(f"{path}.{name}" if path else name, _key_here(found[0])))
+                children.append((f"{path}.{name}" if path else name, v))
+            stack.extend(reversed(children))
+        elif isinstance(value, str):
+            found = _momento_keys_in(value)
+            if found:
+                issues.append(ConfigIssue(path or "(top level)", _key_here(found[0])))
+
+
+def _key_here(what: str) -> str:
+    return (
+        f"holds {what}, and a key does not belong in a config file: put it in an environment variable or a "
+        "file and point to it with {env: VAR} or {file: PATH} (issuer.management_key), then revoke it if "
+        "this file was shared"
+    )
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` for a message, unless it is shaped like a key: then a description of it."""
+    text = repr(value)
+    shown = redact_secrets(text)
+    if shown != text:  # described, not shown: never cut a key in two (a part could slip through)
+        return shown
+    return text if len(text) <= 120 else text[:100] + "...'"
+
 
 # ---- durations and fractions ------------------------------------------------------------------------------
 
@@ -29,17 +130,23 @@ _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|w|d|h|m|s)")
 _UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
+#: the longest duration accepted anywhere (a datetime plus it must stay representable)
+MAX_DURATION = timedelta(days=36500)
+_RANGE_HINT = "write one like 30d, 6h, 15m or 90s (at most 36500d, 100 years)"
+
+
 def parse_duration(value: Any) -> timedelta:
-    """``"30d"``, ``"6h"``, ``"90s"``, ``"1h30m"``, ``"2w"`` or a number of seconds, as a timedelta."""
+    """``"30d"``, ``"6h"``, ``"90s"``, ``"1h30m"``, ``"2w"`` or a number of seconds, as a timedelta.
+
+    Raises ValueError (with what to write instead) for anything else, a negative, NaN or infinite value,
+    or one longer than :data:`MAX_DURATION`."""
     if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 30d, 6h, 15m or 90s")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
+        total = value.total_seconds()
+    elif isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a duration: {_RANGE_HINT}")
+    elif isinstance(value, int | float):
+        total = float(value)
+    else:
         text = value.strip().lower().replace(" ", "")
         pos, total = 0, 0.0
         for m in _DURATION_RE.finditer(text):
@@ -47,9 +154,15 @@ def parse_duration(value: Any) -> timedelta:
                 break
             total += float(m.group(1)) * _UNITS[m.group(2)]
             pos = m.end()
-        if text and pos == len(text):
-            return timedelta(seconds=total)
-    raise ValueError(f"{value!r} is not a duration: write it like 30d, 6h, 15m, 90s or 1h30m")
+        if not text or pos != len(text):
+            raise ValueError(f"{_shown(value)} is not a duration: write it like 30d, 6h, 15m, 90s or 1h30m")
+    if total != total:  # NaN
+        raise ValueError(f"not a number (NaN) is not a duration: {_RANGE_HINT}")
+    if total < 0:
+        raise ValueError(f"a duration cannot be negative: {_RANGE_HINT}")
+    if total > MAX_DURATION.total_seconds():
+        raise ValueError("too long: a duration may be at most 36500d (100 years); write one like 30d or 6h")
+    return value if isinstance(value, timedelta) else timedelta(seconds=total)
 
 
 def format_duration(td: timedelta) -> str:
@@ -75,7 +188,7 @@ def _parse_before(value: Any) -> timedelta | float:
         try:
             pct = float(value.strip()[:-1])
         except ValueError:
-            raise ValueError(f"{value!r} is not a percentage: write it like 25%") from None
+            raise ValueError(f"{_shown(value)} is not a percentage: write it like 25%") from None
         if not 0 < pct < 100:
             raise ValueError("a percentage of the lifetime must be between 0% and 100%, e.g. 25%")
         return pct / 100
@@ -87,6 +200,9 @@ def _parse_before(value: Any) -> timedelta | float:
 RotateBefore = Annotated[timedelta | float, BeforeValidator(_parse_before)]
 
 # ---- the raw shape ------------------------------------------------------------------------------------------
+
+#: the longest key description the key API accepts (the emulator models the same limit), marker included
+KEY_DESCRIPTION_MAX = 1024
 
 POLICY_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 FORMATS = ("json", "env", "key")
@@ -109,7 +225,7 @@ class SecretSource(BaseModel):
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
-            raise ValueError(f"{v!r} is not an environment variable name")
+            raise ValueError(f"{_shown(v)} is not an environment variable name: write one like MOMENTO_API_KEY")
         return v
 
     def model_post_init(self, __context: Any) -> None:
@@ -150,16 +266,29 @@ class IssuerConfig(BaseModel):
     private_endpoints: list[str] = []
     timeout: Duration = timedelta(seconds=10)
     max_attempts: int = Field(5, ge=1, le=20)
+    #: keys (and roles) asked for per page of a listing
+    page_size: int = Field(100, ge=1, le=100)
     emulator: EmulatorSettings = EmulatorSettings()
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("must be longer than 0s, e.g. 10s")
+        return v
 
     @field_validator("url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        m = re.match(r"^(https?)://([^/:]+)(:\d+)?/?$", v)
+        # a path prefix is allowed (a private gateway: https://gw.example.com/momento); no query or fragment
+        m = re.match(r"^(https?)://([^/:?#\s]+)(:\d{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?$", v)
         if not m:
-            raise ValueError(f"{v!r} is not a base URL like https://mga.registry.prod.a.momentohq.com")
+            raise ValueError(
+                f"{_shown(v)} is not a base URL like https://mga.registry.prod.a.momentohq.com "
+                "(a path prefix such as https://gateway.example.com/momento is allowed; no query or fragment)"
+            )
         if m.group(1) == "http" and m.group(2) not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("plain http is only allowed for a local emulator (127.0.0.1); use https")
         return v.rstrip("/")
@@ -171,7 +300,7 @@ class IssuerConfig(BaseModel):
             try:
                 re.compile(p)
             except re.error as exc:
-                raise ValueError(f"{p!r} is not a regular expression: {exc}") from None
+                raise ValueError(f"{_shown(p)} is not a regular expression: {exc}") from None
         return v
 
     @property
@@ -190,6 +319,13 @@ class Defaults(BaseModel):
     grace: Duration = timedelta(hours=1)
     orphan_after: Duration = timedelta(minutes=15)
     format: Literal["json", "env", "key"] = "json"
+
+    @field_validator("lifetime")
+    @classmethod
+    def _lifetime(cls, v: timedelta | str) -> timedelta | str:
+        if isinstance(v, timedelta) and v <= timedelta(0):
+            raise ValueError("must be longer than 0s, e.g. 30d (or never)")
+        return v
 
 
 class RawPolicy(BaseModel):
@@ -215,8 +351,11 @@ class RawPolicy(BaseModel):
     def _name(cls, v: str) -> str:
         if not POLICY_NAME_RE.match(v):
             suggestion = re.sub(r"[^a-z0-9-]+", "-", v.lower()).strip("-")[:63] or "my-policy"
+            if redact_secrets(v) != v:  # never echo a pasted key, not even lowercased
+                suggestion = "my-policy"
             raise ValueError(
-                f"{v!r} is not a valid policy name: use 1-63 lowercase letters, digits and '-', e.g. {suggestion!r}"
+                f"{_shown(v)} is not a valid policy name: use 1-63 lowercase letters, digits and '-', "
+                f"e.g. {suggestion!r}"
             )
         return v
 
@@ -249,7 +388,7 @@ class HttpConfig(BaseModel):
             return v
         host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
-            raise ValueError(f"{v!r} is not host:port, e.g. 127.0.0.1:9464 or 0.0.0.0:9464 (or null to disable)")
+            raise ValueError(f"{_shown(v)} is not host:port, e.g. 127.0.0.1:9464 or 0.0.0.0:9464 (or null to disable)")
         return v
 
 
@@ -320,6 +459,13 @@ class RawConfig(BaseModel):
     defaults: Defaults = Defaults()
     stores: dict[str, dict[str, Any]] = {}
     policies: list[dict[str, Any]] = Field(min_length=1)
+
+    @field_validator("interval", "pass_timeout")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("must be longer than 0s, e.g. 1m")
+        return v
 
 
 # ---- the resolved config ------------------------------------------------------------------------------------
@@ -400,7 +546,7 @@ class Config:
         found = index.get(name)
         if found is not None:
             return found
-        raise ConfigError([ConfigIssue("policy", f"no policy named {name!r}; known: {', '.join(self.names())}")])
+        raise ConfigError([ConfigIssue("policy", f"no policy named {_shown(name)}; known: {', '.join(self.names())}")])
 
     def names(self) -> list[str]:
         return [p.name for p in self.policies]
@@ -447,8 +593,8 @@ def _store_specs(raw: RawConfig, issues: list[ConfigIssue]) -> dict[str, StoreSp
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$", name):
             issues.append(ConfigIssue(path, "store names use letters, digits, '-' and '_'"))
         kind = body.get("type") if isinstance(body, dict) else None
-        if kind not in store_base.REGISTRY:
-            issues.append(ConfigIssue(f"{path}.type", f"unknown store type {kind!r}; use one of: {known}"))
+        if not isinstance(kind, str) or kind not in store_base.REGISTRY:
+            issues.append(ConfigIssue(f"{path}.type", f"unknown store type {_shown(kind)}; use one of: {known}"))
             continue
         try:
             cfg = store_base.backend(kind).StoreConfig.model_validate(body)
@@ -543,6 +689,16 @@ def _resolve_policy(
 
     if partial:
         return None
+    full = len(f"{p.description} [rotator:{p.name}]".strip())
+    if full > KEY_DESCRIPTION_MAX:
+        room = KEY_DESCRIPTION_MAX - len(f" [rotator:{p.name}]")
+        issues.append(
+            ConfigIssue(
+                f"{path}.description",
+                f"{len(p.description)} characters is too long: with rotator's marker the key description must fit "
+                f"the key API's limit of {KEY_DESCRIPTION_MAX}; shorten it to at most {room} characters",
+            )
+        )
     targets = _resolve_targets(path, p.targets, fmt, raw, specs, issues)
     pickup = _resolve_pickup(path, p.pickup, issues)
     if p.revoke_after is not None and p.revoke_after < grace:
@@ -586,11 +742,14 @@ def _resolve_pickup(path: str, raw_checks: list[dict[str, Any]], issues: list[Co
     for j, c in enumerate(raw_checks):
         cpath = f"{path}.pickup[{j}]"
         kind = c.get("type") if isinstance(c, dict) else None
+        if not isinstance(kind, str):
+            issues.append(ConfigIssue(f"{cpath}.type", f"required: the kind of check; use one of: {known}"))
+            continue
         if kind == "grace":
             issues.append(ConfigIssue(f"{cpath}.type", "grace always applies: set `grace:` on the policy instead"))
             continue
         if kind not in pickup_base.REGISTRY:
-            issues.append(ConfigIssue(f"{cpath}.type", f"unknown pickup check {kind!r}; use one of: {known}"))
+            issues.append(ConfigIssue(f"{cpath}.type", f"unknown pickup check {_shown(kind)}; use one of: {known}"))
             continue
         try:
             out.append(pickup_base.backend(kind).CheckConfig.model_validate(c))
@@ -652,7 +811,7 @@ def _resolve_targets(
         if store not in specs:
             if store not in raw.stores:
                 known = ", ".join(raw.stores) or "none defined"
-                issues.append(ConfigIssue(f"{tpath}.store", f"no store named {store!r} (stores: {known})"))
+                issues.append(ConfigIssue(f"{tpath}.store", f"no store named {_shown(store)} (stores: {known})"))
             continue
         spec = specs[store]
         body = dict(t)
@@ -665,7 +824,7 @@ def _resolve_targets(
         tfmt = str(getattr(opts, "format", fmt))
         endpoint_secret = getattr(opts, "endpoint_secret", None)
         if tfmt not in FORMATS:
-            issues.append(ConfigIssue(f"{tpath}.format", f"unknown format {tfmt!r}; use json, env or key"))
+            issues.append(ConfigIssue(f"{tpath}.format", f"unknown format {_shown(tfmt)}; use json, env or key"))
         if tfmt == "key" and not endpoint_secret:
             issues.append(
                 ConfigIssue(
@@ -680,17 +839,31 @@ def _resolve_targets(
 
 def from_mapping(data: Any, *, source: str | None = None) -> Config:
     """Validate a parsed config mapping. Raises ConfigError listing every problem."""
+    try:
+        return _from_mapping(data, source=source)
+    except (TypeError, ValueError, AttributeError, KeyError, RecursionError, OverflowError) as exc:
+        # a shape no check foresaw (e.g. a list where a name belongs) is still bad input, not a crash; the
+        # message names the exception type only, never the value
+        hint = "compare it with config/local.yaml and the README's Configuration section"
+        raise ConfigError(
+            [ConfigIssue("", f"the config has a shape rotator cannot check ({type(exc).__name__}); {hint}")],
+            source=source,
+        ) from None
+
+
+def _from_mapping(data: Any, *, source: str | None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(
             [ConfigIssue("", "the config must be a YAML mapping with issuer, stores and policies")], source=source
         )
     issues: list[ConfigIssue] = []
+    _keys_in_config(data, issues)
     broken: set[str] = set()
     try:
         raw = RawConfig.model_validate(data)
     except ValidationError as exc:
         # go on with every top-level field that is fine, so a broken one does not hide the other errors
-        issues = _issues(exc)
+        issues.extend(_issues(exc))
         broken = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
         rest = {k: v for k, v in data.items() if k not in broken and k in RawConfig.model_fields}
         if "issuer" not in rest:
@@ -748,7 +921,7 @@ def _check_issuer(raw: RawConfig, issues: list[ConfigIssue]) -> None:
         issues.append(ConfigIssue("issuer.endpoint", "Missing required property: endpoint"))
     mk = raw.issuer.management_key
     if mk is not None and mk.store is not None and mk.store not in raw.stores:
-        issues.append(ConfigIssue("issuer.management_key.store", f"no store named {mk.store!r}"))
+        issues.append(ConfigIssue("issuer.management_key.store", f"no store named {_shown(mk.store)}"))
 
 
 def _resolve_policies(raw: RawConfig, specs: dict[str, StoreSpec], issues: list[ConfigIssue]) -> list[Policy]:
@@ -764,7 +937,8 @@ def _resolve_policies(raw: RawConfig, specs: dict[str, StoreSpec], issues: list[
         if policy.name in seen_names:
             issues.append(
                 ConfigIssue(
-                    f"policies[{i}].name", f"{policy.name!r} is already used by policies[{seen_names[policy.name]}]"
+                    f"policies[{i}].name",
+                    f"{_shown(policy.name)} is already used by policies[{seen_names[policy.name]}]",
                 )
             )
         seen_names.setdefault(policy.name, i)
@@ -775,7 +949,9 @@ def _resolve_policies(raw: RawConfig, specs: dict[str, StoreSpec], issues: list[
                 if tid in seen_targets and not (sid == t.endpoint_secret and seen_targets[tid].endswith("(endpoint)")):
                     issues.append(
                         ConfigIssue(
-                            owner, f"secret {sid!r} in store {t.store!r} is already written by {seen_targets[tid]}"
+                            owner,
+                            f"secret {_shown(sid)} in store {_shown(t.store)} is already written by "
+                            + seen_targets[tid],
                         )
                     )
                 seen_targets.setdefault(tid, owner + (" (endpoint)" if sid == t.endpoint_secret else ""))
@@ -783,38 +959,36 @@ def _resolve_policies(raw: RawConfig, specs: dict[str, StoreSpec], issues: list[
     return policies
 
 
+#: a config with more errors than this lists the first ones and says how many more there are
+MAX_ISSUES = 100
+
+
 def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
-    out: list[ConfigIssue] = []
-    for i in issues:
-        if i not in out:
-            out.append(i)
-    return out
+    """Each issue once (in order: linear, not quadratic), secret-shaped values described, the list capped."""
+    unique = list(dict.fromkeys(ConfigIssue(i.path, redact_secrets(i.message)) for i in issues))
+    if len(unique) > MAX_ISSUES:
+        more = len(unique) - MAX_ISSUES
+        unique = [*unique[:MAX_ISSUES], ConfigIssue("", f"... and {more} more errors (fix these first)")]
+    return unique
 
 
-def _expand_env(text: str) -> str:
-    # ${VAR} and ${VAR:-default} in the YAML text (not for secrets: those use {env: ...} sources)
-    def sub(m: re.Match[str]) -> str:
-        name, _, default = m.group(1).partition(":-")
-        return os.environ.get(name, default)
+def load(path: str | Path, *, max_bytes: int | None = None) -> Config:
+    """Read and validate a YAML config file. Raises ConfigError (exit code 2) for every problem at once.
 
-    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?)\}", sub, text)
+    The file is read by :mod:`rotator.safe_yaml`: a regular file of at most ``max_bytes`` (1 MiB, or
+    ``$ROTATOR_CONFIG_MAX_BYTES``), UTF-8, bounded nesting and aliases, no duplicate keys, and every
+    ``${VAR}`` set (or given a ``:-default``)."""
+    from rotator import safe_yaml
+
+    data = safe_yaml.load_file(path, max_bytes=max_bytes)
+    return from_mapping(data, source=str(path))
 
 
-def load(path: str | Path) -> Config:
-    """Read and validate a YAML config file. Raises ConfigError (exit code 2) for every problem at once."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise ConfigError(
-            [ConfigIssue("", f"cannot read {p}: {exc.strerror}; pass --config PATH")], source=str(p)
-        ) from None
-    try:
-        data = yaml.safe_load(_expand_env(text))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
-        raise ConfigError(
-            [ConfigIssue("", f"not valid YAML at {where}: {getattr(exc, 'problem', exc)}")], source=str(p)
-        ) from None
-    return from_mapping(data, source=str(p))
+def loads(text: str | bytes, *, source: str | None = None) -> Config:
+    """Validate YAML given as text or bytes (e.g. ``$ROTATOR_CONFIG_YAML``), with the same checks as :func:`load`."""
+    from rotator import safe_yaml
+
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    if len(data) > safe_yaml.max_bytes_from_env():
+        raise ConfigError([ConfigIssue("", f"{len(data)} bytes is larger than a config may be")], source=source)
+    return from_mapping(safe_yaml.load_bytes(data, source=source), source=source)

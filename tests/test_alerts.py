@@ -26,10 +26,23 @@ from tests.support.e2e import CHECKOUT, T0, Harness, at, free_port, harness
 
 #: a policy whose only target lives in a store whose path is a regular file: every write fails
 BROKEN: dict[str, Any] = dict(CHECKOUT, name="broken", targets=[{"store": "bad", "secret": "broken/momento"}])
-#: a policy whose role the issuer does not know: every create fails before a key is made
+#: a policy whose role the issuer does not know: every create fails before a key is made. The preflight of a
+#: mutating command refuses such a config before any pass (tests/bad_input), so the in-process tests build
+#: with preflight=False: they are about what a pass does when the issuer refuses under it (a custom role
+#: deleted while the daemon runs)
 GHOST: dict[str, Any] = dict(
     CHECKOUT, name="ghost", role="no-such-role", targets=[{"store": "local", "secret": "ghost/k"}]
 )
+#: for ``rotator once`` (which runs the preflight): a policy whose only target breaks at write time, past the
+#: preflight: its directory is writable but ``versions`` in it is a regular file (see :func:`break_ghost`)
+UNWRITABLE_GHOST: dict[str, Any] = dict(CHECKOUT, name="ghost", targets=[{"store": "local", "secret": "ghost/k"}])
+
+
+def break_ghost(h: Harness) -> None:
+    d = h.secrets
+    for part in (d, d / "ghost", d / "ghost" / "k"):
+        part.mkdir(mode=0o700, exist_ok=True)
+    (d / "ghost" / "k" / "versions").write_text("a file where the store makes a directory\n")
 
 
 @pytest.fixture
@@ -60,7 +73,7 @@ class World:
         )
         self.config = config_mod.from_mapping(data)
         self.clock: Callable[[], datetime] = h.clock.as_datetime
-        self.app: App = build(self.config, clock=self.clock)
+        self.app: App = build(self.config, clock=self.clock, preflight=False)
         self.hub = AlertHub(self.config.alerts, clock=self.clock)
 
     def pass_at(self, t: datetime) -> tuple[PassReport, list[str]]:
@@ -134,7 +147,7 @@ def test_a_policy_that_recovers_alerts_again_at_once_when_it_fails_again(h: Harn
         cfg = config_mod.from_mapping(h.config_data([dict(GHOST, role=role)], alerts=alerts))
         hub = hub or AlertHub(cfg.alerts, clock=h.clock.as_datetime)
         h.clock.set(at(m))
-        with build(cfg, clock=h.clock.as_datetime) as app:
+        with build(cfg, clock=h.clock.as_datetime, preflight=False) as app:
             report = app.engine.run_pass(force=["ghost"] if m == 2 else ())
         assert report.ok is (role == "operator"), report.to_json()
         hub.handle(report)
@@ -204,8 +217,9 @@ def test_a_failing_notifier_is_logged_and_the_others_still_get_the_alert(
 def test_once_with_failing_notifiers_still_rotates_healthy_policies(h: Harness) -> None:
     with webhook_receiver(status=500) as refusing:
         down = f"http://127.0.0.1:{free_port()}/hook"
+        break_ghost(h)
         cfg = h.write_config(
-            [CHECKOUT, GHOST],
+            [CHECKOUT, UNWRITABLE_GHOST],
             alerts={"notifiers": [{"type": "webhook", "url": refusing.url}, {"type": "webhook", "url": down}]},
         )
         r = h.run("-c", str(cfg), "once", now=T0)
@@ -232,7 +246,7 @@ def _expiring_world(h: Harness, rx: WebhookReceiver, role: str) -> tuple[PassRep
         assert app.engine.run_pass().ok
     later = config_mod.from_mapping(h.config_data([dict(CHECKOUT, role=role)], alerts=alerts))
     h.clock.set(at(45))
-    with build(later, clock=h.clock.as_datetime) as app:
+    with build(later, clock=h.clock.as_datetime, preflight=False) as app:
         report = app.engine.run_pass()
     hub = AlertHub(later.alerts, clock=h.clock.as_datetime)
     return report, [a.kind for a in hub.handle(report)]
@@ -280,13 +294,14 @@ def sent_at(events: list[dict[str, Any]]) -> list[int]:
 
 def _once(h: Harness, cfg: Path, minutes: float) -> None:
     r = h.run("-c", str(cfg), "once", now=at(minutes))
-    assert r.returncode == 1, r.explain()  # ghost fails every time
+    assert r.returncode == 1, r.explain()  # ghost fails every time: its key reaches no target
     assert r.summary()["policies"][0]["ok"] is False
 
 
 def test_state_file_keeps_the_dedup_across_once_runs(h: Harness, rx: WebhookReceiver) -> None:
     state = h.root / "alerts-state.json"
-    cfg = h.write_config([GHOST], alerts=webhook(rx, alert_every="1h", state_file=str(state)))
+    break_ghost(h)
+    cfg = h.write_config([UNWRITABLE_GHOST], alerts=webhook(rx, alert_every="1h", state_file=str(state)))
     _once(h, cfg, 0)
     _once(h, cfg, 1)
     assert len(rx.events("rotation_failed", "ghost")) == 1
@@ -296,7 +311,8 @@ def test_state_file_keeps_the_dedup_across_once_runs(h: Harness, rx: WebhookRece
 
 
 def test_without_state_file_each_once_run_alerts(h: Harness, rx: WebhookReceiver) -> None:
-    cfg = h.write_config([GHOST], alerts=webhook(rx, alert_every="1h"))
+    break_ghost(h)
+    cfg = h.write_config([UNWRITABLE_GHOST], alerts=webhook(rx, alert_every="1h"))
     _once(h, cfg, 0)
     _once(h, cfg, 1)
     assert len(rx.events("rotation_failed", "ghost")) == 2

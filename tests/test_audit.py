@@ -7,8 +7,8 @@ The account, seen at NOW = T0+20m (policy ``checkout``: lifetime 1h, orphan_afte
 - ``managed``: checkout's key, made at T0 and held by its target;
 - ``orphan_unconfigured``: marked ``[rotator:retired-policy]``, a policy not in the config;
 - ``orphan_unheld``: marked ``[rotator:checkout]``, made at T0+2m, held by no target, older than orphan_after;
-- ``pending``: marked ``[rotator:checkout]``, made at T0+15m (the newest, younger than orphan_after: a pass
-  may be publishing it);
+- ``pending``: marked ``[rotator:checkout]``, made at T0+15m, held by no target yet (the newest, younger than
+  orphan_after: a pass may be publishing it), classed ``pending``;
 - ``expiring``: unmanaged, expires at T0+2d (within the default 7d window);
 - ``later``: unmanaged, expires at T0+60d;
 - ``expired``: unmanaged, expired at T0+5m (still listed);
@@ -117,12 +117,15 @@ def test_a_marked_key_of_an_unconfigured_policy_is_orphaned(account: Account) ->
 def test_a_marked_key_no_target_holds_older_than_orphan_after_is_orphaned(account: Account) -> None:
     row = account.rows()["orphan_unheld"]
     assert (row["class"], row["policy"]) == ("orphaned", "checkout")
-    assert row["flags"] == ["held-by-no-target", "expiring-no-policy"]  # it expires at T0+1h
+    # it expires at T0+1h, within the window, but it has a policy (which sweeps it): not expiring-no-policy
+    assert row["flags"] == ["held-by-no-target"]
 
 
-def test_the_newest_marked_key_younger_than_orphan_after_is_managed(account: Account) -> None:
+def test_the_newest_marked_key_younger_than_orphan_after_and_held_by_no_target_is_pending(
+    account: Account,
+) -> None:
     row = account.rows()["pending"]
-    assert (row["class"], row["policy"], row["flags"]) == ("managed", "checkout", [])
+    assert (row["class"], row["policy"], row["flags"]) == ("pending", "checkout", [])
 
 
 def test_an_unmanaged_key_expiring_within_the_window_is_flagged(account: Account) -> None:
@@ -199,7 +202,7 @@ def test_on_a_terminal_audit_prints_a_table(account: Account) -> None:
     text = b"".join(chunks).decode().replace("\r\n", "\n")
     lines = text.strip().splitlines()
     assert lines[0].split() == ["KEY", "ID", "ROLE", "ISSUED", "EXPIRES", "IN", "CLASS", "POLICY", "FLAGS"]
-    assert lines[-1] == "8 keys: 2 managed, 2 orphaned, 4 unmanaged"
+    assert lines[-1] == "8 keys: 1 managed, 1 pending, 2 orphaned, 4 unmanaged"
     table = "\n".join(lines)
     for kid in account.ids.values():
         assert kid in table

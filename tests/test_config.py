@@ -331,3 +331,126 @@ def test_validate_the_embedded_default_creates_nothing(tmp_path: Path) -> None:
     r = run_rotator("-c", str(REPO / "config" / "local.yaml"), "validate", cwd=tmp_path)
     assert r.returncode == 0, r.explain()
     assert tree_snapshot(tmp_path) == before == {}
+
+
+# ---- the safe loader (rotator.safe_yaml) -----------------------------------------------------------------
+
+
+def _load_bytes(tmp_path: Path, data: bytes, **env: str) -> Any:
+    from rotator import safe_yaml
+
+    return safe_yaml.load_bytes(data, source="t.yaml", environ=env)
+
+
+def _loader_error(tmp_path: Path, data: bytes, **env: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        _load_bytes(tmp_path, data, **env)
+    return [str(i) for i in info.value.issues]
+
+
+def test_a_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    assert _load_bytes(tmp_path, b"\xef\xbb\xbfa: 1\n") == {"a": 1}
+
+
+def test_a_latin1_byte_is_reported_with_its_offset_line_and_column(tmp_path: Path) -> None:
+    assert _loader_error(tmp_path, b"a: 1\nb: caf\xe9\n") == [
+        "not UTF-8: byte 0xe9 at byte offset 11 (line 2, column 7); save the file as UTF-8"
+    ]
+
+
+def test_utf16_is_named(tmp_path: Path) -> None:
+    assert "saved as UTF-16 (little-endian)" in _loader_error(tmp_path, "a: 1".encode("utf-16"))[0]
+
+
+def test_a_duplicate_key_names_both_lines(tmp_path: Path) -> None:
+    assert _loader_error(tmp_path, b"x:\n  a: 1\n  b: 2\n  a: 3\n") == [
+        "x.a: duplicate key (lines 2 and 4): YAML keeps only one; remove one of them"
+    ]
+
+
+def test_an_unset_variable_names_the_field_and_the_fix(tmp_path: Path) -> None:
+    assert _loader_error(tmp_path, b"stores:\n  local: {type: file, path: '${DIR}/s'}\n") == [
+        "stores.local.path: ${DIR} is not set: export DIR, or give a default like ${DIR:-value}"
+    ]
+
+
+def test_an_empty_variable_without_a_default_is_an_error_and_a_default_applies(tmp_path: Path) -> None:
+    assert "${DIR} is empty" in _loader_error(tmp_path, b"p: ${DIR}\n", DIR="")[0]
+    assert _load_bytes(tmp_path, b"p: ${DIR:-/x}\n", DIR="") == {"p": "/x"}
+
+
+def test_an_expanded_plain_scalar_is_typed_as_yaml_would_type_it(tmp_path: Path) -> None:
+    data = _load_bytes(tmp_path, b"port: ${PORT}\nq: '${PORT}'\n", PORT="8080")
+    assert data == {"port": 8080, "q": "8080"}
+
+
+def test_nesting_and_alias_expansion_are_bounded(tmp_path: Path) -> None:
+    assert "nested more than 64 levels" in _loader_error(tmp_path, b"[" * 65 + b"]" * 65)[0]
+    lol = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    lol += [f"{chr(98 + i)}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 10) + "]" for i in range(6)]
+    assert "through anchors and aliases" in _loader_error(tmp_path, "\n".join(lol).encode())[0]
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "c.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="is a FIFO, not a regular file"):
+        load(fifo)
+
+
+def test_a_file_over_the_size_cap_is_refused_before_it_is_read(tmp_path: Path, monkeypatch: Any) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"a: 1\n" * 100)
+    monkeypatch.setenv("ROTATOR_CONFIG_MAX_BYTES", "100")
+    with pytest.raises(ConfigError, match="a config may be at most 100 bytes"):
+        load(p)
+
+
+def test_16000_unknown_keys_are_reported_fast_and_capped(tmp_path: Path) -> None:
+    import time
+
+    data = base()
+    data.update({f"unknown_{i}": 1 for i in range(16000)})
+    start = time.perf_counter()
+    found = errors(data)
+    assert time.perf_counter() - start < 5
+    assert len(found) == 101
+    assert found[-1] == "... and 15900 more errors (fix these first)"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("99999999999d", "too long: a duration may be at most 36500d (100 years)"),
+        (-300, "a duration cannot be negative: write one like 30d"),
+        (float("nan"), "not a number (NaN) is not a duration: write one like 30d"),
+        (float("inf"), "too long"),
+    ],
+)
+def test_durations_are_bounded_and_say_what_to_write(value: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_duration(value)
+
+
+def test_interval_must_be_positive_and_a_description_must_fit_the_key_api() -> None:
+    assert "interval: must be longer than 0s, e.g. 1m" in errors(base(interval="0s"))
+    found = errors(base(policies=[policy("a", description="d" * 1100)]))
+    assert found == [
+        "policies[0].description: 1100 characters is too long: with rotator's marker the key description must "
+        "fit the key API's limit of 1024; shorten it to at most 1012 characters"
+    ]
+
+
+def test_a_key_pasted_into_a_name_is_described_never_echoed() -> None:
+    from tests.support.e2e import fake_v2_key
+
+    key = fake_v2_key()
+    data = base()
+    data["issuer"]["management_key"] = {"env": key}
+    found = errors(data)
+    assert not any(key in f or key[-20:] in f for f in found)
+    assert "issuer.management_key.env: holds a Momento API key (v2), and a key does not belong in a config file" in (
+        found[0]
+    )

@@ -56,6 +56,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import jwt
 
+from rotator.config import KEY_DESCRIPTION_MAX
 from rotator.errors import ConfigError, IssuerNotFound
 from rotator.model import IssuedKey, KeyInfo, Role, SecretText
 
@@ -90,7 +91,7 @@ _ROLES_BY_NAME = {r.role_name: r for r in SYSTEM_ROLES}
 BOOTSTRAP_DESCRIPTION = "emulator bootstrap owner key"
 _MAX_LIMIT = 100
 _MAX_BODY = 64 * 1024
-_MAX_DESCRIPTION = 1024
+_MAX_DESCRIPTION = KEY_DESCRIPTION_MAX  # rotator validate checks the same limit offline
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -724,6 +725,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ConfigError as exc:
         print(f"rotator emulator: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        print(
+            f"rotator emulator: cannot open --db {args.db} or --bootstrap-key-file {args.bootstrap_key_file}: "
+            f"{reason}; give writable paths",
+            file=sys.stderr,
+        )
         return 2
     try:
         url = emulator.start()

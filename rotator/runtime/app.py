@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -140,11 +141,14 @@ def build(
     *,
     clock: Clock = system_clock,
     store_options: dict[str, dict[str, Any]] | None = None,
+    preflight: bool = True,
 ) -> App:
     """Open the issuer and the stores named by ``config`` and return the engine over them.
 
-    Raises ConfigError (exit 2) for a missing management key or endpoint, MissingExtraError for a missing
-    extra; nothing is changed anywhere before that.
+    With ``preflight`` (the default: every command that can mutate gets its engine here) the checks of
+    :mod:`rotator.preflight` run first, for every policy; read-only commands (plan, status, audit) pass
+    ``preflight=False``. Raises ConfigError (exit 2) for a missing management key or endpoint or a failed
+    preflight, MissingExtraError for a missing extra; nothing is changed anywhere before that.
     """
     from rotator.issuers.momento import MomentoIssuer
 
@@ -160,15 +164,34 @@ def build(
             def emulator_clock() -> float:
                 return clock().timestamp()
 
-            emu = Emulator(
-                ic.emulator.db,
-                port=ic.emulator.port,
-                clock=emulator_clock,
-                latency=ic.emulator.latency.total_seconds(),
-                failure_rate=ic.emulator.failure_rate,
-                bootstrap_key_file=ic.emulator.bootstrap_key_file,
-            )
-            url = emu.start()
+            try:
+                emu = Emulator(
+                    ic.emulator.db,
+                    port=ic.emulator.port,
+                    clock=emulator_clock,
+                    latency=ic.emulator.latency.total_seconds(),
+                    failure_rate=ic.emulator.failure_rate,
+                    bootstrap_key_file=ic.emulator.bootstrap_key_file,
+                )
+            except (OSError, sqlite3.Error) as exc:
+                # a path under a regular file, a read-only volume, a file that is not a database: bad input
+                why = getattr(exc, "strerror", None) or str(exc)
+                raise ConfigError(
+                    [
+                        ConfigIssue(
+                            "issuer.emulator.db",
+                            f"cannot open the emulator's database {ic.emulator.db} (or its key file "
+                            f"{ic.emulator.bootstrap_key_file}): {why}; point issuer.emulator.db at a writable path",
+                        )
+                    ]
+                ) from None
+            try:
+                url = emu.start()
+            except OSError as exc:
+                emu.stop()
+                raise ConfigError(
+                    [ConfigIssue("issuer.emulator.port", f"cannot listen on port {ic.emulator.port}: {exc.strerror}")]
+                ) from None
             closers.append(emu.stop)
             management_key = emu.bootstrap_key
         elif ic.management_key is not None:
@@ -181,8 +204,18 @@ def build(
         except KeyFormatError as exc:
             field_ = "endpoint" if str(exc) == keyfmt.MISSING_ENDPOINT else "management_key"
             raise ConfigError([ConfigIssue(f"issuer.{field_}", str(exc))]) from None
-        issuer = MomentoIssuer(url, management_key, timeout=ic.timeout.total_seconds(), max_attempts=ic.max_attempts)
+        issuer = MomentoIssuer(
+            url,
+            management_key,
+            timeout=ic.timeout.total_seconds(),
+            max_attempts=ic.max_attempts,
+            page_size=ic.page_size,
+        )
         closers.append(issuer.close)
+        if preflight:
+            from rotator import preflight as preflight_checks
+
+            preflight_checks.check(config, issuer, stores)
     except ConfigError as exc:
         for c in reversed(closers):
             c()
@@ -201,32 +234,45 @@ def build(
     return App(config, engine, issuer, stores, closers)
 
 
+#: how far from today ``--now`` may be (either way)
+NOW_WINDOW_YEARS = 20
+
+
 def parse_now(text: str, base: datetime | None = None) -> Clock:
     """``--now``: an ISO 8601 time (``2026-12-01T00:00:00Z``) or an offset from now (``+7d``, ``-1h``).
 
-    The clock it returns advances with real time from that instant, so a long-running command still sees
-    time pass."""
+    It must fall within :data:`NOW_WINDOW_YEARS` years of today. The clock it returns advances with real
+    time from that instant, so a long-running command still sees time pass. Raises ConfigError."""
     import time
+    from datetime import timedelta
 
-    from rotator.config import parse_duration
+    from rotator.config import parse_duration, redact_secrets
 
     start_real = time.monotonic()
-    base = base or system_clock()
+    today = system_clock()
+    base = base or today
     text = text.strip()
+    low, high = today - timedelta(days=365 * NOW_WINDOW_YEARS), today + timedelta(days=365 * NOW_WINDOW_YEARS)
+    window = f"between {low:%Y-%m-%d} and {high:%Y-%m-%d} ({NOW_WINDOW_YEARS} years either side of today)"
+    usage = "use a time like 2026-12-01T00:00:00Z, or an offset like +7d or -1h"
+    if not text:
+        raise ConfigError([ConfigIssue("--now", f"is empty: {usage}")])
     try:
         if text[:1] in "+-":
             delta = parse_duration(text[1:])
             fixed = base + delta if text[0] == "+" else base - delta
         else:
-            fixed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            fixed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
             if fixed.tzinfo is None:
-                raise ValueError("no time zone")
-    except ValueError:
-        raise ConfigError([ConfigIssue("--now", f"{text!r} is not a time: use 2026-12-01T00:00:00Z or +7d")]) from None
+                raise ValueError("no time zone: add Z or +00:00")
+    except (ValueError, OverflowError) as exc:
+        why = str(exc) if isinstance(exc, OverflowError) or text[:1] in "+-" else "not ISO 8601"
+        message = redact_secrets(f"{text[:80]!r} is not a time ({why}): {usage}")
+        raise ConfigError([ConfigIssue("--now", message)]) from None
+    if not low <= fixed <= high:
+        raise ConfigError([ConfigIssue("--now", f"{fixed:%Y-%m-%dT%H:%M:%SZ} is out of range: it must be {window}")])
 
     def clock() -> datetime:
-        from datetime import timedelta
-
         return fixed + timedelta(seconds=time.monotonic() - start_real)
 
     return clock

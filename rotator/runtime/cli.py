@@ -1,29 +1,88 @@
 """The ``rotator`` command.
 
-Exit codes: 0 ok; 1 a rotation (or a service) failed; 2 bad config or bad input, and nothing was changed.
-Logs go to stderr (JSON lines when stderr is not a terminal); results go to stdout.
+Exit codes (:class:`ExitCode`, decided in one place, :func:`exit_code`; the README has the same table):
+0 ok; 1 a service or an action failed; 2 bad config or bad input, or a refused management key, and nothing
+was changed; 70 an internal error (a bug: a short id on stderr, the traceback only at ``--log-level debug``);
+143 stopped by a signal. Logs go to stderr (JSON lines when stderr is not a terminal); results go to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import enum
 import json
 import os
+import re
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from rotator import __version__
-from rotator.config import Config, format_duration, load
+from rotator.config import Config, format_duration, load, redact_secrets
 from rotator.engine import Clock, PassReport, system_clock
 from rotator.errors import ConfigError, IssuerAuthError, IssuerPermissionError, MissingExtraError, RotatorError
-from rotator.observability import configure_logging
+from rotator.observability import configure_logging, get_logger, redact_text
 
 DEFAULT_CONFIGS = ("rotator.yaml", "config/local.yaml")
+#: the commands that can change the issuer or a store: they get their engine after the preflight
+MUTATING_COMMANDS = frozenset({"run", "once", "rotate"})
+#: the commands whose engine comes from build(preflight=True): the mutating ones, plus `plan` (it shows what a
+#: pass would do, and a pass would stop at the preflight) and `validate --online`
+PREFLIGHT_COMMANDS = MUTATING_COMMANDS | {"plan", "validate"}
+
+
+class ExitCode(enum.IntEnum):
+    """What ``rotator``'s exit status means (the README's table)."""
+
+    OK = 0
+    #: a service (the issuer, a store, a consumer check) or an action failed; the next pass retries
+    FAILED = 1
+    #: bad config or bad input (usage, --now, --policy...), or the management key was refused: nothing changed
+    BAD_INPUT = 2
+    #: a bug in rotator: ``rotator: internal error: ...`` with a short id
+    INTERNAL = 70
+    #: stopped by SIGTERM or SIGINT before the work was done (the next pass finishes it)
+    STOPPED = 143
+
+
+class UsageError(RotatorError):
+    """A command line argparse rejected; the message says what to write instead."""
+
+
+def exit_code(
+    outcome: BaseException | PassReport | None = None, *, stopped: bool = False, unserved: Sequence[str] = ()
+) -> ExitCode:
+    """The exit status for how a command ended: an exception, or the report of its pass (None: success).
+
+    ``stopped``: a signal cut the pass short. ``unserved``: policies whose targets hold no live key after
+    the pass (never reported as ok)."""
+    if isinstance(outcome, BaseException):
+        if isinstance(outcome, ConfigError | UsageError | MissingExtraError | IssuerAuthError | IssuerPermissionError):
+            return ExitCode.BAD_INPUT
+        if isinstance(outcome, KeyboardInterrupt):
+            return ExitCode.STOPPED
+        if isinstance(outcome, RotatorError):
+            return ExitCode.FAILED
+        return ExitCode.INTERNAL
+    if isinstance(outcome, PassReport):
+        if outcome.issuer_auth_error:
+            return ExitCode.BAD_INPUT
+        if stopped:
+            return ExitCode.STOPPED
+        if not outcome.ok or unserved:
+            return ExitCode.FAILED
+    return ExitCode.OK
+
+
+def _say(text: str) -> None:
+    """A message on stderr, with any key-shaped value described rather than shown (the last line of defence)."""
+    print(redact_text(redact_secrets(f"rotator: {text}")), file=sys.stderr, flush=True)
 
 
 def _config_path(arg: str | None) -> str:
@@ -38,10 +97,10 @@ def _config_path(arg: str | None) -> str:
     return DEFAULT_CONFIGS[0]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> _Parser:
     # the common options are accepted before or after the command; SUPPRESS keeps a subcommand's absent
     # option from overwriting one given before it
-    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
     common.add_argument(
         "-c", "--config", help="config file (default: $ROTATOR_CONFIG, rotator.yaml, config/local.yaml)"
     )
@@ -49,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--now", help="act as if it were this time (2026-12-01T00:00:00Z or +7d): for what-if and tests"
     )
-    select = argparse.ArgumentParser(add_help=False)
+    select = _Parser(add_help=False)
     select.add_argument(
         "-p",
         "--policy",
@@ -58,9 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         help="only these policies (repeatable), e.g. to split a fleet between jobs",
     )
 
-    parser = argparse.ArgumentParser(
-        prog="rotator", description="Rotates Momento API keys before they expire.", parents=[common]
-    )
+    parser = _Parser(prog="rotator", description="Rotates Momento API keys before they expire.", parents=[common])
     parser.add_argument("--version", action="version", version=f"rotator {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("run", parents=[common, select], help="run as a daemon: a pass every interval, and at due times")
@@ -82,47 +139,106 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("audit", parents=[common], help="classify every key in the Momento account, touching nothing")
     a.add_argument("--json", action="store_true", help="one JSON document")
     a.add_argument("--window", default="7d", help="flag unmanaged keys expiring within this (default 7d)")
-    sub.add_parser("validate", parents=[common], help="check a config file, touching nothing")
+    v = sub.add_parser("validate", parents=[common], help="check a config file, touching nothing")
+    v.add_argument(
+        "--online",
+        action="store_true",
+        help="also run the preflight a pass runs (roles at the issuer, stores writable), changing nothing",
+    )
     sub.add_parser("emulator", help="serve the local Momento key API emulator (rotator emulator --help)")
+    parser.commands = dict(sub.choices)
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a usage error raises :class:`UsageError` with the closest valid spelling."""
+
+    commands: dict[str, argparse.ArgumentParser]
+
+    def error(self, message: str) -> NoReturn:
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(2)) or [c.strip() for c in m.group(2).split(",")]
+            close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.7)
+            if close:
+                message += f"; did you mean {close[0]}?"
+        raise UsageError(f"{message}\n  see: {self.prog} --help")
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    return [o for a in parser._actions for o in a.option_strings]  # argparse has no public API for this
+
+
+def _unknown_arguments(parser: _Parser, command: str | None, extras: list[str]) -> UsageError:
+    sub = parser.commands.get(command or "", parser)
+    valid = sorted(set(_options(sub)) | set(_options(parser)))
+    problems = []
+    for extra in extras:
+        if extra.startswith("-"):
+            name = extra.split("=", 1)[0]
+            close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]}?)" if close else f"; valid options: {', '.join(valid)}"
+            problems.append(f"unknown option {name} for {sub.prog}{hint}")
+        else:
+            problems.append(f"unexpected argument {extra!r} for {sub.prog}")
+    return UsageError("; ".join(problems) + f"\n  see: {sub.prog} --help")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; return its exit status (see :class:`ExitCode`). Never raises, never prints a traceback
+    for bad input: an unexpected exception is ``rotator: internal error`` with a short id (exit 70)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["emulator"]:  # the emulator parses its own options (see `rotator emulator --help`)
-        from rotator.issuers.emulator import main as emulator_main
-
-        return emulator_main(argv[1:])
-    args = _parser().parse_args(argv)
-    for name in ("config", "log_level", "now", "policy"):
-        if not hasattr(args, name):
-            setattr(args, name, None)
+    state: dict[str, Any] = {}
     try:
-        return _dispatch(args)
-    except ConfigError as exc:
-        print(f"rotator: {exc}", file=sys.stderr)
-        return 2
-    except MissingExtraError as exc:
-        print(f"rotator: {exc}", file=sys.stderr)
-        return 2
-    except (IssuerAuthError, IssuerPermissionError) as exc:
-        print(f"rotator: the management key was refused: {exc}", file=sys.stderr)
-        return 2
-    except RotatorError as exc:
-        print(f"rotator: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        if argv[:1] == ["emulator"]:  # the emulator parses its own options (see `rotator emulator --help`)
+            from rotator.issuers.emulator import main as emulator_main
+
+            return emulator_main(argv[1:])
+        parser = _parser()
+        args, extras = parser.parse_known_args(argv)
+        if extras:
+            raise _unknown_arguments(parser, getattr(args, "command", None), extras)
+        for name in ("config", "log_level", "now", "policy"):
+            if not hasattr(args, name):
+                setattr(args, name, None)
+        state["log_level"] = args.log_level
+        return _dispatch(args, state)
+    except SystemExit as exc:  # --help, --version; an emulator option error
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else int(ExitCode.BAD_INPUT))
+    except BaseException as exc:  # the final guard: every way out has an exit code
+        return _report_failure(exc, state)
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _report_failure(exc: BaseException, state: dict[str, Any]) -> int:
+    code = exit_code(exc)
+    if isinstance(exc, UsageError):
+        _say(f"usage error: {exc}")
+    elif isinstance(exc, IssuerAuthError | IssuerPermissionError):
+        _say(f"the management key was refused: {exc}{_key_remedy(state.get('config'))}")
+    elif code == ExitCode.STOPPED:
+        _say("stopped by a signal; the next pass finishes the rest")
+    elif code == ExitCode.INTERNAL:
+        error_id = uuid.uuid4().hex[:8]
+        # the exception's text may quote input: only its type goes to stderr, the traceback only to a debug log
+        _say(
+            f"internal error: {type(exc).__name__} (id {error_id}); nothing more is shown: rerun with "
+            "--log-level debug for the traceback, and report it with that id"
+        )
+        if state.get("log_level") == "debug":
+            get_logger().debug("internal error", error_id=error_id, exc_info=exc)
+    else:
+        _say(str(exc))
+    return int(code)
+
+
+def _dispatch(args: argparse.Namespace, state: dict[str, Any]) -> int:
     path = _config_path(args.config)
     config = load(path)
+    state["config"] = config
+    state["log_level"] = args.log_level or config.log_level
     configure_logging(args.log_level or config.log_level)
-    if args.command == "validate":
-        return _validate(config, path)
     clock: Clock = system_clock
-    if args.now:
+    if args.now is not None:
         from rotator.runtime.app import parse_now
 
         clock = parse_now(args.now)
@@ -130,23 +246,34 @@ def _dispatch(args: argparse.Namespace) -> int:
         unknown = [n for n in args.policy if n not in config.names()]
         if unknown:
             raise ConfigError(f"--policy: no policy named {', '.join(unknown)}; known: {', '.join(config.names())}")
+    if args.command == "audit":
+        from rotator.config import parse_duration
+
+        try:
+            parse_duration(args.window)
+        except ValueError as exc:
+            raise ConfigError(f"--window: {exc}") from None
+    if args.command == "validate" and not args.online:
+        return _validate(config, path)
     if args.command == "run":
         from rotator.runtime.daemon import run_daemon
 
-        try:
-            return run_daemon(config, clock=clock, only=args.policy)
-        except (IssuerAuthError, IssuerPermissionError) as exc:
-            print(f"rotator: the management key was refused: {exc}{_key_remedy(config)}", file=sys.stderr)
-            return 2
+        return run_daemon(config, clock=clock, only=args.policy)
     if args.command == "rotate":
         config.policy(args.name)  # exit 2 for an unknown policy, before anything is opened
         if not _confirm(args):
-            print("rotator: not confirmed; nothing was changed", file=sys.stderr)
-            return 2
+            _say("not confirmed; nothing was changed")
+            return int(ExitCode.BAD_INPUT)
 
     from rotator.runtime.app import build
 
-    with build(config, clock=clock) as app:
+    # the one place a mutating command's engine comes from: build() runs the preflight before returning it
+    with build(config, clock=clock, preflight=args.command in PREFLIGHT_COMMANDS) as app:
+        if args.command == "validate":
+            app.issuer.list_keys()  # the management key may list keys (IssuerAuthError: exit 2, the remedy)
+            code = _validate(config, path)
+            print("  online: the issuer accepts the management key, every role resolves, every file store is writable")
+            return code
         if args.command == "rotate":
             return _rotate(app, args.name, emergency=args.emergency, clock=clock)
         if args.command == "audit":
@@ -159,12 +286,47 @@ def _dispatch(args: argparse.Namespace) -> int:
                 dry_run=True, only=args.policy, read_targets=args.all, progress=ProgressBar() if tty else None
             )
             _print_plan(report, config, clock(), as_json=not tty)
-            return 0 if report.error is None else 1
+            return _pass_outcome(report, config)
         if args.command == "status":
             report = app.engine.run_pass(dry_run=True, only=args.policy, read_targets=True)
             _print_status(report, config, clock(), as_json=args.json or not sys.stdout.isatty())
-            return 0 if report.error is None else 1
+            return _pass_outcome(report, config)
     raise AssertionError(args.command)
+
+
+def _pass_outcome(report: PassReport, config: Config, *, stopped: bool = False, unserved: Sequence[str] = ()) -> int:
+    """The exit status of a command that ran a pass, with the remedy on stderr for a refused key."""
+    code = exit_code(report, stopped=stopped, unserved=unserved)
+    if report.issuer_auth_error:
+        _say(f"the management key was refused: {report.error}{_key_remedy(config)}")
+    elif stopped:
+        _say("stopped by a signal; the next pass finishes the rest")
+    elif unserved:
+        _say(f"no target holds a live key for: {', '.join(unserved)}; see the errors above")
+    return int(code)
+
+
+UNSERVED = "no target holds a live key, and this pass published none"
+
+
+def mark_unserved(report: PassReport) -> list[str]:
+    """Policies whose targets were read and hold no live key, with nothing published by this pass either.
+
+    Such a policy is never reported as ok (e.g. every target failed, and its key waits out orphan_after):
+    its report gets an error, so the summary, the metrics and the alerts all see a failure."""
+    out = []
+    for pr in report.policies:
+        if pr.error or pr.targets is None:
+            continue
+        live = {k.key_id for k in pr.keys if k.expires_at is None or k.expires_at > report.finished}
+        held = any(s is not None and s.current_key_id in live for s in pr.targets.values())
+        published = any(
+            (r.ok and r.action.kind == "publish") or any(v == "ok" for v in r.detail.values()) for r in pr.results
+        )
+        if not held and not published:
+            pr.error = UNSERVED
+            out.append(pr.policy)
+    return out
 
 
 class ProgressBar:
@@ -267,11 +429,14 @@ def _rotate(app: Any, name: str, *, emergency: bool, clock: Clock) -> int:
             for c in lagging:
                 print(f"  {c}", file=out)
     print(json.dumps(result, default=str), flush=True)
-    return 0 if result["ok"] else 1
+    refused = next((r for r in [before, *reports] if r.issuer_auth_error), None)
+    if refused is not None:
+        return _pass_outcome(refused, app.config)
+    return int(ExitCode.OK if result["ok"] else ExitCode.FAILED)
 
 
 def _audit(app: Any, now: datetime, *, window: str, as_json: bool) -> int:
-    from rotator.audit import classify
+    from rotator.audit import CLASSES, classify
     from rotator.config import parse_duration
 
     try:
@@ -305,7 +470,7 @@ def _audit(app: Any, now: datetime, *, window: str, as_json: bool) -> int:
             ]
         )
     _table(table, sys.stdout)
-    counts = {c: sum(1 for r in rows if r.cls == c) for c in ("managed", "orphaned", "unmanaged")}
+    counts = {c: sum(1 for r in rows if r.cls == c) for c in CLASSES}
     print(f"{len(rows)} keys: " + ", ".join(f"{n} {c}" for c, n in counts.items()))
     return 0
 
@@ -327,6 +492,7 @@ def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
             stop=stop,
             pre_create_delay=app.config.jitter.total_seconds(),
         )
+        unserved = [] if report.issuer_auth_error or stop.is_set() else mark_unserved(report)
         metrics.observe(report)
         AlertHub(app.config.alerts, clock=clock).handle(report)
         if app.config.metrics.pushgateway:
@@ -341,13 +507,7 @@ def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
     if tty:
         _print_plan(report, app.config, clock(), as_json=False, results=True)
     print(json.dumps({"summary": report.to_json()}, default=str), flush=True)
-    if report.issuer_auth_error:
-        print(f"rotator: the management key was refused: {report.error}{_key_remedy(app.config)}", file=sys.stderr)
-        return 2
-    if stop.is_set():
-        print("rotator: stopped by a signal; the next pass finishes the rest", file=sys.stderr)
-        return 143
-    return int(report.exit_code)
+    return _pass_outcome(report, app.config, stopped=stop.is_set(), unserved=unserved)
 
 
 def _validate(config: Config, path: str) -> int:
@@ -431,8 +591,9 @@ def _print_plan(
 
 
 def _print_status(
-    report: PassReport, config: Config, now: datetime, *, as_json: bool, out: TextIO = sys.stdout
+    report: PassReport, config: Config, now: datetime, *, as_json: bool, out: TextIO | None = None
 ) -> None:
+    out = out or sys.stdout  # looked up at call time: stdout may have been replaced since import
     entries: list[dict[str, Any]] = []
     for p in report.policies:
         policy = config.policy(p.policy)

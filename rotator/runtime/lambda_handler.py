@@ -26,9 +26,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from rotator.config import Config, from_mapping, load
+from rotator.config import Config, load, loads
 from rotator.errors import RotatorError
 from rotator.observability import configure_logging, get_logger
 from rotator.runtime.app import App, build
@@ -48,7 +46,7 @@ def load_config() -> Config:
     """The Lambda's config (see the module docstring). Raises ConfigError."""
     inline = os.environ.get("ROTATOR_CONFIG_YAML")
     if inline:
-        return from_mapping(yaml.safe_load(inline), source="$ROTATOR_CONFIG_YAML")
+        return loads(inline, source="$ROTATOR_CONFIG_YAML")  # the same safe loader as a file
     path = os.environ.get("ROTATOR_CONFIG") or str(Path(os.environ.get("LAMBDA_TASK_ROOT", ".")) / "rotator.yaml")
     return load(path)
 

@@ -403,3 +403,13 @@ def test_command_refuses_a_public_host(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["--host", "0.0.0.0", "--db", str(tmp_path / "e.db")]) == 2
     assert "loopback" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "e.db")
+
+
+@pytest.mark.parametrize("kind", ["under-a-file", "not-a-database"])
+def test_main_exits_2_for_a_db_path_it_cannot_use(
+    tmp_path: Path, kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "f").write_text("this is not an SQLite database, it only has the name\n" * 20)
+    db = tmp_path / "f" / "e.db" if kind == "under-a-file" else tmp_path / "f"
+    assert main(["--port", "0", "--db", str(db), "--bootstrap-key-file", str(tmp_path / "k")]) == 2
+    assert "rotator emulator: cannot open --db" in capsys.readouterr().err

@@ -969,7 +969,8 @@ def test_engine_crash_between_any_two_calls_converges_on_rerun(world: dict[str, 
         app.engine.run_pass()
     first = converged(world)
     clock.advance(days=24)
-    with crash_after(crash_at) as seen, build_app(world) as app, contextlib.suppress(SimulatedCrash):
+    # built first: the crash points are the passes' calls, not the preflight's GET /roles
+    with build_app(world) as app, crash_after(crash_at) as seen, contextlib.suppress(SimulatedCrash):
         app.engine.run_pass()
         clock.advance(hours=2)
         app.engine.run_pass()
