@@ -43,6 +43,7 @@ class Daemon:
     ) -> None:
         self.app = app
         self.metrics = metrics or Metrics()
+        self.metrics.configure(app.config)  # the interval and alert_before, which the alert rules compare with
         self.alerts = alerts if alerts is not None else AlertHub(app.config.alerts, clock=app.engine.clock)
         self.http: HealthServer | None = None
         self.only = list(only) if only is not None else None
