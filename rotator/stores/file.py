@@ -377,7 +377,6 @@ class FileStore:
         os.replace(tmp, d / "current")
         self._fsync_dir(d)
 
-
     def _retire(self, ref: TargetRef, key_id: str) -> None:
         d = self._dir(ref)
         name = version_name(key_id)
