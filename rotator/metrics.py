@@ -86,9 +86,9 @@ class _Expiry(Collector):
 class _LastSuccess(Collector):
     """rotator_last_successful_pass_timestamp_seconds, absent until a pass has succeeded.
 
-    Absent rather than 0: ``rotator once`` pushes with pushadd semantics, so a failed run leaves the previous
-    run's success time in the Pushgateway instead of overwriting it with "never" (the alert rules measure the
-    time since it).
+    Absent rather than 0, without even its HELP line: ``rotator once`` pushes with pushadd semantics, so a failed
+    run leaves the previous run's success time in the Pushgateway instead of overwriting it with "never" (the
+    alert rules measure the time since it).
     """
 
     def __init__(self) -> None:
@@ -97,14 +97,21 @@ class _LastSuccess(Collector):
     def set(self, ts: float) -> None:
         self.value = ts
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        g = GaugeMetricFamily(
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
             "rotator_last_successful_pass_timestamp_seconds",
             "When the last pass without failures finished (absent until one has).",
         )
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        # not even the family while unset: a Pushgateway POST would take an empty family as "replace with nothing"
         if self.value is not None:
+            g = self._family()
             g.add_metric([], self.value)
-        yield g
+            yield g
 
 
 class Metrics:

@@ -4,10 +4,12 @@ exports, taken from a live :class:`rotator.metrics.Metrics` registry: no hand-ke
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import promql_parser
 
+from rotator.engine import PassReport
 from rotator.metrics import Metrics
 
 #: series a Pushgateway adds to every group `rotator once` pushes (the rules use it to tell pushed figures apart)
@@ -20,6 +22,8 @@ def exported_metric_names() -> set[str]:
     """Every series name a rotator process's /metrics can show (counters with _total, histograms' parts)."""
     m = Metrics()
     try:
+        now = datetime.now(UTC)
+        m.observe(PassReport(now, now, False, []))  # a successful pass: the figures that wait for one appear
         names: set[str] = set()
         for family in m.registry.collect():
             for suffix in _SUFFIXES.get(family.type, ("",)):
