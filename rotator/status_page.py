@@ -85,7 +85,8 @@ def _timeline(policy: Policy, pr: PolicyReport, now: datetime, skew: timedelta, 
     current = pr.plan.current_key if pr.plan else None
     ends = [k.expires_at for k in keys if k.expires_at is not None]
     start = min([k.issued_at for k in keys] + [now])
-    end = max([*ends, now + (policy.grace or timedelta(0)), now + timedelta(hours=1)])
+    end = max([*ends, now + (policy.grace or timedelta(0))])
+    end = max(end, start + timedelta(minutes=1))  # a scale for keys that live seconds (tests, demos)
     span = (end - start).total_seconds() * 1.05 or 1.0
 
     def x(ts: datetime) -> float:
@@ -130,10 +131,15 @@ def _timeline(policy: Policy, pr: PolicyReport, now: datetime, skew: timedelta, 
                 'fill="#2e7d32" fill-opacity="0.35"><title>grace window</title></rect>'
             )
         if who:
-            out.append(
-                f'<text x="{min(x1, _W - _RIGHT) - 4:.1f}" y="{y + 14}" text-anchor="end" fill="#fff">'
-                f"{_t(', '.join(who))}</text>"
-            )
+            names = ", ".join(who)
+            width = 6.2 * len(names)  # about 6 px a character at 11 px
+            if x1 - x0 >= width + 8:  # inside the bar
+                where = f'x="{x1 - 4:.1f}" text-anchor="end" fill="#fff"'
+            elif x1 + 4 + width <= _W:  # after it
+                where = f'x="{x1 + 4:.1f}" fill="#1d2330"'
+            else:  # before it
+                where = f'x="{x0 - 4:.1f}" text-anchor="end" fill="#1d2330"'
+            out.append(f'<text {where} y="{y + 14}">{_t(names)}</text>')
         out.append("</g>")
     xn = x(now)
     out.append(
