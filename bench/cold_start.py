@@ -48,6 +48,13 @@ LAMBDA_CASES: dict[str, str] = {
         "import rotator.runtime.lambda_handler as h; from rotator.runtime.app import open_stores;"
         "c = h.load_config(); s = open_stores(c); s['aws']._client('us-east-1')"
     ),
+    # the first invocation also writes the pass's CloudWatch EMF lines (Powertools, imported on first use)
+    "lambda + the EMF lines of a pass (Powertools)": (
+        "import rotator.runtime.lambda_handler as h; from rotator.runtime.app import open_stores;"
+        "c = h.load_config(); s = open_stores(c); s['aws']._client('us-east-1');"
+        "import datetime, io; from rotator.engine import PassReport; t = datetime.datetime.now(datetime.UTC);"
+        "h.emit_metrics(PassReport(t, t, False, []), io.StringIO())"
+    ),
 }
 
 

@@ -380,6 +380,7 @@ class HttpConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     listen: str | None = "127.0.0.1:9464"
+    status_page: bool = False  # serve the read-only status page (rotator.status_page) at / on the listener
 
     @field_validator("listen")
     @classmethod

@@ -1,16 +1,24 @@
-"""Prometheus metrics (prometheus-client) for a running rotator, and the Pushgateway push for ``once``.
+"""Prometheus metrics (prometheus-client) for a running rotator, the Pushgateway push for ``once``, and the
+same figures as CloudWatch Embedded Metric Format (EMF) lines for the Lambda.
 
 Every figure comes from the pass reports and the API-call counter; nothing here reads a service. Expiry
 gauges are computed at scrape time from the last known expiry, so "seconds until expiry" stays true between
-passes.
+passes. The alert rules (deploy/monitoring/rotator-rules.yaml) and the Grafana dashboard
+(deploy/monitoring/grafana-dashboard.json) query only the names defined here; tests hold them to that.
+
+The EMF documents come from Powertools for AWS Lambda (the ``lambda`` extra), which validates them against the
+specification; with it the Lambda's cold start stayed within twice the boto3 baseline, while aws-embedded-metrics
+(which brings aiohttp) took it past that (bench/cold_start.py --lambda; see README).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterable
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,6 +34,18 @@ from prometheus_client.registry import Collector
 from rotator.engine import PassReport
 from rotator.model import CreateKey
 from rotator.observability import API_CALLS
+
+if TYPE_CHECKING:
+    from rotator.config import Config
+
+#: the plan note that says consumers are late (rotator.notify raises ``pickup_overdue`` on the same note)
+PICKUP_OVERDUE_NOTE = "! pickup overdue"
+
+
+def pickup_overdue(notes: Iterable[str]) -> bool:
+    """Whether a plan's notes say its consumers are past ``max_wait``."""
+    return any(n.startswith(PICKUP_OVERDUE_NOTE) for n in notes)
+
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only add noise
 
@@ -63,10 +83,45 @@ class _Expiry(Collector):
         yield left
 
 
-class Metrics:
-    """The metric set of one rotator process, in its own registry (so ``once`` can push exactly it)."""
+class _LastSuccess(Collector):
+    """rotator_last_successful_pass_timestamp_seconds, absent until a pass has succeeded.
+
+    Absent rather than 0, without even its HELP line: ``rotator once`` pushes with pushadd semantics, so a failed
+    run leaves the previous run's success time in the Pushgateway instead of overwriting it with "never" (the
+    alert rules measure the time since it).
+    """
 
     def __init__(self) -> None:
+        self.value: float | None = None
+
+    def set(self, ts: float) -> None:
+        self.value = ts
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "rotator_last_successful_pass_timestamp_seconds",
+            "When the last pass without failures finished (absent until one has).",
+        )
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        # not even the family while unset: a Pushgateway POST would take an empty family as "replace with nothing"
+        if self.value is not None:
+            g = self._family()
+            g.add_metric([], self.value)
+            yield g
+
+
+class Metrics:
+    """The metric set of one rotator process, in its own registry (so ``once`` can push exactly it).
+
+    ``config`` (optional) adds the figures the alert rules compare against: the pass interval and
+    ``alerts.alert_before``.
+    """
+
+    def __init__(self, config: Config | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.rotations = Counter(
@@ -87,11 +142,12 @@ class Metrics:
             ["service", "operation", "status"],
             registry=r,
         )
-        self.last_success = Gauge(
-            "rotator_last_successful_pass_timestamp_seconds",
-            "When the last pass without failures finished.",
-            registry=r,
+        self.last_success = _LastSuccess()
+        r.register(self.last_success)
+        self.started = Gauge(
+            "rotator_start_timestamp_seconds", "When this rotator process started (unix time).", registry=r
         )
+        self.started.set(time.time())
         self.last_pass = Gauge("rotator_last_pass_timestamp_seconds", "When the last pass finished.", registry=r)
         self.pass_duration = Histogram(
             "rotator_pass_duration_seconds",
@@ -107,9 +163,40 @@ class Metrics:
         )
         self.policy_ok = Gauge("rotator_policy_ok", "1 if the policy's last pass succeeded.", ["policy"], registry=r)
         self.issuer_up = Gauge("rotator_issuer_up", "1 if the issuer answered the last pass.", registry=r)
+        self.consecutive_failures = Gauge(
+            "rotator_policy_consecutive_failures",
+            "Passes in a row in which the policy failed (0 after a pass in which it succeeded).",
+            ["policy"],
+            registry=r,
+        )
+        self.pickup_overdue = Gauge(
+            "rotator_policy_pickup_overdue",
+            "1 while a policy's consumers are past max_wait without picking up the new key.",
+            ["policy"],
+            registry=r,
+        )
+        self.interval = Gauge(
+            "rotator_pass_interval_seconds", "The configured interval between passes (config: interval).", registry=r
+        )
+        self.alert_before = Gauge(
+            "rotator_alert_before_seconds",
+            "Alert when a key a target holds expires within this (config: alerts.alert_before).",
+            registry=r,
+        )
+        self._failures: dict[str, int] = {}
+        if config is not None:
+            self.configure(config)
         self.expiry = _Expiry()
         r.register(self.expiry)
         API_CALLS.add_listener(self._on_call)
+
+    def configure(self, config: Config) -> None:
+        """Export the configured figures the alert rules compare against."""
+        from rotator.config import AlertsConfig
+
+        self.interval.set(config.interval.total_seconds())
+        alerts = config.alerts if isinstance(config.alerts, AlertsConfig) else AlertsConfig()
+        self.alert_before.set(alerts.alert_before.total_seconds())
 
     def _on_call(self, service: str, operation: str, status: str) -> None:
         self.api_calls.labels(service, operation, status).inc()
@@ -127,8 +214,12 @@ class Metrics:
             self.last_success.set(finished)
         for p in report.policies:
             self.policy_ok.labels(p.policy).set(1 if p.ok else 0)
+            self._failures[p.policy] = 0 if p.ok else self._failures.get(p.policy, 0) + 1
+            self.consecutive_failures.labels(p.policy).set(self._failures[p.policy])
             waiting = p.plan is not None and p.plan.phase == "awaiting-pickup"
             self.awaiting_pickup.labels(p.policy).set(1 if waiting else 0)
+            overdue = p.plan is not None and pickup_overdue(p.plan.notes)
+            self.pickup_overdue.labels(p.policy).set(1 if overdue else 0)
             for r in p.results:
                 self.actions.labels(p.policy, r.action.kind, "ok" if r.ok else "failed").inc()
                 if isinstance(r.action, CreateKey):
@@ -141,7 +232,113 @@ class Metrics:
         return generate_latest(self.registry)
 
     def push(self, gateway: str, job: str, grouping: dict[str, str] | None = None) -> None:
-        """Push to a Pushgateway (``rotator once``). Raises OSError-derived errors on failure."""
-        from prometheus_client import push_to_gateway
+        """Push to a Pushgateway (``rotator once``). Raises OSError-derived errors on failure.
 
-        push_to_gateway(gateway, job=job, registry=self.registry, grouping_key=grouping or {})
+        pushadd (POST): the metrics this run has replace the group's metrics of the same names, and a metric this
+        run does not have (the last successful pass, after a failed run) keeps its pushed value.
+        """
+        from prometheus_client import pushadd_to_gateway
+
+        pushadd_to_gateway(gateway, job=job, registry=self.registry, grouping_key=grouping or {})
+
+
+# ---- CloudWatch Embedded Metric Format (the Lambda) ---------------------------------------------------------
+
+#: CloudWatch namespace of the EMF metrics (``ROTATOR_METRICS_NAMESPACE`` overrides it in the Lambda)
+EMF_NAMESPACE = "rotator"
+#: the CloudWatch metrics rotator's EMF lines carry, with their units (the SAM template's alarms use these names)
+EMF_METRICS: dict[str, str] = {
+    "PassOk": "Count",
+    "PassDurationSeconds": "Seconds",
+    "IssuerUp": "Count",
+    "Rotations": "Count",
+    "RotationsFailed": "Count",
+    "PoliciesFailed": "Count",
+    "MinKeyExpiresInSeconds": "Seconds",
+    "PolicyOk": "Count",
+    "AwaitingPickup": "Count",
+    "PickupOverdue": "Count",
+    "KeyExpiresInSeconds": "Seconds",
+}
+
+
+def emf_documents(
+    report: PassReport, *, service: str = "rotator", namespace: str = EMF_NAMESPACE
+) -> list[dict[str, Any]]:
+    """The EMF documents for one finished pass, built and validated by Powertools for AWS Lambda.
+
+    - one for the pass, dimension ``service``: PassOk, PassDurationSeconds, IssuerUp, Rotations,
+      RotationsFailed, PoliciesFailed and MinKeyExpiresInSeconds (the soonest expiry of any target's key: the
+      one figure the expiry alarms watch);
+    - one per policy, dimensions ``service``, ``policy``: PolicyOk, Rotations, RotationsFailed, AwaitingPickup,
+      PickupOverdue;
+    - one per target whose key expires, dimensions ``service``, ``policy``, ``target``: KeyExpiresInSeconds
+      (with the key id as a property, never key material).
+
+    ``service`` is a dimension on every metric, so two deployments in one account stay apart. The expiry is
+    measured from ``report.finished``. Raises MissingExtraError without the ``lambda`` extra.
+    """
+    try:
+        from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
+    except ImportError as exc:  # pragma: no cover - the dev extra has it
+        from rotator.errors import MissingExtraError
+
+        raise MissingExtraError("lambda", "aws-lambda-powertools") from exc
+
+    def document(dimensions: dict[str, str], values: dict[str, float], meta: dict[str, str] | None = None) -> Any:
+        emf = AmazonCloudWatchEMFProvider(namespace=namespace, service=service)
+        for dim, label in dimensions.items():
+            emf.add_dimension(dim, label)
+        for metric, value in values.items():
+            emf.add_metric(name=metric, unit=EMF_METRICS[metric], value=value)
+        for key, v in (meta or {}).items():
+            emf.add_metadata(key, v)
+        return emf.serialize_metric_set()
+
+    docs: list[dict[str, Any]] = []
+    rotations = failed_rotations = 0
+    soonest: float | None = None
+    for p in report.policies:
+        made = [r for r in p.results if isinstance(r.action, CreateKey)]
+        ok_made = sum(1 for r in made if r.ok)
+        rotations += ok_made
+        failed_rotations += len(made) - ok_made
+        waiting = p.plan is not None and p.plan.phase == "awaiting-pickup"
+        overdue = p.plan is not None and pickup_overdue(p.plan.notes)
+        docs.append(
+            document(
+                {"policy": p.policy},
+                {
+                    "PolicyOk": 1 if p.ok else 0,
+                    "Rotations": ok_made,
+                    "RotationsFailed": len(made) - ok_made,
+                    "AwaitingPickup": 1 if waiting else 0,
+                    "PickupOverdue": 1 if overdue else 0,
+                },
+            )
+        )
+        for target, key in sorted(p.held_keys().items()):
+            if key is None or key.expires_at is None:
+                continue
+            left = round((key.expires_at - report.finished).total_seconds(), 3)
+            soonest = left if soonest is None else min(soonest, left)
+            docs.append(
+                document({"policy": p.policy, "target": target}, {"KeyExpiresInSeconds": left}, {"key_id": key.key_id})
+            )
+    summary: dict[str, float] = {
+        "PassOk": 1 if report.ok else 0,
+        "PassDurationSeconds": round(max(0.0, (report.finished - report.started).total_seconds()), 3),
+        "IssuerUp": 1 if report.issuer_ok else 0,
+        "Rotations": rotations,
+        "RotationsFailed": failed_rotations,
+        "PoliciesFailed": sum(1 for p in report.policies if not p.ok),
+    }
+    if soonest is not None:
+        summary["MinKeyExpiresInSeconds"] = soonest
+    docs.insert(0, document({}, summary))
+    return docs
+
+
+def emf_lines(report: PassReport, *, service: str = "rotator", namespace: str = EMF_NAMESPACE) -> list[str]:
+    """:func:`emf_documents` as log lines: one compact JSON object each, with nothing before or after it."""
+    return [json.dumps(d, separators=(",", ":")) for d in emf_documents(report, service=service, namespace=namespace)]

@@ -127,6 +127,9 @@ def _parser() -> _Parser:
     p.add_argument("--json", action="store_true", help="JSON lines, even on a terminal")
     s = sub.add_parser("status", parents=[common, select], help="show each policy's key, expiry, phase and targets")
     s.add_argument("--json", action="store_true", help="one JSON document")
+    s.add_argument(
+        "--html", metavar="FILE", help="write the status page (HTML, as `http.status_page` serves it) to FILE"
+    )
     r = sub.add_parser("rotate", parents=[common], help="rotate a policy now (--emergency for a leaked key)")
     r.add_argument("name", metavar="POLICY")
     r.add_argument(
@@ -289,6 +292,12 @@ def _dispatch(args: argparse.Namespace, state: dict[str, Any]) -> int:
             return _pass_outcome(report, config)
         if args.command == "status":
             report = app.engine.run_pass(dry_run=True, only=args.policy, read_targets=True)
+            if args.html:
+                from rotator.status_page import render
+
+                Path(args.html).write_text(render(report, config, clock()), encoding="utf-8")
+                print(f"rotator: wrote the status page to {args.html}", file=sys.stderr)
+                return 0 if report.error is None else 1
             _print_status(report, config, clock(), as_json=args.json or not sys.stdout.isatty())
             return _pass_outcome(report, config)
     raise AssertionError(args.command)
@@ -480,7 +489,7 @@ def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
     from rotator.notify import AlertHub
 
     tty = sys.stdout.isatty()
-    metrics = Metrics()
+    metrics = Metrics(app.config)
     # in a container `once` is PID 1, which ignores SIGTERM without a handler: finish the action in flight,
     # skip the rest (the next run picks it up) and exit 143
     stop = threading.Event()

@@ -43,6 +43,7 @@ class Daemon:
     ) -> None:
         self.app = app
         self.metrics = metrics or Metrics()
+        self.metrics.configure(app.config)  # the interval and alert_before, which the alert rules compare with
         self.alerts = alerts if alerts is not None else AlertHub(app.config.alerts, clock=app.engine.clock)
         self.http: HealthServer | None = None
         self.only = list(only) if only is not None else None
@@ -110,6 +111,13 @@ class Daemon:
             return False, f"the issuer did not answer the last pass: {self.last_report.error}"
         return True, f"ok: last pass finished {int(age.total_seconds())}s ago"
 
+    def status_page(self) -> bytes:
+        """The status page of the last pass (read-only; see rotator.status_page)."""
+        from rotator.status_page import render
+
+        refresh = max(5, int(self.app.config.interval.total_seconds()))
+        return render(self.last_report, self.app.config, self.app.engine.clock(), refresh=refresh).encode()
+
     def start(self) -> None:
         """Serve the probes, run the first pass now, then schedule the rest.
 
@@ -118,9 +126,13 @@ class Daemon:
         """
         listen = self.app.config.http.listen
         if listen:
-            self.http = HealthServer(listen, health=self.healthy, ready=self.ready, metrics=self.metrics.render)
+            page = self.status_page if self.app.config.http.status_page else None
+            self.http = HealthServer(
+                listen, health=self.healthy, ready=self.ready, metrics=self.metrics.render, page=page
+            )
             self.http.start()
-            log.info("serving /healthz, /readyz and /metrics", listen=self.http.address)
+            served = "/healthz, /readyz and /metrics" + (", and the status page at /" if page else "")
+            log.info(f"serving {served}", listen=self.http.address)
         self.scheduler.start()
         first = self.run_pass()
         if first is not None and first.issuer_auth_error:

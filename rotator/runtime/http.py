@@ -4,6 +4,9 @@
 - ``/readyz``: 200 when the last pass finished within twice the interval and the issuer answered it;
   503 with the reason otherwise (including before the first pass has finished).
 - ``/metrics``: Prometheus text format.
+- ``/``: the read-only status page (:mod:`rotator.status_page`), only with ``http.status_page: true``.
+
+GET only: nothing served here changes anything (other methods get 501 from the standard library).
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ Probe = Callable[[], tuple[bool, str]]
 
 
 class HealthServer:
-    def __init__(self, listen: str, *, health: Probe, ready: Probe, metrics: Callable[[], bytes]) -> None:
+    def __init__(
+        self,
+        listen: str,
+        *,
+        health: Probe,
+        ready: Probe,
+        metrics: Callable[[], bytes],
+        page: Callable[[], bytes] | None = None,
+    ) -> None:
         host, _, port = listen.rpartition(":")
         host = host.strip("[]")
         probes = {"/healthz": health, "/readyz": ready}
@@ -29,15 +40,21 @@ class HealthServer:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     self._send(200, metrics(), CONTENT_TYPE_LATEST)
+                elif path == "/" and page is not None:
+                    from rotator.status_page import SECURITY_HEADERS
+
+                    self._send(200, page(), "text/html; charset=utf-8", SECURITY_HEADERS)
                 elif path in probes:
                     ok, why = probes[path]()
                     self._send(200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8")
                 else:
                     self._send(404, b"not found: try /healthz, /readyz or /metrics\n", "text/plain")
 
-            def _send(self, status: int, body: bytes, ctype: str) -> None:
+            def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", ctype)
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

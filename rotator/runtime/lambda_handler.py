@@ -7,6 +7,11 @@
   ``testSecret``, ``finishSecret``) for secrets whose rotation schedule points at this function. Every step
   is safe to replay. See :mod:`rotator.runtime.native_rotation`.
 
+Metrics: each scheduled pass prints its figures to stdout as CloudWatch Embedded Metric Format lines (see
+:func:`rotator.metrics.emf_documents`), which CloudWatch Logs turns into metrics in the namespace
+``ROTATOR_METRICS_NAMESPACE`` (default ``rotator``) with the dimension ``service`` = ``ROTATOR_METRICS_SERVICE``
+(default ``rotator``; the SAM template sets the stack name). Nothing scrapes a Lambda, so this is its /metrics.
+
 Configuration: ``ROTATOR_CONFIG_YAML`` (the YAML itself), else the file named by ``ROTATOR_CONFIG``, else
 ``rotator.yaml`` in the deployment package (``$LAMBDA_TASK_ROOT``). The engine is built once per execution
 environment and reused by warm invocations; it caches nothing that the stores and the issuer do not also hold.
@@ -22,11 +27,13 @@ import os
 # installed distribution's entry points (~50 ms). Set before pydantic is first imported.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
+import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rotator.config import Config, load, loads
+from rotator.engine import PassReport
 from rotator.errors import RotatorError
 from rotator.observability import configure_logging, get_logger
 from rotator.runtime.app import App, build
@@ -76,6 +83,7 @@ def scheduled_handler(event: dict[str, Any] | None, context: Any) -> dict[str, A
     app = get_app()
     only = (event or {}).get("policies")
     report = app.engine.run_pass(only=only, pre_create_delay=app.config.jitter.total_seconds())
+    emit_metrics(report)
     if app.config.alerts is not None and app.config.alerts.notifiers:
         from rotator.notify import AlertHub
 
@@ -87,6 +95,26 @@ def scheduled_handler(event: dict[str, Any] | None, context: Any) -> dict[str, A
             f"rotation failed for {', '.join(failed) or 'the pass'}: {report.error or summary['counts']}"
         )
     return summary
+
+
+def emit_metrics(report: PassReport, out: TextIO | None = None) -> None:
+    """Print the pass's EMF lines (one JSON object per line). A failure here is logged, never raised: metrics
+    must not turn a good pass into a failed invocation."""
+    from rotator.metrics import EMF_NAMESPACE, emf_lines
+
+    out = out or sys.stdout
+    try:
+        lines = emf_lines(
+            report,
+            service=os.environ.get("ROTATOR_METRICS_SERVICE") or "rotator",
+            namespace=os.environ.get("ROTATOR_METRICS_NAMESPACE") or EMF_NAMESPACE,
+        )
+    except Exception as exc:  # see the docstring
+        log.error("could not build the CloudWatch metric lines", error=str(exc))
+        return
+    for line in lines:
+        out.write(line + "\n")
+    out.flush()
 
 
 def rotation_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
