@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/local.yaml
 
-.PHONY: run test lint typecheck unit cfn-lint deploy-check bench clean test-tools
+.PHONY: run test lint typecheck unit cfn-lint deploy-check bench chaos clean test-tools
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rotator needs Python 3.11 or newer (set PY=python3.11)")'
@@ -89,6 +89,12 @@ test: lint typecheck cfn-lint unit
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/run_all.py
+
+# the chaos scenarios of tests/chaos at length (make test runs a short version of each): real `rotator once`
+# processes killed, run together, paused past pass_timeout and under 30% injected failures; prints the figures
+CHAOS_ROUNDS ?= 200
+chaos: $(VENV)/.dev-installed
+	$(BIN)/python -m tests.chaos --rounds $(CHAOS_ROUNDS)
 
 clean:
 	rm -rf $(VENV) .rotator .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -312,6 +312,7 @@ class Emulator:
         self.clock = clock
         self.latency = latency
         self.failure_rate = failure_rate
+        self.injected_failures = 0  # how many answers failure_rate replaced with an error
         self.failure_statuses = tuple(failure_statuses)
         self.retry_after = retry_after
         self.db_path = Path(db_path)
@@ -508,6 +509,7 @@ class Emulator:
         with self._rng_lock:
             if self.failure_rate <= 0 or self._rng.random() >= self.failure_rate:
                 return None
+            self.injected_failures += 1
             return self._rng.choice(self.failure_statuses)
 
     # ---- routes --------------------------------------------------------------------------------------

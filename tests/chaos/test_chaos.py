@@ -26,3 +26,5 @@ def test_chaos_scenario_keeps_every_invariant(tmp_path: Path, scenario: str) -> 
         assert fig.kills >= 1
     if scenario == "stall":
         assert fig.stalls >= 1
+    if scenario == "faults":
+        assert fig.injected >= 10

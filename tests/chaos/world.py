@@ -19,6 +19,7 @@ round and after settling, the invariants of DESIGN section 2 are checked from th
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -33,17 +34,29 @@ from typing import Any
 
 import yaml
 
-from tests.support.e2e import ROTATOR, T0, Harness, all_version_metas, current_version, version_meta
+from tests.support.e2e import ROTATOR, T0, Harness, current_version, version_meta
 
 STEP = timedelta(minutes=7)  # emulated time between rounds: a rotation every ~6 rounds (due 39m into 1h)
 STALL_STEP = timedelta(minutes=4)  # emulated time between the passes that run while one pass is paused
 GRACE = timedelta(minutes=5)
 ORPHAN_AFTER = timedelta(minutes=10)
-PASS_TIMEOUT_S = 5
+PASS_TIMEOUT_S = 3
 #: rotator writes promoted_at with its own clock (``--now`` plus the real seconds since it started), the
 #: emulator dates revocations with the round's time: the two differ by the seconds a round takes
 SLACK = timedelta(seconds=60)
 JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+
+
+def version_metas(secret_dir: Path) -> dict[str, dict[str, Any]]:
+    """key id -> metadata of every version of a secret, as the store lists them (a ``.tmp-*`` file is a write
+    in progress, or one a killed writer left: not a version)."""
+    out: dict[str, dict[str, Any]] = {}
+    vdir = secret_dir / "versions"
+    for p in sorted(vdir.glob("*.json")) if vdir.is_dir() else []:
+        if not p.name.startswith("."):
+            meta = json.loads(p.read_text())
+            out[meta["key_id"]] = meta
+    return out
 
 
 def policies(n: int) -> list[dict[str, Any]]:
@@ -69,6 +82,7 @@ class Figures:
     rounds: int = 0
     processes: int = 0
     kills: int = 0  # SIGKILLs that hit a process still running
+    injected: int = 0  # emulator answers replaced by a 429 or 500
     stalls: int = 0  # processes paused past pass_timeout
     stalled_deadline: int = 0  # of those, how many reported "deadline passed" on resume
     exit_codes: dict[int, int] = field(default_factory=dict)
@@ -81,7 +95,8 @@ class Figures:
         codes = ",".join(f"{k}:{v}" for k, v in sorted(self.exit_codes.items()))
         return (
             f"{name:<11} rounds={self.rounds} processes={self.processes} kills={self.kills} stalls={self.stalls} "
-            f"(deadline passed in {self.stalled_deadline}) created={self.created} duplicates={self.duplicates} "
+            f"(deadline passed in {self.stalled_deadline}) injected_failures={self.injected} "
+            f"created={self.created} duplicates={self.duplicates} "
             f"exit_codes={codes} consumer_reads={self.samples} violations={len(self.violations)}"
         )
 
@@ -155,14 +170,27 @@ class World:
     # -- scenarios: one round each --------------------------------------------------------------------
 
     def round_kill(self) -> None:
-        """One pass killed with SIGKILL at a random point, then one normal pass."""
+        """One pass killed with SIGKILL at a random point (half the time after a random delay, half the time
+        right after its n-th log line, which lands between two of its calls), then one normal pass."""
         before = self._created_ids()
         p = self.spawn()
-        time.sleep(self.rng.uniform(0.05, 1.5))
+        if self.rng.random() < 0.5:
+            time.sleep(self.rng.uniform(0.05, 1.5))
+            lines = ""
+        else:
+            n, got = self.rng.randint(1, 12), []
+            assert p.stderr is not None
+            while len(got) < n:
+                line = p.stderr.readline()
+                if not line:
+                    break
+                got.append(line)
+            lines = "".join(got)
         if p.poll() is None:
             self.fig.kills += 1
         p.send_signal(signal.SIGKILL)
         self.finish(p)
+        self.outputs.append(lines)
         self.once()
         self._end_round(before)
 
@@ -225,11 +253,13 @@ class World:
         """One or two passes while 30% of the emulator's answers are 429 or 500."""
         before = self._created_ids()
         self.h.emulator.failure_rate = 0.3
+        injected = self.h.emulator.injected_failures
         try:
             for _ in range(self.rng.randint(1, 2)):
                 self.once()
         finally:
             self.h.emulator.failure_rate = 0.0
+            self.fig.injected += self.h.emulator.injected_failures - injected
         self._end_round(before)
 
     def _created_ids(self) -> set[str]:
@@ -250,13 +280,17 @@ class World:
     # -- settling -------------------------------------------------------------------------------------
 
     def settle(self) -> None:
-        """Normal passes, no faults: two now, then two after grace and orphan_after have passed."""
+        """Normal passes, no faults, every 4 minutes until grace and orphan_after have passed, then one more.
+
+        (Passes keep coming while time goes on, as every deployment's schedule ensures: a jump over the last
+        minutes of a key's life with no pass at all would let it expire, by construction.)"""
         self.h.emulator.failure_rate = 0.0
-        for _ in range(2):
+        self.once()
+        end = self.now + GRACE + ORPHAN_AFTER + timedelta(minutes=1)
+        while self.now < end:
+            self.now = min(end, self.now + STALL_STEP)
             self.once()
-        self.now += GRACE + ORPHAN_AFTER + timedelta(minutes=1)
-        for _ in range(2):
-            self.once()
+        self.once()
         self.check_served("settled")
         self.check_grace()
         self.check_settled()
@@ -325,7 +359,7 @@ class World:
         revoked = {k.key_id: k.revoked_at for k in self.h.issued_keys() if k.revoked_at is not None}
         with self._lock:
             for _, s in self._secrets():
-                metas = all_version_metas(self.h.secret_dir(s))
+                metas = version_metas(self.h.secret_dir(s))
                 promoted = sorted(
                     (datetime.fromisoformat(m["promoted_at"]), kid) for kid, m in metas.items() if m.get("promoted_at")
                 )
@@ -349,7 +383,7 @@ class World:
             held = {self._current_key(t["secret"]) for t in p["targets"]}
             if len(held) != 1:
                 self._violation(f"settled: {name}'s targets hold different keys: {held}")
-            stored = {kid for t in p["targets"] for kid in all_version_metas(self.h.secret_dir(t["secret"]))}
+            stored = {kid for t in p["targets"] for kid in version_metas(self.h.secret_dir(t["secret"]))}
             for k in live:
                 if k.key_id not in stored and self.now - k.issued_at >= ORPHAN_AFTER:
                     self._violation(f"settled: orphan {k.key_id} of {name} alive past orphan_after")
