@@ -104,8 +104,8 @@ class Daemon:
             self.last_report = report
             self.last_finished = datetime.now(UTC)
             self.passes += 1
-            if report.issuer_auth_error and self.elector is not None:
-                # as at start-up without an election: a refused management key stops the daemon (exit 2)
+            if report.issuer_auth_error and self.elector is not None and self.passes == 1:
+                # as at start-up without an election: a refused key on the first pass stops the daemon (exit 2)
                 self.fatal = IssuerAuthError(str(report.error))
                 self.stop()
                 return report

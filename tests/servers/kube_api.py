@@ -51,6 +51,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -207,7 +208,9 @@ def status_object(code: int, reason: str, message: str, details: dict[str, Any] 
 class KubeApiServer:
     """See the module docstring. Thread-safe; its state is plain dicts guarded by one lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: bool = False) -> None:
+        self.tls = tls
+        self._ca: Any = None
         self._lock = threading.Lock()
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
@@ -231,7 +234,7 @@ class KubeApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> KubeApiServer:
         server = self
@@ -239,8 +242,28 @@ class KubeApiServer:
         class Handler(_Handler):
             api = server
 
-        self._httpd, self._thread = serve(Handler, "kube-api", poll=0.05)
+        ctx = None
+        if self.tls:  # as the in-cluster API server: HTTPS with a cluster CA (a throwaway one from trustme)
+            import ssl
+
+            import trustme
+
+            self._ca = trustme.CA()
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._ca.issue_cert("127.0.0.1").configure_cert(ctx)
+        self._httpd, self._thread = serve(Handler, "kube-api", tls=ctx, poll=0.05)
         return self
+
+    def service_account(self, directory: Path, *, namespace: str, token: str = DEFAULT_TOKEN) -> dict[str, str]:
+        """Write what the kubelet mounts for a pod's service account (``token``, ``ca.crt``, ``namespace``) into
+        ``directory``; returns the environment the kubelet gives such a pod (``KUBERNETES_SERVICE_HOST``/``PORT``).
+        Needs ``tls=True``: in-cluster clients always use HTTPS."""
+        assert self.tls and self._ca is not None, "in-cluster clients speak HTTPS: KubeApiServer(tls=True)"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "token").write_text(token)
+        (directory / "namespace").write_text(namespace)
+        self._ca.cert_pem.write_to_path(str(directory / "ca.crt"))
+        return {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(self.port)}
 
     def stop(self) -> None:
         shut(self._httpd, self._thread)
@@ -690,9 +713,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def running_kube_api() -> Iterator[KubeApiServer]:
+def running_kube_api(*, tls: bool = False) -> Iterator[KubeApiServer]:
     """A started server, stopped on exit."""
-    server = KubeApiServer().start()
+    server = KubeApiServer(tls=tls).start()
     try:
         yield server
     finally:
