@@ -495,14 +495,18 @@ def open_elector(
     if api_client is None:
 
         def config_error(message: str) -> Exception:
-            return ConfigError([ConfigIssue("leader_election", message)])
+            remedy = (
+                "; in a pod, mount the ServiceAccount token (deploy/kubernetes/components/leader-election does), "
+                "elsewhere set leader_election.kubeconfig"
+            )
+            return ConfigError([ConfigIssue("leader_election", message + remedy)])
 
         api_client = load_api_client(
             in_cluster=cfg.in_cluster,
             kubeconfig=cfg.kubeconfig,
             context=cfg.context,
             service_account_dir=cfg.service_account_dir,
-            what="cannot reach the Kubernetes API for the Lease",
+            what="the Lease's Kubernetes API",
             error=config_error,
         )
     renew_deadline = cfg.renew_deadline.total_seconds()
