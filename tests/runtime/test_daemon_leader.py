@@ -136,7 +136,7 @@ class World:
         self.db = root / "state" / "emulator.db"
         self.replicas: list[Replica] = []
 
-    def replica(self, name: str) -> Replica:
+    def replica(self, name: str, *, policies: list[dict[str, Any]] | None = None, **top: Any) -> Replica:
         http_port = free_port()
         cfg = {
             "issuer": {
@@ -151,7 +151,8 @@ class World:
             "pass_timeout": "10s",
             "http": {"listen": f"127.0.0.1:{http_port}"},
             "stores": {"local": {"type": "file", "path": str(self.root / "secrets")}},
-            "policies": [POLICY],
+            "policies": policies or [POLICY],
+            **top,
             "leader_election": {
                 "enabled": True,  # namespace: the pod's own, from the service account directory
                 "service_account_dir": str(self.root / "serviceaccount"),
@@ -258,3 +259,50 @@ def test_one_replica_runs_passes_and_the_other_takes_over_when_it_dies(world: Wo
     assert {h for _, h in writes} - {""} == {identity, new_identity}
     assert standby.events("leader election: released the Lease"), standby.stderr()[-3000:]
     assert standby.events("rotator stopped")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_leader_paused_past_its_lease_stops_its_pass_and_stands_by(world: World) -> None:
+    # eight policies, one at a time, 0.1 s per emulator answer: the first pass takes a second or more
+    policies = [
+        {**POLICY, "name": f"p{i}", "targets": [{"store": "local", "secret": f"p{i}/momento"}]} for i in range(8)
+    ]
+    a = world.replica("pod-a", policies=policies, concurrency=1)
+    wait_for("pod-a holds the Lease", lambda: (holder(world.kube) or "").startswith("pod-a_"), 20, a)
+    old_identity = holder(world.kube)
+    b = world.replica("pod-b", policies=policies, concurrency=1)
+    # pause the leader in the middle of its first pass (as a long GC, a frozen VM or a hung connection would)
+    wait_for("pod-a published its first key", lambda: a.events("published key"), 20, a)
+    a.proc.send_signal(signal.SIGSTOP)
+    paused_lines = len(a.stderr().splitlines())
+    try:
+        wait_for("pod-b took the Lease", lambda: (holder(world.kube) or "").startswith("pod-b_"), 20, a, b)
+        new_identity = holder(world.kube)
+        wait_for("pod-b finished a pass", lambda: b.passes() >= 1, 20, b)
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    resumed_at = time.monotonic()
+    wait_for("pod-a knows it lost the Lease", lambda: a.events("leader election: not leading"), 10, a)
+    stepped_down = time.monotonic() - resumed_at
+    time.sleep(2.5)  # several intervals: a leader would have run two more passes by now
+    after = [json.loads(ln) for ln in a.stderr().splitlines()[paused_lines:] if ln.startswith("{")]
+    names = [e.get("event") for e in after]
+    # the pass in flight stops after the action in flight (at most one more publication), and no pass starts
+    assert names.count("published key") <= 1, names
+    assert "stopping: remaining actions left to the next pass" in names, names
+    assert "leadership lost during the pass: the rest of it is left to the new leader" in names, names
+    assert names.count("pass finished") <= 1, names
+    # the Lease stays with pod-b: pod-a wrote nothing after it resumed
+    writes = world.kube.lease_writes(NS, LEASE_NAME)
+    assert holder(world.kube) == new_identity
+    assert writes[-1] == ("PUT", new_identity)
+    first_new = next(i for i, (_, h) in enumerate(writes) if h == new_identity)
+    assert all(h != old_identity for _, h in writes[first_new:]), writes
+    assert a.leader_gauge() == 0 and b.leader_gauge() == 1
+    ready = a.get("/readyz")
+    assert ready is not None and ready.status_code == 200 and "standby" in ready.text
+    print(f"pod-a logged that it does not lead {stepped_down:.2f} s after SIGCONT; events after: {len(after)}")
+    # pod-b finished the work: every policy has a key in its target
+    for i in range(8):
+        assert (world.root / "secrets" / f"p{i}" / "momento" / "current").exists(), i
