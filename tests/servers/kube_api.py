@@ -35,7 +35,9 @@ replaces a pod, :meth:`put_secret` adds or replaces a Secret (values base64-enco
 :meth:`fail_next` queues error statuses. :meth:`api_client` gives a ``kubernetes.client.ApiClient`` pointed
 at the server (``Configuration(host=url, api_key={"authorization": "Bearer <token>"})``). Every request is in
 :attr:`requests` as ``(method, path, status)``. Bound to 127.0.0.1 on a free port; use
-:func:`running_kube_api` (or ``start``/``stop``) from a fixture.
+:func:`running_kube_api` (or ``start``/``stop``) from a fixture. With ``tls=True`` it serves HTTPS with a
+throwaway CA (trustme), as the in-cluster API server does, and :meth:`service_account` writes what the
+kubelet mounts in a pod (``token``, ``ca.crt``, ``namespace``) and returns its ``KUBERNETES_SERVICE_HOST``/``PORT``.
 """
 
 from __future__ import annotations
