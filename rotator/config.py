@@ -295,8 +295,9 @@ class LeaderElectionConfig(BaseModel):
     #: the Lease's namespace; default: the pod's own, read from ``service_account_dir``/namespace
     namespace: str | None = None
     lease_duration: Duration = timedelta(seconds=15)
-    renew_deadline: Duration = timedelta(seconds=10)
-    retry_period: Duration = timedelta(seconds=2)
+    # validate_default: a default is checked against the other fields too (lease_duration: 5s alone is an error)
+    renew_deadline: Duration = Field(default=timedelta(seconds=10), validate_default=True)
+    retry_period: Duration = Field(default=timedelta(seconds=2), validate_default=True)
     #: in-cluster service account; None = in-cluster when KUBERNETES_SERVICE_HOST is set, else kubeconfig
     in_cluster: bool | None = None
     #: where the pod's service account is mounted (token, ca.crt, namespace)

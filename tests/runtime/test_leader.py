@@ -443,3 +443,58 @@ def test_open_elector_without_credentials_is_a_config_error(tmp_path: Path, monk
     cfg = LeaderElectionConfig(enabled=True, service_account_dir=str(tmp_path))
     with pytest.raises(ConfigError, match=r"leader_election: .*in-cluster service account"):
         open_elector(cfg)
+
+
+# ---- the config block ---------------------------------------------------------------------------------------------
+
+BASE_CONFIG: dict[str, Any] = {
+    "issuer": {"type": "emulator"},
+    "stores": {"local": {"type": "file", "path": "/tmp/rotator-test-unused"}},
+    "policies": [
+        {"name": "a", "role": "operator", "description": "a", "targets": [{"store": "local", "secret": "a/k"}]}
+    ],
+}
+
+
+def _issues(block: dict[str, Any]) -> list[tuple[str, str]]:
+    from rotator.config import from_mapping
+
+    try:
+        from_mapping({**BASE_CONFIG, "leader_election": block})
+    except ConfigError as exc:
+        return [(i.path, i.message) for i in exc.issues]
+    return []
+
+
+def test_the_config_block_defaults_to_off_with_client_go_timings() -> None:
+    from rotator.config import from_mapping
+
+    le = from_mapping(BASE_CONFIG).leader_election
+    assert le.enabled is False
+    assert (le.lease_name, le.namespace) == ("rotator", None)
+    assert [t.total_seconds() for t in (le.lease_duration, le.renew_deadline, le.retry_period)] == [15, 10, 2]
+    assert _issues({"enabled": True, "lease_duration": "30s", "renew_deadline": "20s", "retry_period": "5s"}) == []
+
+
+@pytest.mark.parametrize(
+    ("block", "path", "words"),
+    [
+        ({"renew_deadline": "15s"}, "leader_election.renew_deadline", "must be shorter than lease_duration (15s)"),
+        ({"lease_duration": "5s"}, "leader_election.renew_deadline", "must be shorter than lease_duration (5s)"),
+        ({"retry_period": "10s"}, "leader_election.retry_period", "must be shorter than renew_deadline (10s)"),
+        ({"retry_period": "0s"}, "leader_election.retry_period", "more than 0s"),
+        (
+            {"lease_duration": "2.5s", "renew_deadline": "2s", "retry_period": "1s"},
+            "leader_election.lease_duration",
+            "whole number",
+        ),
+        ({"lease_name": "Rotator_1"}, "leader_election.lease_name", "not a Lease name"),
+        ({"namespace": "Ops"}, "leader_election.namespace", "not a namespace name"),
+        ({"enable": True}, "leader_election.enable", "unknown field"),
+        ({"in_cluster": True, "kubeconfig": "/k"}, "leader_election", "drop kubeconfig"),
+    ],
+)
+def test_bad_timings_and_names_are_config_errors_naming_the_field(block: dict[str, Any], path: str, words: str) -> None:
+    issues = _issues(block)
+    assert len(issues) == 1, issues
+    assert issues[0][0] == path and words in issues[0][1], issues
