@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 
 from rotator.config import LeaderElectionConfig
@@ -346,9 +347,7 @@ def test_the_components_role_is_enough_for_the_election(server: KubeApiServer, m
     assert all(status != 403 for _, status in verbs(server)), verbs(server)
 
 
-def test_a_role_without_update_cannot_lead_and_says_what_is_missing(
-    server: KubeApiServer, make: MakeElector, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_role_without_update_cannot_lead_and_says_what_is_missing(server: KubeApiServer, make: MakeElector) -> None:
     role = _role()
     role["rules"] = [r for r in role["rules"] if "update" not in r["verbs"]] + [
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get"]}
@@ -357,11 +356,15 @@ def test_a_role_without_update_cannot_lead_and_says_what_is_missing(
     old, _ = make("pod-old_0")
     assert old.try_acquire_or_renew() and old.release()  # a Lease exists: taking it needs update
     a, _ = make("pod-a_1", token="weak")
-    assert a.try_acquire_or_renew() is False
+    with structlog.testing.capture_logs() as logs:
+        assert a.try_acquire_or_renew() is False
+        assert a.try_acquire_or_renew() is False
     assert not a.is_leader()
     assert ("PUT", 403) in verbs(server)
-    out = capsys.readouterr()
-    assert "forbidden: update leases.coordination.k8s.io in namespace rotator" in out.out + out.err
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert len(warnings) == 1, logs  # once per kind of failure, not at every try
+    assert warnings[0]["why"].startswith("forbidden: update leases.coordination.k8s.io in namespace rotator")
+    assert "components/leader-election" in warnings[0]["why"]
 
 
 def test_a_role_in_another_namespace_grants_nothing(server: KubeApiServer, make: MakeElector) -> None:
