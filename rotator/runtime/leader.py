@@ -86,7 +86,8 @@ def default_identity() -> str:
 
 
 class LeaseConflict(Exception):
-    """409: the Lease changed since it was read (``Conflict``) or was created meanwhile (``AlreadyExists``)."""
+    """409: the Lease changed since it was read (``Conflict``) or was created meanwhile (``AlreadyExists``);
+    or 404 on an update: it was deleted since it was read."""
 
 
 class LeaseApiFailure(Exception):
@@ -169,8 +170,8 @@ class LeaseClient:
             record_call(SERVICE, op, status or type(exc).__name__)
             if status == 404 and verb == "get":
                 raise _NotFound from None
-            if status == 409:
-                raise LeaseConflict(op) from None
+            if status == 409 or (status == 404 and verb == "update"):
+                raise LeaseConflict(op) from None  # changed, or deleted, since it was read: read it again
             raise LeaseApiFailure(self._explain(status, verb)) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             record_call(SERVICE, op, type(exc).__name__)

@@ -501,3 +501,14 @@ def test_bad_timings_and_names_are_config_errors_naming_the_field(block: dict[st
     issues = _issues(block)
     assert len(issues) == 1, issues
     assert issues[0][0] == path and words in issues[0][1], issues
+
+
+def test_a_lease_deleted_under_the_leader_is_created_again(server: KubeApiServer, make: MakeElector) -> None:
+    a, clock = make("pod-a_1")
+    assert a.try_acquire_or_renew()
+    with server._lock:  # someone ran `kubectl delete lease rotator`
+        server.leases.clear()
+    clock.advance(RETRY)
+    assert a.try_acquire_or_renew()  # the renewal's PUT is a 404; it reads again and creates the Lease
+    assert [m for m, _ in verbs(server)][-3:] == ["PUT", "GET", "POST"]
+    assert spec(server)["holderIdentity"] == "pod-a_1"

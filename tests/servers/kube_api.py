@@ -561,6 +561,8 @@ class KubeApiServer:
         with self._lock:
             current = self.leases.get((ns, name))
             if current is None:
+                # simplified: the real Lease strategy allows create-on-update (AllowCreateOnUpdate), so a PUT of
+                # a deleted Lease may create it there; either answer leaves an elector leading at most once
                 raise self._lease_not_found(name)
             if not rv:
                 # the Lease strategy's AllowUnconditionalUpdate is false: an update must name the version it read
