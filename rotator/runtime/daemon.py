@@ -12,6 +12,7 @@ SIGTERM the Lease is released once the pass in flight has stopped, so a standby 
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -124,7 +126,8 @@ class Daemon:
         if leader:
             if not self.stopping.is_set() and self.scheduler.running:
                 self.passes = 0  # read every target: the previous leader may have left work half done
-                self.scheduler.add_job(self.run_pass, id="leader", replace_existing=True)
+                with contextlib.suppress(SchedulerNotRunningError):  # SIGTERM came in between
+                    self.scheduler.add_job(self.run_pass, id="leader", replace_existing=True)
             return
         stop = self._pass_stop
         if stop is not None:
@@ -153,6 +156,8 @@ class Daemon:
         return f"standby (identity {state.identity}): the Lease is held by {holder}"
 
     def healthy(self) -> tuple[bool, str]:
+        if self.elector is not None and not self.stopping.is_set() and not self.elector.running():
+            return False, "leader election stopped"
         if self.scheduler.running and not self.stopping.is_set():
             standby = self._standby()
             if standby is not None:

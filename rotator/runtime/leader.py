@@ -415,9 +415,16 @@ class LeaseElector:
                 self._renewed_at = None
             self._announce()
 
+    def running(self) -> bool:
+        """Whether the campaign thread is alive (the daemon's /healthz fails when it is not)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.try_acquire_or_renew()
+            try:
+                self.try_acquire_or_renew()
+            except Exception as exc:  # never let the campaign die: a dead thread would hold no Lease forever
+                log.error("leader election: unexpected error", error=type(exc).__name__)
             self._announce()
             # wake at the next try, or at the deadline if it comes first (so on_change(False) is on time)
             delay = self.retry_period
@@ -439,7 +446,10 @@ class LeaseElector:
             identity=self.identity,
         )
         if self.on_change is not None:
-            self.on_change(leader)
+            try:
+                self.on_change(leader)
+            except Exception as exc:
+                log.error("leader election: the change handler failed", error=type(exc).__name__, leader=leader)
 
 
 def _spec(lease: dict[str, Any]) -> dict[str, Any]:
