@@ -66,6 +66,8 @@ class Daemon:
     ) -> None:
         self.app = app
         self.elector = elector
+        if elector is not None:
+            elector.on_change = self.on_leadership  # before elector.start(), in start()
         self._pass_stop: _PassStop | None = None
         self._leader_gauge: Any = None
         self.metrics = metrics or Metrics()
@@ -244,14 +246,10 @@ class Daemon:
 def run_daemon(config: Config, *, clock: Clock = system_clock, only: Iterable[str] | None = None) -> int:
     with build(config, clock=clock) as app:
         elector = None
-        daemon: Daemon
         if config.leader_election.enabled:
             from rotator.runtime.leader import open_elector
 
-            def on_change(leader: bool) -> None:
-                daemon.on_leadership(leader)
-
-            elector = open_elector(config.leader_election, on_change=on_change)
+            elector = open_elector(config.leader_election)
             app.closers.append(elector.client.close)
         daemon = Daemon(app, only=only, elector=elector)
 

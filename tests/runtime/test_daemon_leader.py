@@ -306,3 +306,58 @@ def test_a_leader_paused_past_its_lease_stops_its_pass_and_stands_by(world: Worl
     # pod-b finished the work: every policy has a key in its target
     for i in range(8):
         assert (world.root / "secrets" / f"p{i}" / "momento" / "current").exists(), i
+
+
+# ---- the daemon's side, in this process -------------------------------------------------------------------------
+
+
+def test_a_standby_daemon_runs_no_pass_and_reports_why(tmp_path: Path) -> None:
+    from rotator import config as config_mod
+    from rotator.metrics import Metrics
+    from rotator.runtime.app import build
+    from rotator.runtime.daemon import Daemon
+    from rotator.runtime.leader import LeaseClient, LeaseElector
+    from tests.support.crash import count_calls
+    from tests.support.e2e import harness
+
+    with harness(tmp_path, real_time=True) as h, running_kube_api() as kube:
+        cfg = config_mod.load(h.write_config([POLICY], interval="10m", http={"listen": None}))
+        other = LeaseElector(
+            LeaseClient(kube.api_client(), NS, LEASE_NAME, timeout=5),
+            identity="pod-b_1",
+            lease_duration=30,
+            renew_deadline=20,
+            retry_period=1,
+        )
+        assert other.try_acquire_or_renew()
+        mine = LeaseElector(
+            LeaseClient(kube.api_client(), NS, LEASE_NAME, timeout=5),
+            identity="pod-a_1",
+            lease_duration=30,
+            renew_deadline=20,
+            retry_period=0.2,
+        )
+        with build(cfg) as app:
+            daemon = Daemon(app, elector=mine, metrics=Metrics())
+            daemon.scheduler.start()
+            try:
+                assert daemon.healthy() == (False, "leader election stopped")  # the campaign thread is not running
+                mine.start()
+                wait_for("a try", lambda: mine.state().holder == "pod-b_1", 10)
+                ok, why = daemon.healthy()
+                assert ok and "standby (identity pod-a_1): the Lease is held by pod-b_1" in why, why
+                assert daemon.ready() == (True, "ok: standby (identity pod-a_1): the Lease is held by pod-b_1")
+                with count_calls() as calls:
+                    assert daemon.run_pass() is None
+                assert calls == [] or {svc for svc, _, _ in calls} == {"kubernetes"}  # no issuer, no store call
+                assert daemon.passes == 0
+                # the other replica releases: this one leads, and the pass it schedules at once runs
+                assert other.release()
+                wait_for("a pass as leader", lambda: daemon.passes >= 1, 15)
+                assert daemon.healthy() == (True, "ok: scheduler running (leader)")
+                assert len(h.live_ids("alpha")) == 1
+            finally:
+                daemon.stop()
+                daemon.wait()
+                other.client.close()
+        assert kube.lease(NS, LEASE_NAME)["spec"]["holderIdentity"] == ""  # released by wait()
