@@ -361,3 +361,32 @@ def test_a_standby_daemon_runs_no_pass_and_reports_why(tmp_path: Path) -> None:
                 daemon.wait()
                 other.client.close()
         assert kube.lease(NS, LEASE_NAME)["spec"]["holderIdentity"] == ""  # released by wait()
+
+
+def test_run_without_a_namespace_or_credentials_exits_2_naming_the_field(tmp_path: Path) -> None:
+    from tests.support.e2e import harness, run_rotator
+
+    with harness(tmp_path) as h:
+        missing = tmp_path / "no-serviceaccount"
+        cfg = h.write_config(
+            [POLICY], http={"listen": None}, leader_election={"enabled": True, "service_account_dir": str(missing)}
+        )
+        r = run_rotator("-c", str(cfg), "run", cwd=h.work, env={"KUBERNETES_SERVICE_HOST": "127.0.0.1"})
+        assert r.returncode == 2, r.explain()
+        assert "leader_election.namespace: not set, and the pod's namespace cannot be read" in r.stderr, r.explain()
+        cfg = h.write_config(
+            [POLICY],
+            name="with-ns.yaml",
+            http={"listen": None},
+            leader_election={"enabled": True, "namespace": "rotator", "service_account_dir": str(missing)},
+        )
+        r = run_rotator(
+            "-c",
+            str(cfg),
+            "run",
+            cwd=h.work,
+            env={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "1"},
+        )
+        assert r.returncode == 2, r.explain()
+        assert "leader_election: the Lease's Kubernetes API: cannot load the in-cluster service account" in r.stderr
+        assert h.live_ids("alpha") == []  # nothing was done
