@@ -17,16 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from rotator.errors import ConfigError, ConfigIssue, KeyFormatError
 from rotator.keys import check_endpoint
@@ -333,7 +324,7 @@ class LeaderElectionConfig(BaseModel):
 
     @field_validator("renew_deadline")
     @classmethod
-    def _renew_deadline(cls, v: timedelta, info: ValidationInfo) -> timedelta:
+    def _renew_deadline(cls, v: timedelta, info: Any) -> timedelta:  # info: pydantic.ValidationInfo
         lease = info.data.get("lease_duration")
         if v <= timedelta(0):
             raise ValueError("must be more than 0s, e.g. 10s")
@@ -346,7 +337,7 @@ class LeaderElectionConfig(BaseModel):
 
     @field_validator("retry_period")
     @classmethod
-    def _retry_period(cls, v: timedelta, info: ValidationInfo) -> timedelta:
+    def _retry_period(cls, v: timedelta, info: Any) -> timedelta:  # info: pydantic.ValidationInfo
         deadline = info.data.get("renew_deadline")
         if v <= timedelta(0):
             raise ValueError("must be more than 0s, e.g. 2s")
@@ -357,11 +348,12 @@ class LeaderElectionConfig(BaseModel):
             )
         return v
 
-    @model_validator(mode="after")
-    def _credentials(self) -> LeaderElectionConfig:
-        if self.in_cluster and (self.kubeconfig or self.context):
+    @field_validator("kubeconfig", "context")
+    @classmethod
+    def _not_in_cluster(cls, v: str | None, info: Any) -> str | None:
+        if v and info.data.get("in_cluster"):
             raise ValueError("in_cluster: true uses the pod's service account; drop kubeconfig and context")
-        return self
+        return v
 
 
 # ---- alerts (rotator.notify sends them) -----------------------------------------------------------------

@@ -494,7 +494,7 @@ def test_the_config_block_defaults_to_off_with_client_go_timings() -> None:
         ({"lease_name": "Rotator_1"}, "leader_election.lease_name", "not a Lease name"),
         ({"namespace": "Ops"}, "leader_election.namespace", "not a namespace name"),
         ({"enable": True}, "leader_election.enable", "unknown field"),
-        ({"in_cluster": True, "kubeconfig": "/k"}, "leader_election", "drop kubeconfig"),
+        ({"in_cluster": True, "kubeconfig": "/k"}, "leader_election.kubeconfig", "drop kubeconfig"),
     ],
 )
 def test_bad_timings_and_names_are_config_errors_naming_the_field(block: dict[str, Any], path: str, words: str) -> None:
