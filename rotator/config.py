@@ -402,6 +402,100 @@ class MetricsConfig(BaseModel):
     job: str = "rotator"
 
 
+# ---- leader election (rotator.runtime.leader runs it) --------------------------------------------------------
+
+_LEASE_NAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$")
+_NAMESPACE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class LeaderElectionConfig(BaseModel):
+    """``leader_election``: ``rotator run`` passes only while it holds a ``coordination.k8s.io/v1`` Lease.
+
+    For a Deployment with ``replicas: 2`` or more (deploy/kubernetes/components/leader-election): one replica
+    runs passes, the others stand by and take over once the leader stops renewing the Lease. The timings
+    follow client-go's leader election: a candidate takes a Lease held by another only ``lease_duration``
+    after it last saw the Lease change; the leader renews every ``retry_period`` and stops starting (and
+    stops) passes when it has not renewed within ``renew_deadline``. ``rotator once`` ignores this block.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    #: the Lease's name (``kubectl -n NAMESPACE get lease NAME`` shows the holder)
+    lease_name: str = "rotator"
+    #: the Lease's namespace; default: the pod's own, read from ``service_account_dir``/namespace
+    namespace: str | None = None
+    lease_duration: Duration = timedelta(seconds=15)
+    # validate_default: a default is checked against the other fields too (lease_duration: 5s alone is an error)
+    renew_deadline: Duration = Field(default=timedelta(seconds=10), validate_default=True)
+    retry_period: Duration = Field(default=timedelta(seconds=2), validate_default=True)
+    #: in-cluster service account; None = in-cluster when KUBERNETES_SERVICE_HOST is set, else kubeconfig
+    in_cluster: bool | None = None
+    #: where the pod's service account is mounted (token, ca.crt, namespace)
+    service_account_dir: str = "/var/run/secrets/kubernetes.io/serviceaccount"
+    #: kubeconfig file (default: $KUBECONFIG or ~/.kube/config) and context; used when not in-cluster
+    kubeconfig: str | None = None
+    context: str | None = None
+
+    @field_validator("lease_name")
+    @classmethod
+    def _lease_name(cls, v: str) -> str:
+        if not _LEASE_NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a Lease name (a lower case DNS subdomain, e.g. rotator)")
+        return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str | None) -> str | None:
+        if v is not None and not _NAMESPACE_RE.match(v):
+            raise ValueError(f"{v!r} is not a namespace name (a lower case DNS label, e.g. rotator)")
+        return v
+
+    @field_validator("lease_duration")
+    @classmethod
+    def _lease_duration(cls, v: timedelta) -> timedelta:
+        secs = v.total_seconds()
+        if secs < 1 or secs != int(secs):
+            raise ValueError(
+                f"{secs:g}s is not a whole number of seconds of at least 1s "
+                "(the Lease's leaseDurationSeconds is an integer), e.g. 15s"
+            )
+        return v
+
+    @field_validator("renew_deadline")
+    @classmethod
+    def _renew_deadline(cls, v: timedelta, info: Any) -> timedelta:  # info: pydantic.ValidationInfo
+        lease = info.data.get("lease_duration")
+        if v <= timedelta(0):
+            raise ValueError("must be more than 0s, e.g. 10s")
+        if lease is not None and v >= lease:
+            raise ValueError(
+                f"{v.total_seconds():g}s must be shorter than lease_duration ({lease.total_seconds():g}s): the leader "
+                "must give up before another replica may take the Lease; e.g. lease_duration: 15s, renew_deadline: 10s"
+            )
+        return v
+
+    @field_validator("retry_period")
+    @classmethod
+    def _retry_period(cls, v: timedelta, info: Any) -> timedelta:  # info: pydantic.ValidationInfo
+        deadline = info.data.get("renew_deadline")
+        if v <= timedelta(0):
+            raise ValueError("must be more than 0s, e.g. 2s")
+        if deadline is not None and v >= deadline:
+            raise ValueError(
+                f"{v.total_seconds():g}s must be shorter than renew_deadline ({deadline.total_seconds():g}s), so the "
+                "leader can retry a failed renewal before the deadline; e.g. renew_deadline: 10s, retry_period: 2s"
+            )
+        return v
+
+    @field_validator("kubeconfig", "context")
+    @classmethod
+    def _not_in_cluster(cls, v: str | None, info: Any) -> str | None:
+        if v and info.data.get("in_cluster"):
+            raise ValueError("in_cluster: true uses the pod's service account; drop kubeconfig and context")
+        return v
+
+
 # ---- alerts (rotator.notify sends them) -----------------------------------------------------------------
 
 
@@ -456,6 +550,7 @@ class RawConfig(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     http: HttpConfig = HttpConfig()
     metrics: MetricsConfig = MetricsConfig()
+    leader_election: LeaderElectionConfig = LeaderElectionConfig()
     alerts: dict[str, Any] = {}
     defaults: Defaults = Defaults()
     stores: dict[str, dict[str, Any]] = {}
@@ -537,6 +632,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     alerts: Any = None  # rotator.notify.AlertsConfig (validated here, defined there)
+    leader_election: LeaderElectionConfig = field(default_factory=LeaderElectionConfig)
 
     def policy(self, name: str) -> Policy:
         # a dict built on first use: the engine looks a policy up once per policy in a pass
@@ -905,6 +1001,7 @@ def _from_mapping(data: Any, *, source: str | None) -> Config:
         http=raw.http,
         metrics=raw.metrics,
         alerts=alerts,
+        leader_election=raw.leader_election,
     )
 
 

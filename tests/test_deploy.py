@@ -1,7 +1,8 @@
 """The container image and the Kubernetes manifests (Dockerfile, .dockerignore, deploy/kubernetes/).
 
 - hadolint lints the Dockerfile (zero findings);
-- ``kubectl kustomize`` renders deploy/kubernetes, its base, each overlay and each component, and
+- ``kubectl kustomize`` renders deploy/kubernetes, its base, each overlay and each component (leader-election:
+  two replicas, the Lease Role, the election switched on in the shipped config), and
   ``kubernetes-validate --strict`` checks every rendered object against the oldest Kubernetes version we claim
   and the newest one it knows; the security settings, probes, ports and CronJob fields are asserted on the
   rendered objects, and the config each variant ships passes rotator's own validation;
@@ -40,7 +41,8 @@ import pytest
 import yaml
 
 import rotator
-from rotator.config import Config, from_mapping
+from rotator.config import Config
+from rotator.config import load as load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -119,10 +121,14 @@ def pod_templates(objs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, A
 
 
 def shipped_config(objs: list[dict[str, Any]]) -> tuple[str, Config]:
-    """The rotator.yaml a variant's ConfigMap carries, as text and validated by rotator's own loader."""
+    """The rotator.yaml a variant's ConfigMap carries, as text and validated by rotator's own loader (with its
+    ``${VAR:-default}`` expansion, from this process's environment)."""
     cm = only(objs, "ConfigMap")
     text = cm["data"]["rotator.yaml"]
-    return text, from_mapping(yaml.safe_load(text), source=f"ConfigMap {cm['metadata']['name']}")
+    with tempfile.TemporaryDirectory(prefix="rotator-cm-") as tmp:
+        path = Path(tmp) / "rotator.yaml"
+        path.write_text(text)
+        return text, load_config(path)
 
 
 def _period_of(schedule: str) -> timedelta:
@@ -528,6 +534,63 @@ def test_kubernetes_pickup_as_the_comments_describe_it(tmp_path: Path) -> None:
         assert spec["automountServiceAccountToken"] is True, kind
     for o in objs:
         kubernetes_validate.validate(o, K8S_VERSIONS[-1], strict=True)
+
+
+def _container_env(objs: list[dict[str, Any]], kind: str) -> dict[str, str]:
+    spec = dict(pod_specs(objs))[kind]
+    return {e["name"]: e.get("value", "") for e in spec["containers"][0].get("env", [])}
+
+
+@pytest.mark.parametrize("resources", [("base",), ("overlays/aws",)])
+def test_leader_election_component_runs_two_replicas_with_the_lease_rbac(
+    tmp_path: Path, resources: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objs = render(_with_components(tmp_path, "leader-election", resources=resources))
+    for version in K8S_VERSIONS:
+        for o in objs:
+            kubernetes_validate.validate(o, version, strict=True)
+    deployment = only(objs, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    pods = dict(pod_specs(objs))
+    assert pods["Deployment"]["automountServiceAccountToken"] is True  # the election calls the API
+    assert pods["CronJob"]["automountServiceAccountToken"] is False  # `rotator once` takes no part in it
+    assert only(objs, "ServiceAccount")["automountServiceAccountToken"] is True
+    env = _container_env(objs, "Deployment")
+    assert env["ROTATOR_LEADER_ELECTION"] == "true"
+    assert "ROTATOR_LEADER_ELECTION" not in _container_env(objs, "CronJob")
+
+    # the Role grants get, create and update on leases (coordination.k8s.io) in rotator's namespace, nothing else
+    role = only(objs, "Role")
+    assert role["metadata"]["namespace"] == "rotator"
+    granted: set[tuple[str, str, str]] = set()
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == ["coordination.k8s.io"] and rule["resources"] == ["leases"], rule
+        for verb in rule["verbs"]:
+            for name in rule.get("resourceNames", ["*"]):
+                granted.add((verb, "leases", name))
+    assert {v for v, _, _ in granted} == {"get", "create", "update"}
+    binding = only(objs, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rotator", "namespace": "rotator"}]
+    pdb = only(objs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+    # the shipped config turns the election on from the Deployment's environment, and only there
+    monkeypatch.delenv("ROTATOR_LEADER_ELECTION", raising=False)
+    assert shipped_config(objs)[1].leader_election.enabled is False  # the CronJob's view
+    monkeypatch.setenv("ROTATOR_LEADER_ELECTION", env["ROTATOR_LEADER_ELECTION"])
+    election = shipped_config(objs)[1].leader_election
+    assert election.enabled is True
+    assert election.namespace is None  # the pod's own: the Role's namespace
+    assert {("get", "leases", election.lease_name), ("update", "leases", election.lease_name)} <= granted
 
 
 # ---- the image's install, built in a venv and run as the image's user ---------------------------------------------

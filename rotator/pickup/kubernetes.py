@@ -37,6 +37,7 @@ import binascii
 import json
 import os
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -366,31 +367,57 @@ def _started(pod: Any, container: str | None) -> datetime | str:
     return "no start time"
 
 
-def _load_client(cfg: CheckConfig) -> Any:
+def load_api_client(
+    *,
+    in_cluster: bool | None,
+    kubeconfig: str | None,
+    context: str | None,
+    service_account_dir: str | None = None,
+    what: str = "pickup kubernetes",
+    error: Callable[[str], Exception] = PickupError,
+) -> Any:
+    """A ``kubernetes.client.ApiClient`` from the in-cluster service account or a kubeconfig file.
+
+    ``in_cluster`` None: in-cluster when ``KUBERNETES_SERVICE_HOST`` is set. In-cluster reads the token and
+    ``ca.crt`` under ``service_account_dir`` (default: the client library's
+    ``/var/run/secrets/kubernetes.io/serviceaccount``) and re-reads the token as the kubelet rotates it.
+    Shared by the pickup check and leader election (:mod:`rotator.runtime.leader`).
+
+    Raises: ``error(message)`` (PickupError by default) naming ``what`` and where credentials were looked for.
+    """
     from kubernetes import client as k8s
     from kubernetes import config as k8s_config
+    from kubernetes.config import incluster_config
 
-    in_cluster = cfg.in_cluster if cfg.in_cluster is not None else bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    in_cluster = in_cluster if in_cluster is not None else bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
     configuration = k8s.Configuration()
     # untyped in the client library: called through Any
-    load_incluster: Any = k8s_config.load_incluster_config
     load_kubeconfig: Any = k8s_config.load_kube_config
     try:
         if in_cluster:
-            load_incluster(client_configuration=configuration)
+            token_file, cert_file = incluster_config.SERVICE_TOKEN_FILENAME, incluster_config.SERVICE_CERT_FILENAME
+            if service_account_dir is not None:
+                token_file = os.path.join(service_account_dir, "token")
+                cert_file = os.path.join(service_account_dir, "ca.crt")
+            loader_class: Any = incluster_config.InClusterConfigLoader
+            loader_class(token_filename=token_file, cert_filename=cert_file).load_and_set(configuration)
         else:
             load_kubeconfig(
-                config_file=cfg.kubeconfig,
-                context=cfg.context,
+                config_file=kubeconfig,
+                context=context,
                 client_configuration=configuration,
                 persist_config=False,
             )
     except (k8s_config.ConfigException, OSError, ValueError) as exc:
-        where = "the in-cluster service account" if in_cluster else f"kubeconfig {cfg.kubeconfig or '(default)'}"
-        context = f" (context {cfg.context})" if cfg.context else ""
+        where = "the in-cluster service account" if in_cluster else f"kubeconfig {kubeconfig or '(default)'}"
+        in_context = f" (context {context})" if context else ""
         why = redact_text(str(exc))[:300] or type(exc).__name__
-        raise PickupError(f"pickup kubernetes: cannot load {where}{context}: {why}") from exc
+        raise error(f"{what}: cannot load {where}{in_context}: {why}") from exc
     return k8s.ApiClient(configuration)
+
+
+def _load_client(cfg: CheckConfig) -> Any:
+    return load_api_client(in_cluster=cfg.in_cluster, kubeconfig=cfg.kubeconfig, context=cfg.context)
 
 
 def open_check(config: BaseModel, *, api_client: Any = None) -> KubernetesCheck:

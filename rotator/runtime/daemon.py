@@ -3,18 +3,25 @@ on its own (a key's due time, the end of a grace period, an orphan deadline). On
 
 SIGTERM or SIGINT lets the action in flight finish, skips the rest of the pass (every action is idempotent
 and the next pass picks up where this one stopped), and exits 0.
+
+With ``leader_election.enabled`` (several replicas of a Deployment) passes run only while this process holds
+the Lease (:mod:`rotator.runtime.leader`): a standby skips every scheduled pass and starts one as soon as it
+becomes leader; a pass in flight when leadership is lost stops after the action in flight, as on SIGTERM; on
+SIGTERM the Lease is released once the pass in flight has stopped, so a standby takes over at its next try.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -27,7 +34,22 @@ from rotator.notify import AlertHub
 from rotator.runtime.app import App, build
 from rotator.runtime.http import HealthServer
 
+if TYPE_CHECKING:
+    from rotator.runtime.leader import LeaseElector
+
 log = structlog.get_logger("rotator")
+
+
+class _PassStop(threading.Event):
+    """The ``stop`` flag of one pass: set by SIGTERM or on losing leadership, and also reads as set whenever the
+    Lease is no longer held (even before the election thread has noticed: it may be stuck in a request)."""
+
+    def __init__(self, elector: LeaseElector | None) -> None:
+        super().__init__()
+        self._elector = elector
+
+    def is_set(self) -> bool:
+        return super().is_set() or (self._elector is not None and not self._elector.is_leader())
 
 
 class Daemon:
@@ -40,8 +62,14 @@ class Daemon:
         only: Iterable[str] | None = None,
         alerts: AlertHub | None = None,
         metrics: Metrics | None = None,
+        elector: LeaseElector | None = None,
     ) -> None:
         self.app = app
+        self.elector = elector
+        if elector is not None:
+            elector.on_change = self.on_leadership  # before elector.start(), in start()
+        self._pass_stop: _PassStop | None = None
+        self._leader_gauge: Any = None
         self.metrics = metrics or Metrics()
         self.metrics.configure(app.config)  # the interval and alert_before, which the alert rules compare with
         self.alerts = alerts if alerts is not None else AlertHub(app.config.alerts, clock=app.engine.clock)
@@ -50,6 +78,8 @@ class Daemon:
         self.stopping = threading.Event()
         self._pass_lock = threading.Lock()
         self.last_report: PassReport | None = None
+        #: why the daemon stopped on its own (a refused management key), raised by run_daemon
+        self.fatal: Exception | None = None
         self.last_finished: datetime | None = None
         self.passes = 0
         config = app.config
@@ -61,27 +91,55 @@ class Daemon:
         )
 
     def run_pass(self) -> PassReport | None:
-        """One pass, unless one is running already or the daemon is stopping."""
-        if self.stopping.is_set() or not self._pass_lock.acquire(blocking=False):
+        """One pass, unless one is running already, the daemon is stopping, or another replica leads."""
+        if self.stopping.is_set() or (self.elector is not None and not self.elector.is_leader()):
+            return None
+        if not self._pass_lock.acquire(blocking=False):
             return None
         try:
+            stop = _PassStop(self.elector)
+            self._pass_stop = stop
+            if self.stopping.is_set() or stop.is_set():
+                return None
             # the first pass reads every target: a restart (e.g. after a config change that added a target)
-            # catches up at once instead of at the next drift check
+            # catches up at once instead of at the next drift check; so does a replica that has just become leader
             report = self.app.engine.run_pass(
                 only=self.only,
-                stop=self.stopping,
+                stop=stop,
                 read_targets=self.passes == 0,
                 pre_create_delay=self.app.config.jitter.total_seconds(),
             )
+            if stop.is_set() and not self.stopping.is_set():
+                log.warning("leadership lost during the pass: the rest of it is left to the new leader")
             self.last_report = report
             self.last_finished = datetime.now(UTC)
             self.passes += 1
+            if report.issuer_auth_error and self.elector is not None and self.passes == 1:
+                # as at start-up without an election: a refused key on the first pass stops the daemon (exit 2)
+                self.fatal = IssuerAuthError(str(report.error))
+                self.stop()
+                return report
             self.metrics.observe(report)
             self.alerts.handle(report)
             self._schedule_wake(report)
             return report
         finally:
+            self._pass_stop = None
             self._pass_lock.release()
+
+    def on_leadership(self, leader: bool) -> None:
+        """Called by the elector's thread when leadership starts (run a pass now) or ends (stop the pass)."""
+        if self._leader_gauge is not None:
+            self._leader_gauge.set(1 if leader else 0)
+        if leader:
+            if not self.stopping.is_set() and self.scheduler.running:
+                self.passes = 0  # read every target: the previous leader may have left work half done
+                with contextlib.suppress(SchedulerNotRunningError):  # SIGTERM came in between
+                    self.scheduler.add_job(self.run_pass, id="leader", replace_existing=True)
+            return
+        stop = self._pass_stop
+        if stop is not None:
+            stop.set()
 
     def _schedule_wake(self, report: PassReport) -> None:
         wake = report.wake_at()
@@ -95,12 +153,30 @@ class Daemon:
         self.scheduler.add_job(self.run_pass, DateTrigger(run_date=run_at), id="wake", replace_existing=True)
         log.debug("next pass scheduled", at=run_at.isoformat())
 
+    def _standby(self) -> str | None:
+        """Why this replica runs no passes (another holds the Lease), or None when it may run them."""
+        if self.elector is None:
+            return None
+        state = self.elector.state()
+        if state.leader:
+            return None
+        holder = state.holder or "nobody yet"
+        return f"standby (identity {state.identity}): the Lease is held by {holder}"
+
     def healthy(self) -> tuple[bool, str]:
+        if self.elector is not None and not self.stopping.is_set() and not self.elector.running():
+            return False, "leader election stopped"
         if self.scheduler.running and not self.stopping.is_set():
-            return True, "ok: scheduler running"
+            standby = self._standby()
+            if standby is not None:
+                return True, f"ok: scheduler running, {standby}"
+            return True, "ok: scheduler running" + (" (leader)" if self.elector is not None else "")
         return False, "scheduler stopped"
 
     def ready(self) -> tuple[bool, str]:
+        standby = self._standby()
+        if standby is not None:
+            return True, f"ok: {standby}"  # a standby is ready to take over: it must not block a rollout
         if self.last_report is None or self.last_finished is None:
             return False, "no pass has finished yet"
         age = datetime.now(UTC) - self.last_finished
@@ -125,6 +201,15 @@ class Daemon:
         succeed should stop with the remedy (exit code 2), not run on. An unreachable issuer is retried.
         """
         listen = self.app.config.http.listen
+        if self.elector is not None:
+            from prometheus_client import Gauge
+
+            self._leader_gauge = Gauge(
+                "rotator_leader",
+                "1 while this process holds the leader-election Lease and runs passes, else 0.",
+                registry=self.metrics.registry,
+            )
+            self._leader_gauge.set(0)
         if listen:
             page = self.status_page if self.app.config.http.status_page else None
             self.http = HealthServer(
@@ -134,6 +219,15 @@ class Daemon:
             served = "/healthz, /readyz and /metrics" + (", and the status page at /" if page else "")
             log.info(f"serving {served}", listen=self.http.address)
         self.scheduler.start()
+        if self.elector is not None:
+            # the first pass runs when (if) this replica becomes leader: on_leadership schedules it
+            self.elector.start()
+            log.info(
+                "rotator started; campaigning for the Lease",
+                lease=f"{self.elector.client.namespace}/{self.elector.client.name}",
+                identity=self.elector.identity,
+            )
+            return
         first = self.run_pass()
         if first is not None and first.issuer_auth_error:
             self.stopping.set()
@@ -149,11 +243,17 @@ class Daemon:
 
     def stop(self) -> None:
         self.stopping.set()
+        stop = self._pass_stop
+        if stop is not None:
+            stop.set()
 
     def wait(self) -> None:
         self.stopping.wait()
         log.info("stopping: finishing the action in flight")
         self.scheduler.shutdown(wait=True)
+        if self.elector is not None:
+            # only now that no pass runs: a standby may start one as soon as the Lease is released
+            self.elector.stop(release=True)
         if self.http is not None:
             self.http.stop()
         self.metrics.close()
@@ -162,7 +262,13 @@ class Daemon:
 
 def run_daemon(config: Config, *, clock: Clock = system_clock, only: Iterable[str] | None = None) -> int:
     with build(config, clock=clock) as app:
-        daemon = Daemon(app, only=only)
+        elector = None
+        if config.leader_election.enabled:
+            from rotator.runtime.leader import open_elector
+
+            elector = open_elector(config.leader_election)
+            app.closers.append(elector.client.close)
+        daemon = Daemon(app, only=only, elector=elector)
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             daemon.stop()
@@ -171,6 +277,8 @@ def run_daemon(config: Config, *, clock: Clock = system_clock, only: Iterable[st
         try:
             daemon.start()
             daemon.wait()
+            if daemon.fatal is not None:
+                raise daemon.fatal
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)

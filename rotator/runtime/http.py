@@ -1,8 +1,10 @@
 """The one small HTTP listener of ``rotator run``: ``/healthz``, ``/readyz`` and ``/metrics``.
 
 - ``/healthz``: 200 while the scheduler runs (the process is alive and will run passes); 503 otherwise.
+  With leader election the text says whether this replica leads or stands by (and who holds the Lease).
 - ``/readyz``: 200 when the last pass finished within twice the interval and the issuer answered it;
-  503 with the reason otherwise (including before the first pass has finished).
+  503 with the reason otherwise (including before the first pass has finished). A standby replica of a
+  leader election is ready (200, "standby"): it runs no passes by design.
 - ``/metrics``: Prometheus text format.
 - ``/``: the read-only status page (:mod:`rotator.status_page`), only with ``http.status_page: true``.
 

@@ -7,21 +7,37 @@ It serves what the ``kubernetes`` pickup check reads, in the shapes the API serv
   ``a notin (x,y)``, existence ``a`` / ``!a``, comma-separated and ANDed; a bad selector is a 400
   ``BadRequest``), paged with ``metadata.continue`` when ``limit`` is given;
 - ``GET /api/v1/namespaces/{ns}/pods/{name}`` and ``GET /api/v1/namespaces/{ns}/secrets/{name}``;
+- Leases (``coordination.k8s.io/v1``, what leader election uses): ``GET``/``PUT``
+  ``/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}`` and ``POST .../leases``, with the API server's
+  optimistic concurrency: every write bumps ``metadata.resourceVersion``; a ``PUT`` must carry the current one
+  (stale: 409 ``Conflict``, "the object has been modified; please apply your changes to the latest version and
+  try again"; none: 422 ``Invalid``, since the Lease strategy refuses unconditional updates), a ``POST`` of an
+  existing name is 409 ``AlreadyExists``, a missing Lease is 404 ``NotFound``. Sources: the API conventions,
+  "Concurrency Control and Consistency"
+  (https://github.com/kubernetes/community/blob/master/contributors/devel/sig-architecture/api-conventions.md#concurrency-control-and-consistency)
+  and "HTTP Status codes" (409 Conflict / AlreadyExists, 422 Invalid) in the same document; the Lease
+  reference (https://kubernetes.io/docs/reference/kubernetes-api/cluster-resources/lease-v1/): ``acquireTime``
+  and ``renewTime`` are ``MicroTime``, which the server parses with the layout
+  ``2006-01-02T15:04:05.000000Z07:00`` (exactly six fractional digits; anything else is a 400 ``BadRequest``),
+  and ``leaseDurationSeconds`` must be greater than 0;
 - errors as ``Status`` objects (``{"kind": "Status", "status": "Failure", "reason", "message", "details",
   "code"}``): 404 ``NotFound`` (``secrets "x" not found``), 401 ``Unauthorized`` for a missing or unknown bearer
   token, 403 ``Forbidden`` (``secrets "x" is forbidden: User "..." cannot get resource "secrets" in API group ""
   in the namespace "ns"``) for a known token whose RBAC rules do not allow the request.
 
 Tokens and RBAC: the token ``test`` may do anything. :meth:`KubeApiServer.add_token` adds a token limited to
-RBAC rules (the ``rules`` of a Role, evaluated like the API server: verbs, resources and resourceNames within
-the Role's namespace); :meth:`KubeApiServer.grant_role` reads them from a Role manifest.
+RBAC rules (the ``rules`` of a Role, evaluated like the API server: apiGroups, verbs, resources and
+resourceNames within the Role's namespace); :meth:`KubeApiServer.grant_role` reads them from a Role manifest.
 
 Test helpers: :meth:`add_pod` (labels, ``startTime``, containers' ``startedAt``, the ``Ready`` condition) adds or
 replaces a pod, :meth:`put_secret` adds or replaces a Secret (values base64-encoded as the API does),
+:meth:`lease` reads a Lease, :meth:`lease_writes` lists every accepted Lease write (``(method, holder)``),
 :meth:`fail_next` queues error statuses. :meth:`api_client` gives a ``kubernetes.client.ApiClient`` pointed
 at the server (``Configuration(host=url, api_key={"authorization": "Bearer <token>"})``). Every request is in
 :attr:`requests` as ``(method, path, status)``. Bound to 127.0.0.1 on a free port; use
-:func:`running_kube_api` (or ``start``/``stop``) from a fixture.
+:func:`running_kube_api` (or ``start``/``stop``) from a fixture. With ``tls=True`` it serves HTTPS with a
+throwaway CA (trustme), as the in-cluster API server does, and :meth:`service_account` writes what the
+kubelet mounts in a pod (``token``, ``ca.crt``, ``namespace``) and returns its ``KUBERNETES_SERVICE_HOST``/``PORT``.
 """
 
 from __future__ import annotations
@@ -37,6 +53,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -46,6 +63,10 @@ DEFAULT_TOKEN = "test"
 DEFAULT_USER = "system:serviceaccount:rotator:rotator"
 
 _PATH_RE = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<resource>pods|secrets)(?:/(?P<name>[^/]+))?$")
+_LEASE_RE = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases(?:/(?P<name>[^/]+))?$")
+#: metav1.RFC3339Micro, the layout MicroTime is parsed with: exactly six fractional digits
+_MICRO_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(?:Z|[+-]\d{2}:\d{2})$")
+LEASES = "leases.coordination.k8s.io"
 _KEY_RE = re.compile(r"^(?:[a-z0-9](?:[-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9](?:[-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
@@ -125,15 +146,18 @@ def matches(reqs: list[Requirement], labels: Mapping[str, str]) -> bool:
 
 @dataclass(frozen=True)
 class Rule:
-    """One RBAC PolicyRule (core API group only), scoped to a namespace (``None``: a ClusterRole binding)."""
+    """One RBAC PolicyRule, scoped to a namespace (``None``: a ClusterRole binding)."""
 
     verbs: frozenset[str]
     resources: frozenset[str]
     resource_names: frozenset[str] = frozenset()
     namespace: str | None = None
+    api_groups: frozenset[str] = frozenset({""})
 
-    def allows(self, verb: str, resource: str, namespace: str, name: str | None) -> bool:
+    def allows(self, verb: str, resource: str, namespace: str, name: str | None, group: str = "") -> bool:
         if self.namespace is not None and self.namespace != namespace:
+            return False
+        if not {group, "*"} & self.api_groups:
             return False
         if not ({verb, "*"} & self.verbs and {resource, "*"} & self.resources):
             return False
@@ -146,14 +170,13 @@ def rules_from_role(role: Mapping[str, Any]) -> list[Rule]:
     ns = role.get("metadata", {}).get("namespace")
     out = []
     for r in role.get("rules", []):
-        if "" not in r.get("apiGroups", []) and "*" not in r.get("apiGroups", []):
-            continue
         out.append(
             Rule(
                 frozenset(r.get("verbs", [])),
                 frozenset(r.get("resources", [])),
                 frozenset(r.get("resourceNames", [])),
                 ns,
+                frozenset(r.get("apiGroups", [])),
             )
         )
     return out
@@ -187,10 +210,15 @@ def status_object(code: int, reason: str, message: str, details: dict[str, Any] 
 class KubeApiServer:
     """See the module docstring. Thread-safe; its state is plain dicts guarded by one lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: bool = False) -> None:
+        self.tls = tls
+        self._ca: Any = None
         self._lock = threading.Lock()
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.secrets: dict[tuple[str, str], dict[str, Any]] = {}
+        self.leases: dict[tuple[str, str], dict[str, Any]] = {}
+        #: every accepted Lease write: (method, namespace/name, holderIdentity)
+        self.lease_log: list[tuple[str, str, str]] = []
         #: token -> (user name, its RBAC rules or None for everything)
         self.tokens: dict[str, tuple[str, list[Rule] | None]] = {DEFAULT_TOKEN: (DEFAULT_USER, None)}
         self.requests: list[tuple[str, str, int]] = []
@@ -208,7 +236,7 @@ class KubeApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> KubeApiServer:
         server = self
@@ -216,8 +244,28 @@ class KubeApiServer:
         class Handler(_Handler):
             api = server
 
-        self._httpd, self._thread = serve(Handler, "kube-api", poll=0.05)
+        ctx = None
+        if self.tls:  # as the in-cluster API server: HTTPS with a cluster CA (a throwaway one from trustme)
+            import ssl
+
+            import trustme
+
+            self._ca = trustme.CA()
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._ca.issue_cert("127.0.0.1").configure_cert(ctx)
+        self._httpd, self._thread = serve(Handler, "kube-api", tls=ctx, poll=0.05)
         return self
+
+    def service_account(self, directory: Path, *, namespace: str, token: str = DEFAULT_TOKEN) -> dict[str, str]:
+        """Write what the kubelet mounts for a pod's service account (``token``, ``ca.crt``, ``namespace``) into
+        ``directory``; returns the environment the kubelet gives such a pod (``KUBERNETES_SERVICE_HOST``/``PORT``).
+        Needs ``tls=True``: in-cluster clients always use HTTPS."""
+        assert self.tls and self._ca is not None, "in-cluster clients speak HTTPS: KubeApiServer(tls=True)"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "token").write_text(token)
+        (directory / "namespace").write_text(namespace)
+        self._ca.cert_pem.write_to_path(str(directory / "ca.crt"))
+        return {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(self.port)}
 
     def stop(self) -> None:
         shut(self._httpd, self._thread)
@@ -233,6 +281,8 @@ class KubeApiServer:
         with self._lock:
             self.pods.clear()
             self.secrets.clear()
+            self.leases.clear()
+            self.lease_log.clear()
             self.tokens = {DEFAULT_TOKEN: (DEFAULT_USER, None)}
             self.requests.clear()
             self._faults.clear()
@@ -348,6 +398,17 @@ class KubeApiServer:
         with self._lock:
             self.secrets.pop((namespace, name), None)
 
+    def lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A copy of the Lease, or None."""
+        with self._lock:
+            obj = self.leases.get((namespace, name))
+            return json.loads(json.dumps(obj)) if obj is not None else None
+
+    def lease_writes(self, namespace: str, name: str) -> list[tuple[str, str]]:
+        """``(method, holderIdentity)`` of every accepted write of the Lease, in order."""
+        with self._lock:
+            return [(m, h) for m, key, h in self.lease_log if key == f"{namespace}/{name}"]
+
     def add_token(self, token: str, rules: list[Rule], *, user: str = DEFAULT_USER) -> None:
         """A bearer token whose requests are allowed only by ``rules``."""
         with self._lock:
@@ -368,19 +429,23 @@ class KubeApiServer:
 
     # -- serving --------------------------------------------------------------------------------------------
 
-    def handle(self, method: str, raw_path: str, authorization: str | None) -> tuple[int, dict[str, Any]]:
+    def handle(
+        self, method: str, raw_path: str, authorization: str | None, body: bytes = b""
+    ) -> tuple[int, dict[str, Any]]:
         parts = urlsplit(raw_path)
         path = unquote(parts.path)
         try:
-            status, body = 200, self._dispatch(method, path, parse_qs(parts.query), authorization)
+            status, body_out = 200, self._dispatch(method, path, parse_qs(parts.query), authorization, body)
+            if method == "POST":
+                status = 201
         except _Reply as reply:
-            status, body = reply.status, reply.body
+            status, body_out = reply.status, reply.body
         with self._lock:
             self.requests.append((method, path, status))
-        return status, body
+        return status, body_out
 
     def _dispatch(
-        self, method: str, path: str, query: dict[str, list[str]], authorization: str | None
+        self, method: str, path: str, query: dict[str, list[str]], authorization: str | None, body: bytes = b""
     ) -> dict[str, Any]:
         token = authorization[7:].strip() if authorization and authorization[:7].lower() == "bearer " else None
         with self._lock:
@@ -391,6 +456,9 @@ class KubeApiServer:
         if fault is not None:
             reasons = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout"}
             raise _Reply(fault, status_object(fault, reasons.get(fault, "InternalError"), f"injected {fault}"))
+        lease_path = _LEASE_RE.match(path)
+        if lease_path is not None:
+            return self._lease(method, lease_path.group("ns"), lease_path.group("name"), grant, body)
         m = _PATH_RE.match(path)
         if method != "GET" or m is None:
             raise _Reply(404, status_object(404, "NotFound", "the server could not find the requested resource"))
@@ -421,6 +489,174 @@ class KubeApiServer:
             copied: dict[str, Any] = json.loads(json.dumps(obj))
             return copied
         return self._list(ns, resource, query)
+
+    # -- leases ---------------------------------------------------------------------------------------------
+
+    def _lease(
+        self, method: str, ns: str, name: str | None, grant: tuple[str, list[Rule] | None], body: bytes
+    ) -> dict[str, Any]:
+        verbs = {("GET", True): "get", ("PUT", True): "update", ("POST", False): "create", ("GET", False): "list"}
+        verb = verbs.get((method, name is not None))
+        if verb is None or verb == "list":
+            raise _Reply(405, status_object(405, "MethodNotAllowed", f"{method} is not supported here"))
+        user, rules = grant
+        if rules is not None and not any(r.allows(verb, "leases", ns, name, "coordination.k8s.io") for r in rules):
+            what = f'{LEASES} "{name}"' if name else LEASES
+            raise _Reply(
+                403,
+                status_object(
+                    403,
+                    "Forbidden",
+                    f'{what} is forbidden: User "{user}" cannot {verb} resource "leases" in API group '
+                    f'"coordination.k8s.io" in the namespace "{ns}"',
+                    {"name": name, "group": "coordination.k8s.io", "kind": "leases"},
+                ),
+            )
+        if verb == "get":
+            assert name is not None
+            with self._lock:
+                obj = self.leases.get((ns, name))
+            if obj is None:
+                raise self._lease_not_found(name)
+            copied: dict[str, Any] = json.loads(json.dumps(obj))
+            return copied
+        lease = self._lease_body(body)
+        meta = lease.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise _Reply(400, status_object(400, "BadRequest", "metadata must be an object"))
+        body_name = meta.get("name")
+        if meta.get("namespace") not in (None, ns):
+            raise _Reply(
+                400,
+                status_object(400, "BadRequest", "the namespace of the provided object does not match the request"),
+            )
+        if verb == "create":
+            if not body_name:
+                raise self._invalid(name or "", "metadata.name", "Required value: name or generateName is required")
+            if meta.get("resourceVersion"):
+                raise _Reply(
+                    400, status_object(400, "BadRequest", "resourceVersion should not be set on objects to be created")
+                )
+            with self._lock:
+                if (ns, body_name) in self.leases:
+                    # API conventions, HTTP Status codes: 409 StatusReasonAlreadyExists on create of an existing name
+                    raise _Reply(
+                        409,
+                        status_object(
+                            409,
+                            "AlreadyExists",
+                            f'{LEASES} "{body_name}" already exists',
+                            {"name": body_name, "group": "coordination.k8s.io", "kind": "leases"},
+                        ),
+                    )
+                stored = self._store_lease(ns, body_name, lease, created=None)
+                self.lease_log.append(("POST", f"{ns}/{body_name}", stored["spec"].get("holderIdentity") or ""))
+            return stored
+        assert name is not None
+        if body_name != name:
+            raise _Reply(
+                400, status_object(400, "BadRequest", "the name of the object does not match the name on the URL")
+            )
+        rv = meta.get("resourceVersion")
+        with self._lock:
+            current = self.leases.get((ns, name))
+            if current is None:
+                # simplified: the real Lease strategy allows create-on-update (AllowCreateOnUpdate), so a PUT of
+                # a deleted Lease may create it there; either answer leaves an elector leading at most once
+                raise self._lease_not_found(name)
+            if not rv:
+                # the Lease strategy's AllowUnconditionalUpdate is false: an update must name the version it read
+                raise self._invalid(
+                    name, "metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update"
+                )
+            if rv != current["metadata"]["resourceVersion"]:
+                # API conventions, Concurrency Control and Consistency: a stale resourceVersion is a 409 Conflict
+                raise _Reply(
+                    409,
+                    status_object(
+                        409,
+                        "Conflict",
+                        f'Operation cannot be fulfilled on {LEASES} "{name}": the object has been modified; '
+                        "please apply your changes to the latest version and try again",
+                        {"name": name, "group": "coordination.k8s.io", "kind": "leases"},
+                    ),
+                )
+            stored = self._store_lease(ns, name, lease, created=current)
+            self.lease_log.append(("PUT", f"{ns}/{name}", stored["spec"].get("holderIdentity") or ""))
+        return stored
+
+    def _lease_body(self, body: bytes) -> dict[str, Any]:
+        try:
+            lease = json.loads(body or b"null")
+        except ValueError:
+            raise _Reply(400, status_object(400, "BadRequest", "the body is not JSON")) from None
+        if not isinstance(lease, dict) or lease.get("kind", "Lease") != "Lease":
+            raise _Reply(400, status_object(400, "BadRequest", "the body is not a Lease"))
+        spec = lease.get("spec") or {}
+        if not isinstance(spec, dict):
+            raise _Reply(400, status_object(400, "BadRequest", "spec must be an object"))
+        for f in ("acquireTime", "renewTime"):
+            value = spec.get(f)
+            if value is not None and not (isinstance(value, str) and _MICRO_TIME_RE.match(value)):
+                raise _Reply(
+                    400,
+                    status_object(
+                        400,
+                        "BadRequest",
+                        f'Lease in version "v1" cannot be handled as a Lease: parsing time {json.dumps(value)} as '
+                        '"2006-01-02T15:04:05.000000Z07:00": cannot parse',
+                    ),
+                )
+        for f in ("leaseDurationSeconds", "leaseTransitions"):
+            value = spec.get(f)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise _Reply(400, status_object(400, "BadRequest", f"spec.{f}: not an integer"))
+        duration = spec.get("leaseDurationSeconds")
+        if duration is not None and duration <= 0:
+            raise self._invalid("", "spec.leaseDurationSeconds", f"Invalid value: {duration}: must be greater than 0")
+        if (spec.get("leaseTransitions") or 0) < 0:
+            raise self._invalid("", "spec.leaseTransitions", "Invalid value: must be greater than or equal to 0")
+        lease["spec"] = spec
+        return lease
+
+    def _store_lease(
+        self, ns: str, name: str, lease: dict[str, Any], *, created: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Store ``lease`` under a new resourceVersion (caller holds the lock); a copy of what was stored."""
+        meta = dict(lease.get("metadata") or {})
+        meta.update(name=name, namespace=ns, resourceVersion=self._next_rv())
+        if created is None:
+            meta.update(uid=str(uuid.uuid4()), creationTimestamp=_time(datetime.now(UTC)))
+        else:
+            meta.update(uid=created["metadata"]["uid"], creationTimestamp=created["metadata"]["creationTimestamp"])
+        obj = {"kind": "Lease", "apiVersion": "coordination.k8s.io/v1", "metadata": meta, "spec": lease["spec"]}
+        self.leases[(ns, name)] = obj
+        copied: dict[str, Any] = json.loads(json.dumps(obj))
+        return copied
+
+    @staticmethod
+    def _lease_not_found(name: str) -> _Reply:
+        return _Reply(
+            404,
+            status_object(
+                404,
+                "NotFound",
+                f'{LEASES} "{name}" not found',
+                {"name": name, "group": "coordination.k8s.io", "kind": "leases"},
+            ),
+        )
+
+    @staticmethod
+    def _invalid(name: str, field: str, message: str) -> _Reply:
+        return _Reply(
+            422,
+            status_object(
+                422,
+                "Invalid",
+                f'Lease.coordination.k8s.io "{name}" is invalid: {field}: {message}',
+                {"name": name, "group": "coordination.k8s.io", "kind": "Lease", "causes": [{"field": field}]},
+            ),
+        )
 
     def _list(self, ns: str, resource: str, query: dict[str, list[str]]) -> dict[str, Any]:
         try:
@@ -460,7 +696,18 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        status, body = self.api.handle("GET", self.path, self.headers.get("Authorization"))
+        self._answer("GET")
+
+    def do_POST(self) -> None:
+        self._answer("POST")
+
+    def do_PUT(self) -> None:
+        self._answer("PUT")
+
+    def _answer(self, method: str) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        request_body = self.rfile.read(length) if length else b""
+        status, body = self.api.handle(method, self.path, self.headers.get("Authorization"), request_body)
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -470,9 +717,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def running_kube_api() -> Iterator[KubeApiServer]:
+def running_kube_api(*, tls: bool = False) -> Iterator[KubeApiServer]:
     """A started server, stopped on exit."""
-    server = KubeApiServer().start()
+    server = KubeApiServer(tls=tls).start()
     try:
         yield server
     finally:
