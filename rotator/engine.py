@@ -348,9 +348,12 @@ class _Fresh:
     def __init__(self, listing: list[KeyInfo] | None) -> None:
         self.listing = listing
         self.ids = None if listing is None else {k.key_id for k in listing}
+        self._by_policy: dict[str | None, list[KeyInfo]] = {}
+        for k in listing or ():  # indexed once: a policy's look-up is then not a scan of the fleet's keys
+            self._by_policy.setdefault(k.policy, []).append(k)
 
     def policy_keys(self, policy: str) -> list[KeyInfo] | None:
-        return None if self.listing is None else [k for k in self.listing if k.policy == policy]
+        return None if self.listing is None else list(self._by_policy.get(policy, ()))
 
 
 class _Counter:
@@ -552,22 +555,51 @@ class Engine:
         for k in all_keys:
             by_policy.setdefault(k.policy, []).append(k)
 
-        def one(policy: Policy) -> PolicyReport:
+        def first(policy: Policy) -> tuple[Plan, Options, datetime] | PolicyReport:
+            try:
+                return self._first_plan(
+                    policy,
+                    by_policy.get(policy.name, ()),
+                    force=policy.name in force_set,
+                    emergency=policy.name in emergency_set,
+                    read_targets=read_targets,
+                )
+            except RotatorError as exc:
+                with structlog.contextvars.bound_contextvars(policy=policy.name):
+                    log.error("policy failed", error=_error_text(exc))
+                return PolicyReport(policy.name, None, error=_error_text(exc))
+
+        # The first plan of every policy is pure CPU (no I/O, no logging), so it runs here, in one thread: a
+        # thread pool only adds hand-offs for work that holds the GIL. Policies whose plan needs their targets
+        # read (or has notes to log) go on to the pool, where the store reads overlap.
+        reports: list[PolicyReport | None] = []
+        rest: list[tuple[int, Policy, tuple[Plan, Options, datetime]]] = []
+        for policy in policies:
+            got = first(policy)
+            if isinstance(got, PolicyReport):
+                with counter:
+                    reports.append(got)
+                continue
+            p, opts, _ = got
+            if p.needs_targets or p.notes:
+                rest.append((len(reports), policy, got))
+                reports.append(None)
+                continue
+            with counter:
+                reports.append(self._report(policy, p, opts, by_policy.get(policy.name, ())))
+
+        def one(item: tuple[int, Policy, tuple[Plan, Options, datetime]]) -> PolicyReport:
+            _, policy, (p, opts, now) = item
             with structlog.contextvars.bound_contextvars(policy=policy.name), counter:
                 try:
-                    return self._plan_policy(
-                        policy,
-                        by_policy.get(policy.name, []),
-                        stores,
-                        force=policy.name in force_set,
-                        emergency=policy.name in emergency_set,
-                        read_targets=read_targets,
-                    )
+                    return self._plan_policy(policy, by_policy.get(policy.name, ()), stores, p, opts, now)
                 except RotatorError as exc:
                     log.error("policy failed", error=_error_text(exc))
                     return PolicyReport(policy.name, None, error=_error_text(exc))
 
-        return PassReport(started, self.clock(), dry_run, self._each(policies, one))
+        for (i, *_), pr in zip(rest, self._each(rest, one), strict=True):
+            reports[i] = pr
+        return PassReport(started, self.clock(), dry_run, [r for r in reports if r is not None])
 
     def execute(
         self,
@@ -623,7 +655,15 @@ class Engine:
                         break
                 return pr
 
-        self._each(report.policies, one)
+        # a policy with nothing to do needs no thread: only those with actions go to the pool
+        busy = []
+        for pr in report.policies:
+            if pr.plan is None or not pr.plan.actions:
+                with counter:
+                    pass
+            else:
+                busy.append(pr)
+        self._each(busy, one)
         return report
 
     def _start_delay(self, most: float, deadline: _Deadline, stop: threading.Event | None) -> None:
@@ -636,18 +676,17 @@ class Engine:
             log.debug("start delay before creating", seconds=round(delay, 3))
             (stop or threading.Event()).wait(delay)
 
-    def _plan_policy(
+    def _first_plan(
         self,
         policy: Policy,
-        mine_keys: list[KeyInfo],
-        stores: dict[str, Any],
+        mine_keys: Iterable[KeyInfo],
         *,
         force: bool,
         emergency: bool,
         read_targets: bool,
-    ) -> PolicyReport:
+    ) -> tuple[Plan, Options, datetime]:
+        """The plan from the issuer's listing alone (pure: no I/O, no logging), and the options it was made with."""
         now = self.clock()
-        mine = tuple(mine_keys)
         opts = Options(
             clock_skew=self.config.clock_skew,
             drift_check=read_targets or drift_check_due(self.config, policy.name, now),
@@ -655,7 +694,24 @@ class Engine:
             emergency=emergency,
             verify_for=self.config.verify_for,
         )
-        p = plan(policy, Observation(mine), now, opts)
+        return plan(policy, Observation(tuple(mine_keys)), now, opts), opts, now
+
+    def _report(self, policy: Policy, p: Plan, opts: Options, mine: Iterable[KeyInfo]) -> PolicyReport:
+        return PolicyReport(
+            policy.name, p, keys=tuple(mine), target_ids=tuple(t.id for t in policy.targets), opts=opts
+        )
+
+    def _plan_policy(
+        self,
+        policy: Policy,
+        mine_keys: Iterable[KeyInfo],
+        stores: dict[str, Any],
+        p: Plan,
+        opts: Options,
+        now: datetime,
+    ) -> PolicyReport:
+        """Carry a first plan on: read the targets and run the pickup checks when it asks, and log its notes."""
+        mine = tuple(mine_keys)
         targets: dict[str, TargetObservation] | None = None
         verdicts: tuple[PickupVerdict, ...] | None = None
         if p.needs_targets:
