@@ -35,6 +35,8 @@ MUTATING_COMMANDS = frozenset({"run", "once", "rotate"})
 #: the commands whose engine comes from build(preflight=True): the mutating ones, plus `plan` (it shows what a
 #: pass would do, and a pass would stop at the preflight) and `validate --online`
 PREFLIGHT_COMMANDS = MUTATING_COMMANDS | {"plan", "validate"}
+#: the commands that take --shard / $ROTATOR_SHARD (see rotator.shard)
+SHARDED_COMMANDS = frozenset({"run", "once", "plan", "status"})
 
 
 class ExitCode(enum.IntEnum):
@@ -115,6 +117,12 @@ def _parser() -> _Parser:
         action="append",
         metavar="NAME",
         help="only these policies (repeatable), e.g. to split a fleet between jobs",
+    )
+    select.add_argument(
+        "--shard",
+        metavar="INDEX/COUNT",
+        help="only the policies whose name hashes to shard INDEX of COUNT (default: $ROTATOR_SHARD, or "
+        "$JOB_COMPLETION_INDEX of $ROTATOR_SHARD_COUNT)",
     )
 
     parser = _Parser(prog="rotator", description="Rotates Momento API keys before they expire.", parents=[common])
@@ -249,6 +257,12 @@ def _dispatch(args: argparse.Namespace, state: dict[str, Any]) -> int:
         unknown = [n for n in args.policy if n not in config.names()]
         if unknown:
             raise ConfigError(f"--policy: no policy named {', '.join(unknown)}; known: {', '.join(config.names())}")
+    if args.command in SHARDED_COMMANDS:
+        from rotator import shard as sharding
+
+        shard = state["shard"] = sharding.from_environment(getattr(args, "shard", None), os.environ)
+        if shard is not None:  # a shard is the names it holds (of --policy's, if given): the engine's `only`
+            args.policy = shard.select(args.policy or config.names())
     if args.command == "audit":
         from rotator.config import parse_duration
 
@@ -282,7 +296,7 @@ def _dispatch(args: argparse.Namespace, state: dict[str, Any]) -> int:
         if args.command == "audit":
             return _audit(app, clock(), window=args.window, as_json=args.json or not sys.stdout.isatty())
         if args.command == "once":
-            return _once(app, args.policy, clock)
+            return _once(app, args.policy, clock, shard=state.get("shard"))
         if args.command == "plan":
             tty = sys.stdout.isatty() and not args.json
             report = app.engine.run_pass(
@@ -484,7 +498,7 @@ def _audit(app: Any, now: datetime, *, window: str, as_json: bool) -> int:
     return 0
 
 
-def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
+def _once(app: Any, only: list[str] | None, clock: Clock, *, shard: Any = None) -> int:
     from rotator.metrics import Metrics
     from rotator.notify import AlertHub
 
@@ -506,7 +520,9 @@ def _once(app: Any, only: list[str] | None, clock: Clock) -> int:
         AlertHub(app.config.alerts, clock=clock).handle(report)
         if app.config.metrics.pushgateway:
             try:
-                metrics.push(app.config.metrics.pushgateway, app.config.metrics.job)
+                # one group per shard: a push replaces its group's metrics, so shards must not share one
+                grouping = {"shard": str(shard.index)} if shard is not None else None
+                metrics.push(app.config.metrics.pushgateway, app.config.metrics.job, grouping)
             except OSError as exc:
                 print(f"rotator: could not push metrics to {app.config.metrics.pushgateway}: {exc}", file=sys.stderr)
     finally:

@@ -1,6 +1,7 @@
 """AWS Lambda entry points.
 
-- :func:`scheduled_handler`: for an EventBridge schedule. Runs one pass and returns its JSON summary;
+- :func:`scheduled_handler`: for an EventBridge schedule. Runs one pass (over the policies of the shard in
+  ``ROTATOR_SHARD=INDEX/COUNT``, when set: see :mod:`rotator.shard`) and returns its JSON summary;
   raises :class:`RotationFailed` when anything failed, so Lambda's error metrics, retries and failure
   destinations see it.
 - :func:`rotation_handler`: Secrets Manager's native rotation protocol (``createSecret``, ``setSecret``,
@@ -82,6 +83,12 @@ def scheduled_handler(event: dict[str, Any] | None, context: Any) -> dict[str, A
     """One pass. ``event`` may name ``{"policies": [...]}`` to split a fleet between schedules."""
     app = get_app()
     only = (event or {}).get("policies")
+    # N functions with ROTATOR_SHARD=0/N..N-1/N split a fleet between them (rotator.shard)
+    from rotator.shard import from_environment
+
+    shard = from_environment(None, os.environ)
+    if shard is not None:
+        only = shard.select(only or app.config.names())
     report = app.engine.run_pass(only=only, pre_create_delay=app.config.jitter.total_seconds())
     emit_metrics(report)
     if app.config.alerts is not None and app.config.alerts.notifiers:
