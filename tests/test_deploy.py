@@ -2,7 +2,8 @@
 
 - hadolint lints the Dockerfile (zero findings);
 - ``kubectl kustomize`` renders deploy/kubernetes, its base, each overlay and each component (leader-election:
-  two replicas, the Lease Role, the election switched on in the shipped config), and
+  two replicas, the Lease Role, the election switched on in the shipped config; sharded-cronjob: an Indexed
+  Job of COUNT pods, each taking its shard from ``JOB_COMPLETION_INDEX``), and
   ``kubernetes-validate --strict`` checks every rendered object against the oldest Kubernetes version we claim
   and the newest one it knows; the security settings, probes, ports and CronJob fields are asserted on the
   rendered objects, and the config each variant ships passes rotator's own validation;
@@ -503,6 +504,38 @@ def test_cronjob_only_component_drops_the_daemon_and_unsuspends_the_cronjob(tmp_
     assert only(objs, "CronJob")["spec"]["suspend"] is False
     for o in objs:
         kubernetes_validate.validate(o, K8S_VERSIONS[-1], strict=True)
+
+
+@pytest.mark.parametrize("resources", [("base",), ("overlays/aws",)])
+def test_sharded_cronjob_component_runs_one_indexed_pod_per_shard_each_tick(
+    tmp_path: Path, resources: tuple[str, ...]
+) -> None:
+    objs = render(_with_components(tmp_path, "sharded-cronjob", resources=resources))
+    for version in K8S_VERSIONS:
+        for o in objs:
+            kubernetes_validate.validate(o, version, strict=True)
+    kinds = [o["kind"] for o in objs]
+    assert "Deployment" not in kinds and "Service" not in kinds
+    cron = only(objs, "CronJob")["spec"]
+    assert cron["suspend"] is False and cron["concurrencyPolicy"] == "Forbid"
+    job = cron["jobTemplate"]["spec"]
+    assert job["completionMode"] == "Indexed"
+    count = job["completions"]
+    assert count > 1 and job["parallelism"] == count  # every shard in the same tick
+    assert "backoffLimit" not in job and 0 < job["backoffLimitPerIndex"] <= 6
+    env = _container_env(objs, "CronJob")
+    # the pods take their shard from JOB_COMPLETION_INDEX (set by the Job controller), of ROTATOR_SHARD_COUNT
+    assert env["ROTATOR_SHARD_COUNT"] == str(count) and "ROTATOR_SHARD" not in env
+    assert "MOMENTO_MANAGEMENT_KEY" in env and env["ROTATOR_CONFIG"] == "/etc/rotator/rotator.yaml"
+    pod = job["template"]["spec"]
+    assert pod["containers"][0]["args"] == ["once"]
+    from rotator.shard import from_environment
+
+    shards = [from_environment(None, {**env, "JOB_COMPLETION_INDEX": str(i)}) for i in range(count)]
+    assert [(s.index, s.count) for s in shards if s] == [(i, count) for i in range(count)]
+    # the rule that fails the Job at once on bad config is still there, next to the per-index retries
+    fail = next(r for r in job["podFailurePolicy"]["rules"] if r["action"] == "FailJob")
+    assert fail["onExitCodes"]["values"] == [2]
 
 
 def test_kubernetes_pickup_as_the_comments_describe_it(tmp_path: Path) -> None:
