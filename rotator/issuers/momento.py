@@ -62,6 +62,8 @@ DEFAULT_BASE_URL = "https://mga.registry.prod.a.momentohq.com"
 
 _SERVICE = "momento"
 _MAX_PAGE = 100
+#: HTTP connections kept open to the key API: as many as a pass runs policies at once (``concurrency`` <= 64)
+POOL_CONNECTIONS = 64
 _MAX_PAGES = 100_000  # a next_token loop that long is a server bug, not an account
 # a raw key travels in a header: printable ASCII, no spaces (anything else would be refused by the HTTP
 # library with an error that quotes the header value)
@@ -172,6 +174,8 @@ class MomentoIssuer:
             timeout=httpx.Timeout(timeout),
             follow_redirects=False,
             headers={"Accept": "application/json", "User-Agent": "rotator"},
+            # one kept-alive connection per worker of a pass (concurrency is at most 64): httpx keeps only 20
+            limits=httpx.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS),
         )
 
     # ---- lifecycle ---------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ from rotator.errors import (
 from rotator.keys import payload_key_id
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call, redact_text
-from rotator.stores.base import ANY_CURRENT, Expect, TargetRef, VersionMeta
+from rotator.stores.base import ANY_CURRENT, POOL_CONNECTIONS, Expect, TargetRef, VersionMeta
 
 SERVICE = "aws-secretsmanager"
 
@@ -442,6 +442,7 @@ class AwsSecretsManagerStore:
             # "max_attempts" in this dict counts retries only)
             retries={"mode": "adaptive", "total_max_attempts": config.max_attempts},
             user_agent_extra="rotator",
+            max_pool_connections=POOL_CONNECTIONS,  # one per worker of a pass (the default, 10, queues 16)
         )
         self._botocore_config = base.merge(botocore_config) if botocore_config is not None else base
         self._describe_ttl = describe_ttl

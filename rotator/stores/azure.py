@@ -71,7 +71,7 @@ from rotator.errors import (
 )
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call
-from rotator.stores.base import ANY_CURRENT, Expect, TargetRef, VersionMeta
+from rotator.stores.base import ANY_CURRENT, POOL_CONNECTIONS, Expect, TargetRef, VersionMeta
 
 SERVICE = "azure-keyvault"
 KEY_ID_TAG = "rotator-key-id"
@@ -309,6 +309,30 @@ def operation_name(method: str, url: str) -> str:
     return f"{method.lower()}_request"
 
 
+def _transport(options: Mapping[str, Any]) -> Any:
+    """azure-core's requests transport over a session whose connection pool holds ``POOL_CONNECTIONS``.
+
+    The transport azure-core makes for itself mounts requests' adapter with its default pool of 10: a pass at
+    concurrency 16 would open and drop connections (and log "Connection pool is full") on every burst. The
+    adapter does no retries of its own, as azure-core's does not: the retry policy retries.
+    """
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    session = requests.Session()
+    adapter = HTTPAdapter(
+        pool_connections=POOL_CONNECTIONS,
+        pool_maxsize=POOL_CONNECTIONS,
+        max_retries=Retry(total=False, redirect=False, raise_on_status=False),
+    )
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, adapter)
+    # the connection settings (timeouts, connection_verify, use_env_settings) belong to the transport
+    return RequestsTransport(session=session, session_owner=True, **options)
+
+
 def _call_recorder() -> Any:
     """An azure-core policy that records one call per HTTP attempt (placed after the retry policy)."""
     from azure.core.pipeline import PipelineRequest, PipelineResponse
@@ -524,6 +548,8 @@ class AzureKeyVaultStore:
         }
         options["per_retry_policies"] = [*options.get("per_retry_policies", []), _call_recorder()]
         options["retry_policy"] = _retry_policy(config)
+        if "transport" not in options:
+            options["transport"] = _transport(options)
         self._client = SecretClient(config.vault_url, credential, **options)
         self._lock = threading.Lock()
         # per secret, by lower-case name: Key Vault names are case-insensitive ("Objects are uniquely identified

@@ -61,6 +61,11 @@ class _Unchecked(enum.Enum):
 
 #: ``promote(..., expect_current=ANY_CURRENT)``: promote whatever the target holds now (no compare-and-set)
 ANY_CURRENT = _Unchecked.ANY
+
+#: HTTP connections a store's client may keep open to its service: as many as a pass runs policies at once
+#: (``concurrency`` is at most 64), so that no worker waits for a connection (botocore's and requests' pools
+#: hold 10 by default: a pass at concurrency 16 would queue behind them or open and drop connections)
+POOL_CONNECTIONS = 64
 #: what ``promote`` expects the target's current version to hold: a key id, ``None`` (nothing current, or a
 #: value rotator did not write), or ``ANY_CURRENT``
 Expect = str | None | Literal[_Unchecked.ANY]

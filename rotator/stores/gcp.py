@@ -78,7 +78,7 @@ from rotator.errors import (
 from rotator.keys import jwt_claims
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call
-from rotator.stores.base import ANY_CURRENT, Expect, SecretStore, TargetRef, VersionMeta
+from rotator.stores.base import ANY_CURRENT, POOL_CONNECTIONS, Expect, SecretStore, TargetRef, VersionMeta
 
 SERVICE = "gcp-secretmanager"
 
@@ -1411,4 +1411,24 @@ def open_store(
             "`gcloud auth application-default login`",
             store=name,
         ) from exc
+    _widen_rest_pool(client)
     return GcpSecretManagerStore(name, cfg, client, clock=clock, sleep=sleep)
+
+
+def _widen_rest_pool(client: Any) -> None:
+    """The REST transport's session (google-auth's ``AuthorizedSession``, a ``requests.Session``) keeps requests'
+    default pool of 10 connections: a pass at concurrency 16 would open and drop connections on every burst, so
+    its adapters get ``POOL_CONNECTIONS``. (gRPC multiplexes every call over one HTTP/2 channel: nothing to do.)
+    """
+    session = getattr(getattr(client, "transport", None), "_session", None)
+    if session is None or not hasattr(session, "mount"):
+        return
+    from requests.adapters import HTTPAdapter
+
+    for prefix, old in list(session.adapters.items()):
+        if isinstance(old, HTTPAdapter):
+            session.mount(
+                prefix,
+                HTTPAdapter(pool_connections=POOL_CONNECTIONS, pool_maxsize=POOL_CONNECTIONS, max_retries=old.max_retries),
+            )
+            old.close()
