@@ -572,21 +572,21 @@ class Engine:
         # The first plan of every policy is pure CPU (no I/O, no logging), so it runs here, in one thread: a
         # thread pool only adds hand-offs for work that holds the GIL. Policies whose plan needs their targets
         # read (or has notes to log) go on to the pool, where the store reads overlap.
-        reports: list[PolicyReport | None] = []
+        planned: list[PolicyReport | None] = []
         rest: list[tuple[int, Policy, tuple[Plan, Options, datetime]]] = []
         for policy in policies:
             got = first(policy)
             if isinstance(got, PolicyReport):
                 with counter:
-                    reports.append(got)
+                    planned.append(got)
                 continue
             p, opts, _ = got
             if p.needs_targets or p.notes:
-                rest.append((len(reports), policy, got))
-                reports.append(None)
+                rest.append((len(planned), policy, got))
+                planned.append(None)
                 continue
             with counter:
-                reports.append(self._report(policy, p, opts, by_policy.get(policy.name, ())))
+                planned.append(self._report(policy, p, opts, by_policy.get(policy.name, ())))
 
         def one(item: tuple[int, Policy, tuple[Plan, Options, datetime]]) -> PolicyReport:
             _, policy, (p, opts, now) = item
@@ -598,8 +598,8 @@ class Engine:
                     return PolicyReport(policy.name, None, error=_error_text(exc))
 
         for (i, *_), pr in zip(rest, self._each(rest, one), strict=True):
-            reports[i] = pr
-        return PassReport(started, self.clock(), dry_run, [r for r in reports if r is not None])
+            planned[i] = pr
+        return PassReport(started, self.clock(), dry_run, [r for r in planned if r is not None])
 
     def execute(
         self,
@@ -697,9 +697,7 @@ class Engine:
         return plan(policy, Observation(tuple(mine_keys)), now, opts), opts, now
 
     def _report(self, policy: Policy, p: Plan, opts: Options, mine: Iterable[KeyInfo]) -> PolicyReport:
-        return PolicyReport(
-            policy.name, p, keys=tuple(mine), target_ids=tuple(t.id for t in policy.targets), opts=opts
-        )
+        return PolicyReport(policy.name, p, keys=tuple(mine), target_ids=tuple(t.id for t in policy.targets), opts=opts)
 
     def _plan_policy(
         self,

@@ -69,7 +69,9 @@ def parse(text: str, field: str = "--shard") -> Shard:
     """``"INDEX/COUNT"`` (e.g. ``"0/4"``) as a :class:`Shard`. Raises ConfigError naming ``field`` (exit 2)."""
     m = _SHARD_RE.fullmatch(text)
     if m is None:
-        raise ConfigError([ConfigIssue(field, f"expected INDEX/COUNT such as 0/4 (the first of 4 shards), not {text!r}")])
+        raise ConfigError(
+            [ConfigIssue(field, f"expected INDEX/COUNT such as 0/4 (the first of 4 shards), not {text!r}")]
+        )
     return _check(int(m.group(1)), int(m.group(2)), field, text)
 
 

@@ -30,7 +30,9 @@ def test_every_policy_is_in_exactly_one_shard_for_any_count(names: list[str], co
 
 @given(names=names, count=st.integers(min_value=1, max_value=64), data=st.data())
 @settings(max_examples=200, deadline=None)
-def test_a_policys_shard_depends_only_on_its_name_and_the_count(names: list[str], count: int, data: st.DataObject) -> None:
+def test_a_policys_shard_depends_only_on_its_name_and_the_count(
+    names: list[str], count: int, data: st.DataObject
+) -> None:
     # not on the order of the config, nor on which other policies exist
     shuffled = data.draw(st.permutations(names))
     some = data.draw(st.lists(st.sampled_from(names), unique=True)) if names else []
@@ -42,7 +44,10 @@ def test_a_policys_shard_depends_only_on_its_name_and_the_count(names: list[str]
 def test_the_hash_is_the_same_in_another_process() -> None:
     # Python's hash() of a str is salted per process (PYTHONHASHSEED); the shard must not be
     code = "from rotator.shard import shard_of; print([shard_of(n, 7) for n in ('checkout', 'reporting', 'a', 'ü')])"
-    out = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout for _ in range(2)}
+    out = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    }
     assert out == {f"{[shard_of(n, 7) for n in ('checkout', 'reporting', 'a', 'ü')]}\n"}
     assert [shard_of("checkout", 2), shard_of("reporting", 2)] == [0, 1]  # crc32, fixed for good
 

@@ -1429,6 +1429,8 @@ def _widen_rest_pool(client: Any) -> None:
         if isinstance(old, HTTPAdapter):
             session.mount(
                 prefix,
-                HTTPAdapter(pool_connections=POOL_CONNECTIONS, pool_maxsize=POOL_CONNECTIONS, max_retries=old.max_retries),
+                HTTPAdapter(
+                    pool_connections=POOL_CONNECTIONS, pool_maxsize=POOL_CONNECTIONS, max_retries=old.max_retries
+                ),
             )
             old.close()

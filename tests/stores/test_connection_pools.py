@@ -31,7 +31,10 @@ def _aws() -> Iterator[tuple[SecretStore, Callable[[str], TargetRef]]]:
 
     with running_moto() as moto:
         s = open_store(
-            "aws", "aws-test", StoreConfig(type="aws", region="us-east-1", endpoint_url=moto.url), session=boto3.session.Session()
+            "aws",
+            "aws-test",
+            StoreConfig(type="aws", region="us-east-1", endpoint_url=moto.url),
+            session=boto3.session.Session(),
         )
         yield s, lambda n: TargetRef("aws-test", n, "p", TargetOptions(store="aws-test", secret=n))
         s.close()
@@ -49,7 +52,9 @@ def _azure() -> Iterator[tuple[SecretStore, Callable[[str], TargetRef]]]:
                 "client_options": {"verify_challenge_resource": False},
             }
         )
-        s = open_store("azure", "kv-test", cfg, credential=StaticTokenCredential(kv.token), connection_verify=kv.ca_path)
+        s = open_store(
+            "azure", "kv-test", cfg, credential=StaticTokenCredential(kv.token), connection_verify=kv.ca_path
+        )
         yield s, lambda n: TargetRef("kv-test", n, "p", TargetOptions(store="kv-test", secret=n))
         s.close()
 
