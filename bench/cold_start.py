@@ -1,7 +1,9 @@
 """Cold start: whole Python processes, timed from outside, with their peak memory (ru_maxrss).
 
 Each case is a fresh interpreter that runs a snippet and prints its peak RSS; the wall time is the median of
-several runs. Usage: python bench/cold_start.py [--runs 7]
+several runs. ``--lambda``: the Lambda's real cold-start path, ``get_app()`` (with its preflight against a local
+emulator) plus the Secrets Manager client, against ``import boto3; boto3.client("secretsmanager")``.
+Usage: python bench/cold_start.py [--runs 9] [--lambda]
 """
 
 from __future__ import annotations
@@ -42,18 +44,17 @@ LAMBDA_CONFIG = {
     "policies": [{"name": "checkout-api", "role": "operator", "targets": [{"store": "aws", "secret": "momento/x"}]}],
 }
 
+# The real path of a cold start: the handler's get_app() (load the config, open the stores, the Momento client,
+# the preflight's GET /roles, here against a local emulator so that no network time is counted) and the Secrets
+# Manager client the first pass makes.
+LAMBDA_APP = "import rotator.runtime.lambda_handler as h; app = h.get_app(); app.stores['aws']._client('us-east-1')"
 LAMBDA_CASES: dict[str, str] = {
     "baseline: import boto3; boto3.client('secretsmanager')": "import boto3; boto3.client('secretsmanager')",
-    "lambda: import handler, load config, build the SM client": (
-        "import rotator.runtime.lambda_handler as h; from rotator.runtime.app import open_stores;"
-        "c = h.load_config(); s = open_stores(c); s['aws']._client('us-east-1')"
-    ),
+    "lambda: get_app() (config, stores, issuer, preflight) + the SM client": LAMBDA_APP,
     # the first invocation also writes the pass's CloudWatch EMF lines (Powertools, imported on first use)
     "lambda + the EMF lines of a pass (Powertools)": (
-        "import rotator.runtime.lambda_handler as h; from rotator.runtime.app import open_stores;"
-        "c = h.load_config(); s = open_stores(c); s['aws']._client('us-east-1');"
-        "import datetime, io; from rotator.engine import PassReport; t = datetime.datetime.now(datetime.UTC);"
-        "h.emit_metrics(PassReport(t, t, False, []), io.StringIO())"
+        LAMBDA_APP + ";import datetime, io; from rotator.engine import PassReport;"
+        "t = datetime.datetime.now(datetime.UTC); h.emit_metrics(PassReport(t, t, False, []), io.StringIO())"
     ),
 }
 
@@ -78,13 +79,21 @@ def main(cases: dict[str, str] | None = None) -> None:
     ap.add_argument("--lambda", dest="lambda_", action="store_true", help="the Lambda cold start against boto3")
     args = ap.parse_args()
     cases = cases or (LAMBDA_CASES if args.lambda_ else CASES)
+    lambda_config, management_key, emulator = dict(LAMBDA_CONFIG), "unused", None
+    if args.lambda_:
+        from rotator.issuers.emulator import Emulator
+
+        tmp = Path(tempfile.mkdtemp(prefix="rotator-cold-"))
+        emulator = Emulator(tmp / "emu.db", bootstrap_key_file=tmp / "owner.key")
+        lambda_config["issuer"] = dict(LAMBDA_CONFIG["issuer"], url=emulator.start())  # type: ignore[arg-type]
+        management_key = emulator.bootstrap_key.reveal()
     env = dict(
         os.environ,
         AWS_DEFAULT_REGION=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
         AWS_ACCESS_KEY_ID="bench",
         AWS_SECRET_ACCESS_KEY="bench",
-        ROTATOR_CONFIG_YAML=json.dumps(LAMBDA_CONFIG),
-        MOMENTO_MANAGEMENT_KEY="unused",
+        ROTATOR_CONFIG_YAML=json.dumps(lambda_config),
+        MOMENTO_MANAGEMENT_KEY=management_key,
     )
     # the cases take turns in every round, so a busy machine slows them alike
     walls: dict[str, list[float]] = {k: [] for k in cases}
@@ -94,6 +103,8 @@ def main(cases: dict[str, str] | None = None) -> None:
             w, r = _once(snippet, env)
             walls[name].append(w)
             rss[name].append(r)
+    if emulator is not None:
+        emulator.stop()
     first = next(iter(cases))
     base_w, base_r = statistics.median(walls[first]), statistics.median(rss[first])
     width = max(len(k) for k in cases)

@@ -30,7 +30,9 @@ status, or ``"error"`` when no response arrived); op is one of ``create_key``, `
 from __future__ import annotations
 
 import ipaddress
+import json as jsonlib
 import math
+import os
 import random
 import re
 import time
@@ -39,9 +41,12 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
-import httpx
+# urllib3, not httpx: botocore (the Lambda's store) has loaded it already, so the client costs a Lambda cold
+# start next to nothing, where httpx and httpcore took about 35 ms to import
+import urllib3
+from urllib3 import exceptions as u3
 
 from rotator.errors import (
     ConfigError,
@@ -68,7 +73,55 @@ _MAX_PAGES = 100_000  # a next_token loop that long is a server bug, not an acco
 # a raw key travels in a header: printable ASCII, no spaces (anything else would be refused by the HTTP
 # library with an error that quotes the header value)
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
-_RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError)
+# a timeout, a refused or dropped connection, a broken answer, a failing proxy, a TLS failure on the way: the
+# request may go through next time (NewConnectionError is a ConnectTimeoutError subclass, so it is named first)
+_RETRYABLE_ERRORS = (u3.NewConnectionError, u3.TimeoutError, u3.ProtocolError, u3.ProxyError, u3.SSLError, OSError)
+
+
+_HEADERS = {"Accept": "application/json", "User-Agent": "rotator"}
+
+
+class _Response:
+    """What the client keeps of an HTTP answer: the status, the headers and the body (already read)."""
+
+    __slots__ = ("content", "headers", "status_code")
+
+    def __init__(self, status_code: int, headers: Mapping[str, str], content: bytes) -> None:
+        self.status_code, self.headers, self.content = status_code, headers, content
+
+    def json(self) -> Any:
+        """The body as JSON; raises ValueError when it is not (bad UTF-8 included)."""
+        return jsonlib.loads(self.content)
+
+
+def _pool(base_url: str, timeout: float) -> urllib3.PoolManager:
+    """A connection pool for ``base_url``: TLS verified against certifi's CA bundle (``SSL_CERT_FILE`` overrides
+    it), a proxy from ``HTTPS_PROXY``/``HTTP_PROXY`` unless ``NO_PROXY`` exempts the host, no redirects and no
+    retries of its own (the client retries), ``POOL_CONNECTIONS`` kept-alive connections."""
+    import urllib.request
+
+    parts = urlsplit(base_url)
+    options: dict[str, Any] = {
+        "maxsize": POOL_CONNECTIONS,
+        "timeout": urllib3.Timeout(connect=timeout, read=timeout),
+        "retries": False,
+    }
+    if parts.scheme == "https":
+        ca = os.environ.get("SSL_CERT_FILE")
+        if not ca:
+            try:
+                import certifi
+
+                ca = certifi.where()
+            except ImportError:  # pragma: no cover - certifi comes with botocore and requests
+                ca = None
+        if ca:
+            options["ca_certs"] = ca
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    host = parts.hostname or ""
+    if proxy and not _is_loopback_host(host) and not urllib.request.proxy_bypass(host):
+        return urllib3.ProxyManager(proxy, **options)
+    return urllib3.PoolManager(**options)
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -100,7 +153,7 @@ def _parse_retry_after(value: str | None) -> float | None:
     return max(0.0, seconds)
 
 
-def _error_detail(response: httpx.Response) -> str:
+def _error_detail(response: _Response) -> str:
     """``code: message`` from a JSON error body (short, redacted), or ``""``. Never the body itself."""
     try:
         body = response.json()
@@ -121,15 +174,15 @@ def _epoch(value: object) -> datetime | None:
 
 
 class MomentoIssuer:
-    """A :class:`rotator.issuers.base.KeyIssuer` speaking Momento's key-management HTTP API (httpx, sync).
+    """A :class:`rotator.issuers.base.KeyIssuer` speaking Momento's key-management HTTP API (urllib3, sync).
 
     ``management_key`` must be an Owner API key (v2 keys work as they are). It may be swapped later with
     :meth:`set_management_key` (self-rotation). ``base_url`` must be https, except for loopback hosts
     (the local emulator). ``sleep`` and ``rng`` are injectable so tests can record backoff delays.
     ``page_size`` (1..100) is the ``limit`` asked for per page.
 
-    Raises :class:`rotator.errors.ConfigError` for a bad ``base_url`` or retry settings. Thread-safe as far
-    as httpx's client is.
+    Raises :class:`rotator.errors.ConfigError` for a bad ``base_url`` or retry settings. Thread-safe (urllib3's
+    pool is; at most ``POOL_CONNECTIONS`` connections are kept open).
     """
 
     def __init__(
@@ -169,14 +222,8 @@ class MomentoIssuer:
         self.page_size = page_size
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter, not cryptography
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(timeout),
-            follow_redirects=False,
-            headers={"Accept": "application/json", "User-Agent": "rotator"},
-            # one kept-alive connection per worker of a pass (concurrency is at most 64): httpx keeps only 20
-            limits=httpx.Limits(max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS),
-        )
+        # one kept-alive connection per worker of a pass (concurrency is at most 64)
+        self._client = _pool(self.base_url, timeout)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -188,7 +235,7 @@ class MomentoIssuer:
 
     def close(self) -> None:
         """Close the connection pool. Idempotent."""
-        self._client.close()
+        self._client.clear()
 
     def __enter__(self) -> MomentoIssuer:
         return self
@@ -361,10 +408,11 @@ class MomentoIssuer:
         for attempt in range(1, self.max_attempts + 1):
             auth = self._auth_header(op)
             try:
-                response = self._client.request(method, path, params=params, json=json, headers={"Authorization": auth})
-            except httpx.RequestError as exc:
+                response = self._send(method, path, params, json, auth)
+            except (u3.HTTPError, OSError) as exc:
                 record_call(_SERVICE, op, "error")
-                kind = "timeout" if isinstance(exc, httpx.TimeoutException) else "connection error"
+                timed_out = isinstance(exc, u3.TimeoutError) and not isinstance(exc, u3.NewConnectionError)
+                kind = "timeout" if timed_out else "connection error"
                 last, last_status = f"{kind} ({type(exc).__name__})", None
                 if not isinstance(exc, _RETRYABLE_ERRORS):
                     raise IssuerError(
@@ -402,7 +450,19 @@ class MomentoIssuer:
             self._sleep(delay)
         raise self._unavailable(op, self.max_attempts, last, last_status)  # pragma: no cover
 
-    def _json_object(self, op: str, response: httpx.Response) -> dict[str, Any]:
+    def _send(
+        self, method: str, path: str, params: Mapping[str, str] | None, body: Mapping[str, Any] | None, auth: str
+    ) -> _Response:
+        url = self.base_url + path + (f"?{urlencode(params)}" if params else "")
+        headers = {**_HEADERS, "Authorization": auth}  # urllib3 uses given headers instead of the pool's
+        data = None
+        if body is not None:
+            data = jsonlib.dumps(body, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
+        r = self._client.request(method, url, body=data, headers=headers, redirect=False)
+        return _Response(r.status, r.headers, r.data)
+
+    def _json_object(self, op: str, response: _Response) -> dict[str, Any]:
         try:
             data = response.json()
         except ValueError:
@@ -419,7 +479,7 @@ class MomentoIssuer:
             operation=op,
         )
 
-    def _status_error(self, op: str, status: int, response: httpx.Response, not_found: str) -> IssuerError:
+    def _status_error(self, op: str, status: int, response: _Response, not_found: str) -> IssuerError:
         detail = _error_detail(response)
         said = f"{status}" + (f" {detail}" if detail else "")
         if status == 400:
