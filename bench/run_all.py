@@ -10,6 +10,7 @@ HERE = Path(__file__).resolve().parent
 
 RUNS = [
     ["engine_bench.py", "--policies", "50"],
+    ["scale.py"],
     ["store_calls.py"],
     ["cold_start.py"],
     ["cold_start.py", "--lambda"],
