@@ -81,6 +81,22 @@ def test_scheduled_handler_runs_a_pass_and_returns_a_summary(env: dict[str, Any]
     assert again["counts"] == {"created": 0, "published": 0, "retired": 0, "revoked": 0, "skipped": 0, "failed": 0}
 
 
+def test_scheduled_handler_runs_only_the_shard_in_rotator_shard(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rotator.shard import shard_of
+
+    mine = shard_of("lambda-demo", 3)
+    monkeypatch.setenv("ROTATOR_SHARD", f"{(mine + 1) % 3}/3")  # another function's shard: nothing to do here
+    other = lambda_handler.scheduled_handler({}, None)
+    assert other["ok"] and other["policies"] == []
+    assert all(k.policy != "lambda-demo" for k, _ in env["emulator"].list_key_infos())  # no key was created
+    monkeypatch.setenv("ROTATOR_SHARD", f"{mine}/3")
+    summary = lambda_handler.scheduled_handler({}, None)
+    assert [p["policy"] for p in summary["policies"]] == ["lambda-demo"]
+    assert summary["counts"]["created"] == 1
+
+
 def test_scheduled_handler_raises_when_the_pass_fails(env: dict[str, Any]) -> None:
     env["emulator"].failure_rate = 1.0
     env["emulator"].failure_statuses = (500,)
