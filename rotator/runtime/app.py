@@ -7,6 +7,7 @@ Lambda configured for AWS loads neither Azure nor Google code.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sqlite3
 from collections.abc import Callable
@@ -134,6 +135,19 @@ def open_stores(config: Config, *, clock: Clock = system_clock, **injected: Any)
             extra.setdefault("pass_timeout", config.pass_timeout)  # the age of an abandoned temp file
         stores[name] = open_store(spec.type, name, spec.config, **extra)
     return stores
+
+
+def settle_heap() -> None:
+    """Take what exists now (the config, the clients, the imported modules) out of the cyclic garbage collector's
+    walks, for a process that runs pass after pass over the same config (``rotator run``).
+
+    Those objects live as long as the process, yet every full collection would walk them again: at 10,000
+    policies that was about a fifth of a steady pass, and the share grows with the fleet. ``gc.freeze()`` moves
+    them to a generation that is never walked; they are still freed by reference counting. Call it once, right
+    after :func:`build`; not in tests or other processes that build many engines.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def build(

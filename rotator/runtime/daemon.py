@@ -31,7 +31,7 @@ from rotator.engine import Clock, PassReport, system_clock
 from rotator.errors import IssuerAuthError
 from rotator.metrics import Metrics
 from rotator.notify import AlertHub
-from rotator.runtime.app import App, build
+from rotator.runtime.app import App, build, settle_heap
 from rotator.runtime.http import HealthServer
 
 if TYPE_CHECKING:
@@ -269,6 +269,7 @@ def run_daemon(config: Config, *, clock: Clock = system_clock, only: Iterable[st
             elector = open_elector(config.leader_election)
             app.closers.append(elector.client.close)
         daemon = Daemon(app, only=only, elector=elector)
+        settle_heap()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             daemon.stop()
