@@ -422,6 +422,7 @@ class Engine:
         self.pickup = pickup
         self._roles: dict[str, str] | None = None
         self._roles_lock = threading.Lock()
+        self._options: dict[tuple[bool, bool, bool], Options] = {}
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -687,13 +688,17 @@ class Engine:
     ) -> tuple[Plan, Options, datetime]:
         """The plan from the issuer's listing alone (pure: no I/O, no logging), and the options it was made with."""
         now = self.clock()
-        opts = Options(
-            clock_skew=self.config.clock_skew,
-            drift_check=read_targets or drift_check_due(self.config, policy.name, now),
-            force=force,
-            emergency=emergency,
-            verify_for=self.config.verify_for,
-        )
+        drift = read_targets or drift_check_due(self.config, policy.name, now)
+        # Options is frozen and takes one of eight values: made once each (a frozen dataclass is slow to build)
+        opts = self._options.get((drift, force, emergency))
+        if opts is None:
+            opts = self._options[(drift, force, emergency)] = Options(
+                clock_skew=self.config.clock_skew,
+                drift_check=drift,
+                force=force,
+                emergency=emergency,
+                verify_for=self.config.verify_for,
+            )
         return plan(policy, Observation(tuple(mine_keys)), now, opts), opts, now
 
     def _report(self, policy: Policy, p: Plan, opts: Options, mine: Iterable[KeyInfo]) -> PolicyReport:
