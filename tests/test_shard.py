@@ -123,6 +123,16 @@ def test_plan_and_status_take_the_shard(h: Harness, command: str) -> None:
     assert _policies(h, command, "--json", "--shard", "0/2", "--policy", "reporting") == []
 
 
+@pytest.mark.parametrize("command", ["run", "plan", "status"])
+def test_every_pass_command_refuses_a_bad_shard_with_exit_2(h: Harness, command: str) -> None:
+    cfg = h.write_config()
+    h.clock.set(T0)
+    r = run_rotator("-c", str(cfg), command, "--shard", "1/1", cwd=h.work, now=T0, timeout=60)
+    assert r.returncode == 2, r.explain()
+    assert "--shard: the shard index counts from 0 to COUNT-1 (0), so '1/1' names none" in r.stderr
+    assert h.live_ids("checkout") == [] and h.live_ids("reporting") == []
+
+
 def test_a_bad_shard_exits_2_and_changes_nothing(h: Harness) -> None:
     cfg = h.write_config()
     h.clock.set(T0)
