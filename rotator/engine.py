@@ -317,6 +317,7 @@ class GuardedStore:
     def __init__(self, inner: SecretStore, deadline: _Deadline) -> None:
         self._inner, self._deadline = inner, deadline
         self.name = inner.name
+        self.stage_makes_current = getattr(inner, "stage_makes_current", False)
 
     def inspect(self, ref: TargetRef) -> SecretState:
         return self._inner.inspect(ref)
@@ -848,9 +849,13 @@ class Engine:
         meta = VersionMeta(key.key_id, policy.name, key.expires_at, payload.content_type, policy.role)
         with structlog.contextvars.bound_contextvars(target=target.id, key_id=key.key_id):
             # a key this pass just created: no other pass can hold it, so the promote's own compare-and-set
-            # against what this pass observed is the whole check (no extra read)
-            held = observed.current_key_id if fresh_key and observed is not None else store.inspect(ref).current_key_id
-            if held != key.key_id and not fresh_key:
+            # against what this pass observed is the whole check (no extra read), unless the store has no
+            # staging and its stage is the switch (Key Vault): then the target is read again right before it
+            if fresh_key and observed is not None and not getattr(store, "stage_makes_current", False):
+                held = observed.current_key_id
+            else:
+                held = store.inspect(ref).current_key_id
+            if held != key.key_id:
                 if observed is not None and held != observed.current_key_id:
                     return (
                         f"target {target.id} changed since this pass read it: it holds key {held or 'none'} "
