@@ -168,6 +168,8 @@ class PassReport:
     issuer_ok: bool = True
     issuer_auth_error: bool = False  # the management key was refused (401/403): bad input, exit code 2
     deadline_passed: bool = False  # the pass ran past pass_timeout: the mutations left were not started
+    #: policies whose targets hold no live key after this pass, with none published by it (never ok)
+    unserved: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -212,6 +214,29 @@ class PassReport:
             "deadline_passed": self.deadline_passed,
             "policies": [p.to_json() for p in self.policies],
         }
+
+
+UNSERVED = "no target holds a live key, and this pass published none"
+
+
+def mark_unserved(report: PassReport) -> list[str]:
+    """Policies whose targets were read and hold no live key, with nothing published by this pass either.
+
+    Such a policy is never reported as ok (e.g. every target failed, and its key waits out orphan_after):
+    its report gets an error, so the summary, the metrics and the alerts all see a failure."""
+    out = []
+    for pr in report.policies:
+        if pr.error or pr.targets is None:
+            continue
+        live = {k.key_id for k in pr.keys if k.expires_at is None or k.expires_at > report.finished}
+        held = any(s is not None and s.current_key_id in live for s in pr.targets.values())
+        published = any(
+            (r.ok and r.action.kind == "publish") or any(v == "ok" for v in r.detail.values()) for r in pr.results
+        )
+        if not held and not published:
+            pr.error = UNSERVED
+            out.append(pr.policy)
+    return out
 
 
 class ReadOnlyIssuer:
@@ -317,6 +342,7 @@ class GuardedStore:
     def __init__(self, inner: SecretStore, deadline: _Deadline) -> None:
         self._inner, self._deadline = inner, deadline
         self.name = inner.name
+        self.stage_makes_current = getattr(inner, "stage_makes_current", False)
 
     def inspect(self, ref: TargetRef) -> SecretState:
         return self._inner.inspect(ref)
@@ -451,7 +477,8 @@ class Engine:
         found = self._roles.get(role) or self._roles.get(role.lower())
         if found is None:
             names = sorted(k for k in self._roles if k != self._roles[k])
-            raise ConfigError([ConfigIssue("role", f"unknown role {role!r}; the issuer knows: {', '.join(names)}")])
+            where = next((f"policies[{i}].role" for i, p in enumerate(self.config.policies) if p.role == role), "role")
+            raise ConfigError([ConfigIssue(where, f"unknown role {role!r}; the issuer knows: {', '.join(names)}")])
         return found
 
     def observe_targets(self, policy: Policy, stores: dict[str, Any]) -> dict[str, TargetObservation]:
@@ -496,6 +523,8 @@ class Engine:
         if not dry_run and report.error is None:
             self.execute(report, stop=stop, progress=progress, deadline=deadline, pre_create_delay=pre_create_delay)
         report.finished = self.clock()
+        if not dry_run and report.error is None and not (stop is not None and stop.is_set()):
+            report.unserved = mark_unserved(report)
         c = report.counts()
         log.info(
             "pass finished",
@@ -907,9 +936,13 @@ class Engine:
         meta = VersionMeta(key.key_id, policy.name, key.expires_at, payload.content_type, policy.role)
         with structlog.contextvars.bound_contextvars(target=target.id, key_id=key.key_id):
             # a key this pass just created: no other pass can hold it, so the promote's own compare-and-set
-            # against what this pass observed is the whole check (no extra read)
-            held = observed.current_key_id if fresh_key and observed is not None else store.inspect(ref).current_key_id
-            if held != key.key_id and not fresh_key:
+            # against what this pass observed is the whole check (no extra read), unless the store has no
+            # staging and its stage is the switch (Key Vault): then the target is read again right before it
+            if fresh_key and observed is not None and not getattr(store, "stage_makes_current", False):
+                held = observed.current_key_id
+            else:
+                held = store.inspect(ref).current_key_id
+            if held != key.key_id:
                 if observed is not None and held != observed.current_key_id:
                     return (
                         f"target {target.id} changed since this pass read it: it holds key {held or 'none'} "

@@ -134,6 +134,8 @@ class StoredVersion:
     created_at: datetime | None
     current: bool
     enabled: bool = True
+    #: staged to become current, by a rotation in progress (AWS: labelled ``AWSPENDING``)
+    pending: bool = False
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,9 @@ class SecretState:
     current_key_id: str | None = None
     current_since: datetime | None = None
     foreign: bool = False
+    #: the store rotates this secret itself with rotator's own function (AWS native rotation): it has one
+    #: writer, so a pass only observes it, and retires and revokes old keys after grace
+    native: bool = False
 
     def holds(self, key_id: str) -> bool:
         """Whether any version (current or not, enabled or not) holds ``key_id``."""

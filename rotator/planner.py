@@ -115,7 +115,13 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
             if current_only:
                 if s.current_key_id == key_id:
                     out.append(tid)
-            elif any(v.key_id == key_id and (v.enabled or not enabled_only or v.current) for v in s.versions):
+            elif any(
+                v.key_id == key_id
+                and (v.enabled or not enabled_only or v.current)
+                # a key a native rotation has only staged is not held yet: that rotation may still fail
+                and not (enabled_only and s.native and v.pending)
+                for v in s.versions
+            ):
                 out.append(tid)
         return out
 
@@ -177,6 +183,16 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
         else:
             wake = _min(wake, d)
 
+    native = sorted(tid for tid, st in states.items() if st.native)
+    if create_reason is not None and native:
+        # one writer per secret: the store's own rotation (rotator's rotation function) makes the new key, and
+        # the passes copy it to the other targets once it is current there
+        notes.append(
+            f"{create_reason}: the new key comes from the native rotation of {', '.join(native)} "
+            "(Secrets Manager's schedule runs rotator's rotation function); this pass creates none"
+        )
+        create_reason = None
+
     if create_reason is not None:
         # wait for a fresh pending key only while the active key outlives the wait: an expired key is an
         # outage, and a pass that died holding the pending key's plaintext will never publish it
@@ -208,8 +224,10 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
         source = (current_sources or sources)[0]
         for t in policy.targets:
             if t.id in states and states[t.id].current_key_id != active.key_id:
-                actions.append(Publish(policy.name, active.key_id, t.id, source))
                 publishing = True
+                if states[t.id].native:
+                    continue  # its native rotation makes the key current there (it is the one writer)
+                actions.append(Publish(policy.name, active.key_id, t.id, source))
         if publishing:
             phase = "publishing"
 
@@ -220,7 +238,16 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
                 actions.append(Retire(policy.name, v.key_id, tid, "the issuer no longer lists this key"))
 
     # revoke replaced keys once grace (and pickup) allow
-    old = [k for k in keys if active is not None and k.key_id != active.key_id and k.key_id in ever_held]
+    # a key a native rotation has staged and not yet finished is that rotation's, not an old key
+    native_staged = {v.key_id for st in states.values() if st.native for v in st.versions if v.pending and v.key_id}
+    old = [
+        k
+        for k in keys
+        if active is not None
+        and k.key_id != active.key_id
+        and k.key_id in ever_held
+        and k.key_id not in native_staged
+    ]
     needs_pickup: str | None = None
     if old and active is not None:
         busy = publishing or create_reason is not None

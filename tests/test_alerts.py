@@ -18,7 +18,7 @@ import pytest
 import structlog
 
 from rotator import config as config_mod
-from rotator.engine import PassReport
+from rotator.engine import UNSERVED, PassReport
 from rotator.notify import AlertHub
 from rotator.runtime.app import App, build
 from tests.support.consumers import WebhookReceiver, webhook_receiver
@@ -134,7 +134,9 @@ def test_a_failing_store_alerts_once_per_alert_every_across_waiting_passes(
         broken = next(p for p in report.policies if p.policy == "broken")
         oks.append(broken.ok)
     assert (w.h.root / "not-a-dir").is_file()  # nothing could ever be stored
-    assert False in oks and True in oks  # failing passes and 'waiting' passes alternate
+    # failing passes and 'waiting' passes alternate, and a waiting pass is not ok either: no target serves a key
+    assert oks == [False] * len(oks)
+    assert broken.error == UNSERVED
     failed = rx.events("rotation_failed", "broken")
     assert len(failed) == 1, [e["time"] for e in failed]
 

@@ -204,3 +204,25 @@ def test_keys_issued_in_the_same_second_prefer_the_current_one() -> None:
     p = plan(POLICY, obs([k_old, k_new], a, a), NOW)
     assert p.current_key == "ka-new"
     assert not any(isinstance(x, Publish) for x in p.actions)
+
+
+def test_a_target_its_native_rotation_writes_is_observed_not_written() -> None:
+    """Issue 11 item 3: one writer per secret. A due policy whose target A is rotated natively by rotator's
+    own rotation function creates no key; the key that rotation staged (AWSPENDING) is neither copied nor
+    revoked; once it is current there, the pass copies it to B and revokes the old key after grace."""
+    from dataclasses import replace
+
+    k1, k2 = key("k1", timedelta(minutes=45)), key("k2", timedelta(minutes=1))
+    a = state(("k1", True), ("k2", False))
+    a = replace(a, native=True, versions=(a.versions[0], replace(a.versions[1], pending=True)))
+    p = plan(POLICY, obs([k1, k2], a, state(("k1", True))), NOW)
+    assert not any(isinstance(x, CreateKey | Publish | Revoke) for x in p.actions), p.actions
+    # the native rotation finished: k2 is current in A, k1 is AWSPREVIOUS
+    done = replace(state(("k2", True), ("k1", False), since=timedelta(minutes=10)), native=True)
+    p = plan(POLICY, obs([k1, k2], done, state(("k1", True))), NOW)
+    assert p.actions == (Publish("p0", "k2", B, A),)
+    p = plan(POLICY, obs([k1, k2], done, state(("k2", True), ("k1", False), since=timedelta(minutes=6))), NOW)
+    assert Revoke("p0", "k1", "replaced", (A, B)) in p.actions
+    # the same due policy without native rotation creates a key
+    p = plan(POLICY, obs([k1], state(("k1", True)), state(("k1", True))), NOW)
+    assert any(isinstance(x, CreateKey) for x in p.actions)

@@ -329,29 +329,6 @@ def _pass_outcome(report: PassReport, config: Config, *, stopped: bool = False, 
     return int(code)
 
 
-UNSERVED = "no target holds a live key, and this pass published none"
-
-
-def mark_unserved(report: PassReport) -> list[str]:
-    """Policies whose targets were read and hold no live key, with nothing published by this pass either.
-
-    Such a policy is never reported as ok (e.g. every target failed, and its key waits out orphan_after):
-    its report gets an error, so the summary, the metrics and the alerts all see a failure."""
-    out = []
-    for pr in report.policies:
-        if pr.error or pr.targets is None:
-            continue
-        live = {k.key_id for k in pr.keys if k.expires_at is None or k.expires_at > report.finished}
-        held = any(s is not None and s.current_key_id in live for s in pr.targets.values())
-        published = any(
-            (r.ok and r.action.kind == "publish") or any(v == "ok" for v in r.detail.values()) for r in pr.results
-        )
-        if not held and not published:
-            pr.error = UNSERVED
-            out.append(pr.policy)
-    return out
-
-
 class ProgressBar:
     """A one-line progress bar on stderr, for people at a terminal."""
 
@@ -515,7 +492,7 @@ def _once(app: Any, only: list[str] | None, clock: Clock, *, shard: Any = None) 
             stop=stop,
             pre_create_delay=app.config.jitter.total_seconds(),
         )
-        unserved = [] if report.issuer_auth_error or stop.is_set() else mark_unserved(report)
+        unserved = report.unserved
         metrics.observe(report)
         AlertHub(app.config.alerts, clock=clock).handle(report)
         if app.config.metrics.pushgateway:

@@ -871,6 +871,7 @@ class AwsSecretsManagerStore:
                 created_at=None,
                 current=CURRENT in labels,
                 enabled=bool(labels),
+                pending=PENDING in labels and CURRENT not in labels,
             )
             for vid, labels in d.stages.items()
         )
@@ -885,6 +886,7 @@ class AwsSecretsManagerStore:
             current_key_id=current_key,
             current_since=since,
             foreign=current is not None and current_key is None,
+            native=bool(d.rotation_lambda and d.rotation_enabled and _own_lambda(d.rotation_lambda)),
         )
 
     def _version_created(self, ref: TargetRef, opts: TargetOptions, version_id: str) -> datetime | None:

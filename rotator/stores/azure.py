@@ -526,6 +526,10 @@ class AzureKeyVaultStore:
     subclasses whose messages name the vault, the store and the secret, never a value.
     """
 
+    #: Key Vault has no staging: the version stage() writes is current at once, so the engine reads the target
+    #: again right before it (the compare-and-set promote has nothing left to switch)
+    stage_makes_current = True
+
     def __init__(self, name: str, config: StoreConfig, *, credential: Any = None, **client_options: Any) -> None:
         try:
             from azure.keyvault.secrets import SecretClient

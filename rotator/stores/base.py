@@ -108,6 +108,9 @@ class SecretStore(Protocol):
     """
 
     name: str
+    # A store with no staging (Key Vault) also sets ``stage_makes_current = True``: its ``stage`` is the switch,
+    # so the engine reads the target again right before staging (the compare-and-set of ``promote`` comes
+    # too late there). Optional: the engine reads it with ``getattr(store, "stage_makes_current", False)``.
 
     def inspect(self, ref: TargetRef) -> SecretState:
         """What the target holds now: its versions with the key id each holds, which is current and since when.

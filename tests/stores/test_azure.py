@@ -941,10 +941,12 @@ def test_three_rotations_end_to_end(world: dict[str, Any]) -> None:
                 revoke = app.engine.run_pass()
             assert due.ok and due.counts()["created"] == 1
             assert revoke.ok and revoke.counts()["revoked"] == 1
-            # due pass: inspect (one GET, however many versions), set, read back; revoke pass: inspect, inspect
-            # again right before revoking, disable the old version, drop it from the current version's
-            # rotator-tracks tag
+            # due pass: inspect (one GET, however many versions), inspect again right before the set (Key
+            # Vault's set is the switch: the compare-and-set has to come before it), set, read back; revoke
+            # pass: inspect, inspect again right before revoking, disable the old version, drop it from the
+            # current version's rotator-tracks tag
             assert kv_calls(rotation) == [
+                ("get_secret", "200"),
                 ("get_secret", "200"),
                 ("set_secret", "200"),
                 ("get_secret", "200"),
@@ -961,9 +963,9 @@ def test_three_rotations_end_to_end(world: dict[str, Any]) -> None:
     assert all(v.content_type == "application/json" and v.exp for v in versions)
 
 
-@pytest.mark.parametrize("crash_at", range(1, 12))
+@pytest.mark.parametrize("crash_at", range(1, 13))
 def test_engine_crash_between_any_two_calls_converges_on_rerun(world: dict[str, Any], crash_at: int) -> None:
-    # the due pass and the revoke pass make 11 calls (momento and Key Vault); die after any one of them
+    # the due pass and the revoke pass make 12 calls (momento and Key Vault); die after any one of them
     clock: SimClock = world["clock"]
     with build_app(world) as app:
         app.engine.run_pass()
