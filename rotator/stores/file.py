@@ -249,7 +249,9 @@ class FileStore:
         finally:
             os.close(fd)
 
-    def _atomic_write(self, path: Path, data: bytes) -> None:
+    def _atomic_write(self, path: Path, data: bytes, *, replace: bool = True) -> None:
+        """Write ``data`` to a temporary file and rename it to ``path`` (``replace=False``: link it, so that a
+        ``path`` someone else created in the meantime is kept, not overwritten)."""
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
         try:
             os.fchmod(fd, 0o600)
@@ -257,7 +259,12 @@ class FileStore:
             os.fsync(fd)
             os.close(fd)
             fd = -1
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+                os.unlink(tmp)
             self._fsync_dir(path.parent)
         except BaseException:
             if fd >= 0:
@@ -419,7 +426,10 @@ class FileStore:
                 "enabled": True,
                 "promoted_at": None,
             }
-            self._atomic_write(meta_path, json.dumps(record, indent=1).encode())
+            # create, never replace: a pass that stalled in this stage (SIGSTOP, a frozen VM) and resumes after
+            # another pass staged and promoted the same key must not overwrite that version's metadata (its
+            # promoted_at is the target's current_since, which grace counts from)
+            self._atomic_write(meta_path, json.dumps(record, indent=1).encode(), replace=False)
         except OSError as exc:
             raise self._wrap(exc, ref, "write the new version") from exc
 

@@ -430,3 +430,31 @@ def test_a_paused_process_holding_the_lock_does_not_stall_a_promote(store: FileS
         holder.wait()
     store.promote(ref, "k2", expect_current="k1")  # the lock is free again: the next pass goes ahead
     assert store.inspect(ref).current_key_id == "k2"
+
+
+def test_a_stage_that_resumes_after_another_pass_promoted_the_key_keeps_its_metadata(tmp_path: Path) -> None:
+    """Found by the chaos stall scenario: a pass paused inside stage (value written, metadata not yet) while
+    another pass staged and promoted the same key; on resuming, it overwrote the promoted version's metadata
+    and the target lost its current_since (promoted_at), which grace counts from."""
+    from rotator.stores import file as file_store
+
+    root = tmp_path / "secrets"
+    other = file_store.FileStore("local", root)
+    ref = _ref()
+    _rotate(other, ref, "k1")
+    raced: list[bool] = []
+
+    def stalled_write(fd: int, data: bytes | memoryview) -> int:
+        if not raced:  # the first write of the stalled pass: the other pass runs the whole publish meanwhile
+            raced.append(True)
+            other.stage(ref, SecretText("payload-k2-plaintext"), _meta("k2"))
+            other.promote(ref, "k2", expect_current="k1")
+        return os.write(fd, bytes(data))
+
+    stalled = file_store.FileStore("local", root, write=stalled_write)
+    since = other.inspect(ref).current_since
+    stalled.stage(ref, SecretText("payload-k2-plaintext"), _meta("k2"))
+    assert raced
+    state = other.inspect(ref)
+    assert state.current_key_id == "k2"
+    assert state.current_since is not None and since is not None and state.current_since >= since
