@@ -408,6 +408,15 @@ _LEASE_NAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.
 _NAMESPACE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
+def _shorter_than(v: timedelta, other: timedelta | None, other_name: str, example: str, why: str) -> timedelta:
+    """A leader-election timing that must be positive and shorter than ``other`` (when that one is valid)."""
+    if v <= timedelta(0):
+        raise ValueError(f"must be more than 0s, e.g. {example}")
+    if other is not None and v >= other:
+        raise ValueError(f"{v.total_seconds():g}s must be shorter than {other_name} ({other.total_seconds():g}s){why}")
+    return v
+
+
 class LeaderElectionConfig(BaseModel):
     """``leader_election``: ``rotator run`` passes only while it holds a ``coordination.k8s.io/v1`` Lease.
 
@@ -465,28 +474,25 @@ class LeaderElectionConfig(BaseModel):
     @field_validator("renew_deadline")
     @classmethod
     def _renew_deadline(cls, v: timedelta, info: Any) -> timedelta:  # info: pydantic.ValidationInfo
-        lease = info.data.get("lease_duration")
-        if v <= timedelta(0):
-            raise ValueError("must be more than 0s, e.g. 10s")
-        if lease is not None and v >= lease:
-            raise ValueError(
-                f"{v.total_seconds():g}s must be shorter than lease_duration ({lease.total_seconds():g}s): the leader "
-                "must give up before another replica may take the Lease; e.g. lease_duration: 15s, renew_deadline: 10s"
-            )
-        return v
+        return _shorter_than(
+            v,
+            info.data.get("lease_duration"),
+            "lease_duration",
+            "10s",
+            ": the leader must give up before another replica may take the Lease; "
+            "e.g. lease_duration: 15s, renew_deadline: 10s",
+        )
 
     @field_validator("retry_period")
     @classmethod
     def _retry_period(cls, v: timedelta, info: Any) -> timedelta:  # info: pydantic.ValidationInfo
-        deadline = info.data.get("renew_deadline")
-        if v <= timedelta(0):
-            raise ValueError("must be more than 0s, e.g. 2s")
-        if deadline is not None and v >= deadline:
-            raise ValueError(
-                f"{v.total_seconds():g}s must be shorter than renew_deadline ({deadline.total_seconds():g}s), so the "
-                "leader can retry a failed renewal before the deadline; e.g. renew_deadline: 10s, retry_period: 2s"
-            )
-        return v
+        return _shorter_than(
+            v,
+            info.data.get("renew_deadline"),
+            "renew_deadline",
+            "2s",
+            "so the leader can retry a failed renewal before the deadline; e.g. renew_deadline: 10s, retry_period: 2s",
+        )
 
     @field_validator("kubeconfig", "context")
     @classmethod
