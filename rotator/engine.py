@@ -727,6 +727,7 @@ class Engine:
                 force=force,
                 emergency=emergency,
                 verify_for=self.config.verify_for,
+                interval=self.config.interval,
             )
         return plan(policy, Observation(tuple(mine_keys)), now, opts), opts, now
 
@@ -813,7 +814,12 @@ class Engine:
         targets = dict(pr.observed_targets or {})
         targets.update(fresh_targets)
         obs = Observation(tuple(known.values()), targets, pr.verdicts)
-        return plan(policy, obs, self.clock(), pr.opts or Options(clock_skew=self.config.clock_skew))
+        return plan(
+            policy,
+            obs,
+            self.clock(),
+            pr.opts or Options(clock_skew=self.config.clock_skew, interval=self.config.interval),
+        )
 
     def _create(
         self,

@@ -51,6 +51,7 @@ class Options:
     force: bool = False  # rotate now (``rotator rotate``) unless a rotation is already under way
     emergency: bool = False  # revoke replaced keys as soon as every target holds the new one
     verify_for: timedelta = timedelta(0)  # read the stores while the newest key is younger than this
+    interval: timedelta = timedelta(0)  # the time between passes (a wait must leave room for the next one)
 
 
 def due_at(policy: Policy, key: KeyInfo, skew: timedelta = timedelta(0)) -> datetime | None:
@@ -194,8 +195,11 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
         create_reason = None
 
     if create_reason is not None:
-        # wait for a fresh pending key only while the active key outlives the wait: an expired key is an
-        # outage, and a pass that died holding the pending key's plaintext will never publish it
+        # wait for a fresh pending key only while the active key outlives the wait with room to spare: an
+        # expired key is an outage, and a pass that died holding the pending key's plaintext will never publish
+        # it. When the wait ends, the key made then must still reach the consumers before the old one expires:
+        # the next pass may come an interval later, and consumers need grace to pick the key up (the margin
+        # config checks rotate_before against). A duplicate is cheap; it is swept as an orphan.
         p = fresh_pending[-1] if fresh_pending else None
         until = p.issued_at + policy.orphan_after if p else now
         # with no key at all there is nothing to outlive: retry at once after one lost key, but after two, wait,
@@ -203,7 +207,8 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
         if active is None:
             outlives = len(fresh_pending) >= 2
         else:
-            outlives = active.expires_at is None or active.expires_at - skew > until
+            room = policy.grace + opts.interval
+            outlives = active.expires_at is None or active.expires_at - skew - until >= room
         if p is not None and outlives:
             notes.append(
                 f"waiting for key {p.key_id} (created {_fmt_time(p.issued_at)}, held by no target yet; a pass "
@@ -243,10 +248,7 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
     old = [
         k
         for k in keys
-        if active is not None
-        and k.key_id != active.key_id
-        and k.key_id in ever_held
-        and k.key_id not in native_staged
+        if active is not None and k.key_id != active.key_id and k.key_id in ever_held and k.key_id not in native_staged
     ]
     needs_pickup: str | None = None
     if old and active is not None:

@@ -87,6 +87,25 @@ def test_fresh_unheld_key_is_waited_for_not_duplicated() -> None:
     assert p.wake_at == k2.issued_at + POLICY.orphan_after
 
 
+def test_pending_key_is_not_waited_for_when_the_wait_would_eat_the_margin() -> None:
+    # found by the chaos stall run: a pass died after creating k2 late in k1's life; waiting out orphan_after
+    # for it would leave k1 2 minutes (less than grace) when the next key is made, so a key is made now
+    k1, k2 = key("k1", timedelta(minutes=50)), key("k2", timedelta(minutes=2))
+    p = plan(POLICY, obs([k1, k2], state(("k1", True)), state(("k1", True))), NOW)
+    assert p.phase == "due" and any(isinstance(a, CreateKey) for a in p.actions)
+    assert not any("waiting for key" in n for n in p.notes)
+
+
+def test_the_wait_for_a_pending_key_leaves_room_for_grace_and_the_next_pass() -> None:
+    # k1 expires in 15m, k2's wait ends in 8m: 7m left, enough for grace (5m) alone, not with a 3m interval
+    k1, k2 = key("k1", timedelta(minutes=45)), key("k2", timedelta(minutes=2))
+    o = obs([k1, k2], state(("k1", True)), state(("k1", True)))
+    assert not any(
+        isinstance(a, CreateKey) for a in plan(POLICY, o, NOW, Options(interval=timedelta(minutes=2))).actions
+    )
+    assert any(isinstance(a, CreateKey) for a in plan(POLICY, o, NOW, Options(interval=timedelta(minutes=3))).actions)
+
+
 def test_expired_key_is_replaced_even_while_another_is_pending() -> None:
     k1, k2 = key("k1", timedelta(minutes=61)), key("k2", timedelta(minutes=2))
     p = plan(POLICY, obs([k1, k2], state(("k1", True)), state(("k1", True))), NOW)

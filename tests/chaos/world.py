@@ -206,11 +206,15 @@ class World:
         """A pass paused with SIGSTOP in the middle of a rotation (right after it logs a chosen mutation: a key
         created, a key published, old versions retired), while the world goes on for three rounds (other
         passes, time), then resumed with SIGCONT past its deadline."""
-        # move to the next rotation of the oldest policy, so that every stall round has mutations to pause in
-        live = [k for k in self.h.issued_keys() if k.revoked_at is None and k.policy is not None]
-        if live:
-            due = min(max(k.issued_at for k in live if k.policy == p) for p in {k.policy for k in live})
-            self.now = max(self.now, due + timedelta(minutes=40))  # due at 39m (rotate_before 20m, skew 1m)
+        # move to the next rotation due, so that every stall round has mutations to pause in: the oldest key a
+        # target holds as current is due at 39m (rotate_before 20m, skew 1m). Counted from what the targets
+        # hold, not from each policy's newest key: a policy whose targets are split between an old key and a
+        # newer one (a target another pass could not reach) has its old key due, and a jump past that, with
+        # no pass at all, would let it expire by construction (no schedule skips a pass)
+        issued = {k.key_id: k.issued_at for k in self.h.issued_keys()}
+        held = [issued[k] for _, s in self._secrets() if (k := self._current_key(s)) in issued]
+        if held:
+            self.now = max(self.now, min(held) + timedelta(minutes=40))
         before = self._created_ids()
         trigger = self.rng.choice(['"created key"', '"published key"', '"retired old versions"'])
         a = self.spawn()
