@@ -728,6 +728,7 @@ class Engine:
                 emergency=emergency,
                 verify_for=self.config.verify_for,
                 interval=self.config.interval,
+                pass_timeout=self.config.pass_timeout,
             )
         return plan(policy, Observation(tuple(mine_keys)), now, opts), opts, now
 
@@ -818,7 +819,10 @@ class Engine:
             policy,
             obs,
             self.clock(),
-            pr.opts or Options(clock_skew=self.config.clock_skew, interval=self.config.interval),
+            pr.opts
+            or Options(
+                clock_skew=self.config.clock_skew, interval=self.config.interval, pass_timeout=self.config.pass_timeout
+            ),
         )
 
     def _create(

@@ -52,6 +52,9 @@ class Options:
     emergency: bool = False  # revoke replaced keys as soon as every target holds the new one
     verify_for: timedelta = timedelta(0)  # read the stores while the newest key is younger than this
     interval: timedelta = timedelta(0)  # the time between passes (a wait must leave room for the next one)
+    # the pass deadline: a pass starts no mutation after it, so a key its creator has not published by then
+    # (plus clock_skew, issued_at being the issuer's clock) never will be. None: wait orphan_after
+    pass_timeout: timedelta | None = None
 
 
 def due_at(policy: Policy, key: KeyInfo, skew: timedelta = timedelta(0)) -> datetime | None:
@@ -200,8 +203,15 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
         # it. When the wait ends, the key made then must still reach the consumers before the old one expires:
         # the next pass may come an interval later, and consumers need grace to pick the key up (the margin
         # config checks rotate_before against). A duplicate is cheap; it is swept as an orphan.
-        p = fresh_pending[-1] if fresh_pending else None
-        until = p.issued_at + policy.orphan_after if p else now
+        # only a pass still inside its deadline can publish a key: the wait ends pass_timeout (+ clock_skew)
+        # after the key was created, not orphan_after (which is when it is swept, a different question)
+        # (with no key at all, the back-off below counts lost keys over orphan_after)
+        live_for = policy.orphan_after
+        if opts.pass_timeout is not None and active is not None:
+            live_for = min(live_for, opts.pass_timeout + skew)
+        publishable = [k for k in fresh_pending if now - k.issued_at < live_for]
+        p = publishable[-1] if publishable else None
+        until = p.issued_at + live_for if p else now
         # with no key at all there is nothing to outlive: retry at once after one lost key, but after two, wait,
         # or a store that refuses every write would make each pass create another key
         if active is None:

@@ -106,6 +106,18 @@ def test_the_wait_for_a_pending_key_leaves_room_for_grace_and_the_next_pass() ->
     assert any(isinstance(a, CreateKey) for a in plan(POLICY, o, NOW, Options(interval=timedelta(minutes=3))).actions)
 
 
+def test_a_pending_key_older_than_the_pass_deadline_is_not_waited_for() -> None:
+    # its creator starts no mutation after pass_timeout: past that (and clock_skew) nobody will publish it
+    k1, k2 = key("k1", timedelta(minutes=41)), key("k2", timedelta(minutes=3))
+    o = obs([k1, k2], state(("k1", True)), state(("k1", True)))
+    waits = plan(POLICY, o, NOW, Options(pass_timeout=timedelta(minutes=5)))
+    assert not any(isinstance(a, CreateKey) for a in waits.actions)
+    assert waits.wake_at == k2.issued_at + timedelta(minutes=5)
+    p = plan(POLICY, o, NOW, Options(pass_timeout=timedelta(minutes=2), clock_skew=timedelta(seconds=30)))
+    assert any(isinstance(a, CreateKey) for a in p.actions)
+    assert Revoke("p0", "k2", "orphan: created but never stored", (), orphan=True) not in p.actions  # swept later
+
+
 def test_expired_key_is_replaced_even_while_another_is_pending() -> None:
     k1, k2 = key("k1", timedelta(minutes=61)), key("k2", timedelta(minutes=2))
     p = plan(POLICY, obs([k1, k2], state(("k1", True)), state(("k1", True))), NOW)
