@@ -718,7 +718,12 @@ class Engine:
         """The plan from the issuer's listing alone (pure: no I/O, no logging), and the options it was made with."""
         now = self.clock()
         drift = read_targets or drift_check_due(self.config, policy.name, now)
-        # Options is frozen and takes one of eight values: made once each (a frozen dataclass is slow to build)
+        opts = self._opts(drift, force, emergency)
+        return plan(policy, Observation(tuple(mine_keys)), now, opts), opts, now
+
+    def _opts(self, drift: bool = False, force: bool = False, emergency: bool = False) -> Options:
+        """The planner's options for this config. Options is frozen and takes one of eight values: made once
+        each (a frozen dataclass is slow to build)."""
         opts = self._options.get((drift, force, emergency))
         if opts is None:
             opts = self._options[(drift, force, emergency)] = Options(
@@ -730,7 +735,7 @@ class Engine:
                 interval=self.config.interval,
                 pass_timeout=self.config.pass_timeout,
             )
-        return plan(policy, Observation(tuple(mine_keys)), now, opts), opts, now
+        return opts
 
     def _report(self, policy: Policy, p: Plan, opts: Options, mine: Iterable[KeyInfo]) -> PolicyReport:
         return PolicyReport(policy.name, p, keys=tuple(mine), target_ids=tuple(t.id for t in policy.targets), opts=opts)
@@ -815,15 +820,7 @@ class Engine:
         targets = dict(pr.observed_targets or {})
         targets.update(fresh_targets)
         obs = Observation(tuple(known.values()), targets, pr.verdicts)
-        return plan(
-            policy,
-            obs,
-            self.clock(),
-            pr.opts
-            or Options(
-                clock_skew=self.config.clock_skew, interval=self.config.interval, pass_timeout=self.config.pass_timeout
-            ),
-        )
+        return plan(policy, obs, self.clock(), pr.opts or self._opts())
 
     def _create(
         self,

@@ -198,14 +198,12 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
         create_reason = None
 
     if create_reason is not None:
-        # wait for a fresh pending key only while the active key outlives the wait with room to spare: an
-        # expired key is an outage, and a pass that died holding the pending key's plaintext will never publish
-        # it. When the wait ends, the key made then must still reach the consumers before the old one expires:
-        # the next pass may come an interval later, and consumers need grace to pick the key up (the margin
-        # config checks rotate_before against). A duplicate is cheap; it is swept as an orphan.
-        # only a pass still inside its deadline can publish a key: the wait ends pass_timeout (+ clock_skew)
-        # after the key was created, not orphan_after (which is when it is swept, a different question)
-        # (with no key at all, the back-off below counts lost keys over orphan_after)
+        # wait for a pending key only while its creator may still publish it, and only with room to spare.
+        # A pass starts no mutation after its deadline, so the wait ends pass_timeout (+ clock_skew) after the
+        # key was created (orphan_after is when it is swept, a different question; with no key at all, the
+        # back-off below counts lost keys over orphan_after). The key made when the wait ends must still reach
+        # the consumers before the old one expires: the next pass may come an interval later, and consumers
+        # need grace (the margin config checks rotate_before against). A duplicate is cheap: it is swept.
         live_for = policy.orphan_after
         if opts.pass_timeout is not None and active is not None:
             live_for = min(live_for, opts.pass_timeout + skew)
