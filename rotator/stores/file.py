@@ -4,6 +4,7 @@ Layout under ``path`` (directories 0700, files 0600)::
 
     <secret>/versions/<version>.value   the payload of one version
     <secret>/versions/<version>.json    its metadata: key id, policy, created, promoted, expires, enabled
+    <secret>/promotions/<n>.json        one record per promote, numbered: which version became current, when
     <secret>/current                    symlink to the current version's .value (what consumers read)
 
 Every write is atomic (temp file in the same directory, written in full, fsync, rename, fsync of the
@@ -16,6 +17,15 @@ Retiring a version marks it disabled in its metadata (``retired_at``) and remove
 plaintext of the old key, once ``destroy_after`` has passed (by default at once: retiring happens with the
 revoke). The metadata stays, so the version is still listed as having held its key.
 
+A promote is a compare-and-set without a lock: it reads the newest promotion record ``n``, checks that the
+version it names still holds the expected key, and creates record ``n + 1`` with ``link(2)``, which fails when
+``n + 1`` exists ("If newpath exists, it will not be overwritten", link(2) in the Linux man-pages). Of two
+promotes that read the same ``n``, one wins and the other gets ``StorePreconditionFailed``; a promote that
+was paused for any length of time and resumes finds ``n + 1`` taken and changes nothing. Only then is
+``current`` switched to the newest record's version (and any pass that finds ``current`` behind the newest
+record switches it on). No process ever waits for another, so a paused pass (SIGSTOP, a frozen VM) holds up
+nobody. A store written before promotion records existed is read from ``current`` until its first promote.
+
 A process killed between writing a temp file and renaming it leaves a ``.tmp-*`` file behind, which may hold
 a live plaintext key. A temp file older than ``pass_timeout`` (no pass can still be writing it) is removed by
 the next inspect or write of that secret. A metadata file that is not a JSON object is a
@@ -25,7 +35,6 @@ the next inspect or write of that secret. A metadata file that is not a JSON obj
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import pwd
@@ -48,7 +57,6 @@ from rotator.errors import (
     StoreNotFound,
     StorePermissionError,
     StorePreconditionFailed,
-    StoreUnavailable,
 )
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import record_call
@@ -61,6 +69,11 @@ _SAFE_KEY_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 _TEMP_PREFIXES = (".tmp-", ".current-")
 #: how old a temporary file must be before it is taken as left behind by a dead process (``pass_timeout``)
 DEFAULT_STALE_AFTER = timedelta(minutes=5)
+#: the directory of a secret's promotion records, and how many of the newest are kept
+_PROMOTIONS = "promotions"
+_KEEP_PROMOTIONS = 8
+#: how often a promote with no expected current key (``ANY_CURRENT``) tries again after losing a race
+_CAS_ATTEMPTS = 5
 
 
 def _user(uid: int) -> str:
@@ -187,8 +200,7 @@ class FileStore:
     ``destroy_after``: how long a retired version's value file is kept (0: removed when it is retired).
     ``stale_after``: the age (by mtime, wall clock) at which a temporary file is taken as abandoned by a dead
     writer and removed; the engine passes ``pass_timeout``. ``write`` is ``os.write`` (tests pass a writer
-    that writes a few bytes per call). ``lock_wait``: how long a promote or retire waits for another process's
-    lock on the secret before it gives up (a holder that is paused or hung must not stall every other pass).
+    that writes a few bytes per call, or one that pauses the process at a chosen write).
     """
 
     def __init__(
@@ -200,10 +212,8 @@ class FileStore:
         destroy_after: timedelta = timedelta(0),
         stale_after: timedelta = DEFAULT_STALE_AFTER,
         write: Callable[[int, memoryview], int] = os.write,
-        lock_wait: float = 2.0,
     ) -> None:
         self.name = name
-        self.lock_wait = lock_wait
         self.root = root
         self.destroy_after = destroy_after
         self.stale_after = stale_after
@@ -220,7 +230,7 @@ class FileStore:
         d = self.root / ref.secret
         # the root and each directory down to the secret's, as far as they exist: checked at startup, but a
         # directory can be made (or chmod-ed) by someone else later
-        for p in (self.root, *(self.root / part for part in _prefixes(ref.secret)), d / "versions"):
+        for p in (self.root, *(self.root / part for part in _prefixes(ref.secret)), d / "versions", d / _PROMOTIONS):
             problem = private_dir_problem(p, require_dir=False)  # a file in the way fails the operation itself
             if problem:
                 raise StorePermissionError(f"refusing to use the store: {problem}", store=self.name, secret=ref.secret)
@@ -303,12 +313,12 @@ class FileStore:
         )
 
     def _sweep_temp_files(self, d: Path) -> None:
-        """Remove temporary files in ``d`` and ``d/versions`` older than ``stale_after``: a writer killed between
-        creating one and renaming it left it there, possibly with a plaintext key in it. Younger ones may belong
-        to a pass still writing, and are left alone. Compared by mtime against the wall clock (not the injected
-        clock), since mtimes are wall-clock times."""
+        """Remove temporary files in ``d``, ``d/versions`` and ``d/promotions`` older than ``stale_after``: a
+        writer killed between creating one and renaming it left it there, possibly with a plaintext key in it.
+        Younger ones may belong to a pass still writing, and are left alone. Compared by mtime against the wall
+        clock (not the injected clock), since mtimes are wall-clock times."""
         limit = time.time() - self.stale_after.total_seconds()
-        for where in (d, d / "versions"):
+        for where in (d, d / "versions", d / _PROMOTIONS):
             try:
                 entries = list(os.scandir(where))
             except (FileNotFoundError, NotADirectoryError):
@@ -320,33 +330,99 @@ class FileStore:
                     if entry.stat(follow_symlinks=False).st_mtime < limit:
                         os.unlink(entry.path)
 
-    @contextlib.contextmanager
-    def _locked(self, d: Path) -> Any:
-        """An exclusive ``flock(2)`` on the secret's directory while a compare-and-set runs: promote and retire
-        re-read ``current`` under it, so two processes on this host never both act on what they read before the
-        other's switch. (flock is advisory and local: a store shared over NFS between hosts gets the re-read
-        but not the mutual exclusion; docs/design-notes.md.)"""
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    def _head(self, d: Path) -> tuple[int, dict[str, Any] | None]:
+        """The newest promotion record of the secret: its number and content (``0, None`` when there is none,
+        as in a store written before records existed, whose ``current`` symlink is then the truth)."""
+        pdir = d / _PROMOTIONS
         try:
-            # the critical section takes milliseconds; a holder that keeps the lock for seconds is paused (SIGSTOP,
-            # a frozen VM) or hung, and waiting for it would stall this pass too: give up, the next pass retries
-            give_up = time.monotonic() + self.lock_wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= give_up:
-                        raise StoreUnavailable(
-                            f"another process has held the lock on this secret for over {self.lock_wait:g}s "
-                            "(a paused or hung pass?); left to the next pass",
-                            store=self.name,
-                            secret=os.path.relpath(d, self.root),
-                        ) from None
-                    time.sleep(0.01)
-            yield
+            names = os.listdir(pdir)
+        except (FileNotFoundError, NotADirectoryError):
+            return 0, None
+        numbers = sorted((int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()), reverse=True)
+        for number in numbers:
+            path = pdir / f"{number:012d}.json"
+            try:
+                record = self._read_meta(path)
+            except FileNotFoundError:  # pruned by another pass between the listing and the read
+                continue
+            if not isinstance(record.get("version"), str) or not _SEGMENT.match(record["version"]):
+                raise self._corrupt(path, "a promotion record without a valid version name")
+            return number, record
+        return 0, None
+
+    def _commit(self, d: Path, number: int, record: dict[str, Any]) -> bool:
+        """Create promotion record ``number``; ``False`` when another pass created it first (or a newer one).
+
+        ``link(2)`` never replaces an existing name, so of the passes that read the same newest record exactly
+        one creates the next. Over NFS the reply to a link that succeeded can be lost and the retry answer
+        EEXIST; then the temporary file's link count is 2 (open(2), on O_EXCL: "use link(2) to make a link to
+        the lockfile. If link(2) returns 0, the lock is successful. Otherwise, use stat(2) on the unique file
+        to check if its link count has increased to 2, in which case the lock is also successful")."""
+        pdir = d / _PROMOTIONS
+        path = pdir / f"{number:012d}.json"
+        fd, tmp = tempfile.mkstemp(dir=pdir, prefix=".tmp-", suffix=".json")
+        try:
+            os.fchmod(fd, 0o600)
+            self._write_all(fd, json.dumps(record, indent=1).encode())
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            try:
+                os.link(tmp, path)
+                won = True
+            except FileExistsError:
+                won = os.stat(tmp).st_nlink == 2
         finally:
-            os.close(fd)  # closing the last descriptor releases the lock
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if not won:
+            return False
+        self._fsync_dir(pdir)
+        newest, _ = self._head(d)
+        if newest != number:
+            # only when this pass read record n, was paused while more than _KEEP_PROMOTIONS promotes ran and
+            # record n + 1 was pruned: the number it took is below the newest, so its promote did not happen
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return False
+        return True
+
+    def _prune(self, d: Path, newest: int) -> None:
+        pdir = d / _PROMOTIONS
+        for name in os.listdir(pdir):
+            stem = name[:-5]
+            if name.endswith(".json") and stem.isdigit() and int(stem) <= newest - _KEEP_PROMOTIONS:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(pdir / name)
+
+    def _publish(self, d: Path) -> None:
+        """Point ``current`` (what consumers read) at the newest promotion record's version, if it does not
+        already. A pass that read the record, paused, and switches ``current`` late reads the newest record
+        again afterwards and switches on, so ``current`` is left behind only while such a pass is paused
+        between its read and its rename (a window of one system call); the next promote or retire of the
+        secret, by any pass, catches up."""
+        for _ in range(_CAS_ATTEMPTS):
+            _, head = self._head(d)
+            if head is None:
+                return
+            want = f"versions/{head['version']}.value"
+            try:
+                have: str | None = os.readlink(d / "current")
+            except FileNotFoundError:
+                have = None
+            if have == want:
+                return
+            tmp = d / f".current-{uuid.uuid4().hex}"
+            os.symlink(want, tmp)
+            os.replace(tmp, d / "current")
+            self._fsync_dir(d)
+
+    def _protected(self, d: Path) -> set[str]:
+        """The versions that are current: what ``current`` points at, and the newest promotion record's."""
+        _, head = self._head(d)
+        return {v for v in (self._current_version(d), head and head["version"]) if v}
 
     def _current_version(self, d: Path) -> str | None:
         try:
@@ -364,6 +440,7 @@ class FileStore:
                 return SecretState(exists=False)
             self._sweep_temp_files(d)
             current = self._current_version(d)
+            _, head = self._head(d)
             versions: list[StoredVersion] = []
             current_key: str | None = None
             current_since: datetime | None = None
@@ -391,7 +468,10 @@ class FileStore:
                 )
                 if is_current:
                     current_key = key_id
-                    current_since = _parse(meta.get("promoted_at"))
+                    # the time of the promote that made it current: its record's (also written to the
+                    # version's metadata after the commit; the metadata alone in a store older than records)
+                    source = head if head is not None and head["version"] == name else meta
+                    current_since = _parse(source.get("promoted_at"))
                     foreign = key_id is None
             if current is None and (d / "value").exists():
                 foreign = True  # a plain file someone put there by hand
@@ -453,38 +533,57 @@ class FileStore:
     def _promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
         value_path, meta_path = self._version_paths(ref, key_id)
         d = self._dir(ref)
+        name = value_path.name.removesuffix(".value")
         try:
-            with self._locked(d):
-                self._promote_locked(ref, d, key_id, value_path, meta_path, expect_current)
-        except OSError as exc:
-            raise self._wrap(exc, ref, "make the new version current") from exc
-
-    def _promote_locked(
-        self, ref: TargetRef, d: Path, key_id: str, value_path: Path, meta_path: Path, expect_current: Expect
-    ) -> None:
-        current = self._current_version(d)
-        if current == value_path.name.removesuffix(".value"):
-            return
-        if expect_current is not ANY_CURRENT:
-            held = None
-            if current is not None:
-                cur_meta = d / "versions" / f"{current}.json"
-                held = self._read_meta(cur_meta).get("key_id") if cur_meta.exists() else None
-            if held != expect_current:
-                raise StorePreconditionFailed(
-                    f"not promoting key {key_id}: the current version holds key {held or 'none'}, "
-                    f"not {expect_current or 'none'} as read before",
+            self._mkdirs(d / _PROMOTIONS)
+            for _ in range(_CAS_ATTEMPTS):
+                self._publish(d)  # a promote another pass committed but did not get to publish (paused, killed)
+                number, head = self._head(d)
+                current = head["version"] if head is not None else self._current_version(d)
+                if current == name:
+                    return
+                if expect_current is not ANY_CURRENT:
+                    held = self._key_of(d, current, head)
+                    if held != expect_current:
+                        raise StorePreconditionFailed(
+                            f"not promoting key {key_id}: the current version holds key {held or 'none'}, "
+                            f"not {expect_current or 'none'} as read before",
+                            store=self.name,
+                            secret=ref.secret,
+                        )
+                record = {"version": name, "key_id": key_id, "promoted_at": _iso(self._clock()), "previous": current}
+                if self._commit(d, number + 1, record):
+                    break
+                if expect_current is not ANY_CURRENT:
+                    raise StorePreconditionFailed(
+                        f"not promoting key {key_id}: another pass promoted a version of this secret at the same "
+                        "moment",
+                        store=self.name,
+                        secret=ref.secret,
+                    )
+            else:
+                raise StoreConflict(
+                    f"not promoting key {key_id}: other passes kept promoting versions of this secret",
                     store=self.name,
                     secret=ref.secret,
                 )
-        meta = self._read_meta(meta_path)
-        meta["promoted_at"] = _iso(self._clock())
-        meta["enabled"] = True
-        self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
-        tmp = d / f".current-{uuid.uuid4().hex}"
-        os.symlink(f"versions/{value_path.name}", tmp)
-        os.replace(tmp, d / "current")
-        self._fsync_dir(d)
+            # committed: the version's metadata says so too (readable without the records), then consumers see it
+            meta = self._read_meta(meta_path)
+            meta["promoted_at"] = record["promoted_at"]
+            meta["enabled"] = True
+            self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+            self._publish(d)
+            self._prune(d, number + 1)
+        except OSError as exc:
+            raise self._wrap(exc, ref, "make the new version current") from exc
+
+    def _key_of(self, d: Path, version: str | None, head: dict[str, Any] | None) -> str | None:
+        if version is None:
+            return None
+        if head is not None and head["version"] == version and isinstance(head.get("key_id"), str):
+            return str(head["key_id"])
+        meta_path = d / "versions" / f"{version}.json"
+        return self._read_meta(meta_path).get("key_id") if meta_path.exists() else None
 
     def _retire(self, ref: TargetRef, key_id: str) -> None:
         d = self._dir(ref)
@@ -494,18 +593,26 @@ class FileStore:
             if not d.is_dir():
                 return
             self._sweep_temp_files(d)
-            with self._locked(d):  # the current-version check and the write, atomic against a promote
-                if meta_path.exists():
-                    if self._current_version(d) == name:
-                        raise StoreConflict(
-                            f"refusing to retire key {key_id}: it is current", store=self.name, secret=ref.secret
-                        )
-                    meta = self._read_meta(meta_path)
-                    if meta.get("enabled", True):
-                        meta["enabled"] = False
-                        meta["retired_at"] = _iso(self._clock())
+            self._publish(d)
+            if meta_path.exists():
+                refuse = StoreConflict(
+                    f"refusing to retire key {key_id}: it is current", store=self.name, secret=ref.secret
+                )
+                if name in self._protected(d):
+                    raise refuse
+                meta = self._read_meta(meta_path)
+                if meta.get("enabled", True):
+                    meta["enabled"] = False
+                    meta["retired_at"] = _iso(self._clock())
+                    self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+                    # no lock: a promote of this very version (by a pass that read an older state) may have
+                    # committed in between; it stays enabled then
+                    if name in self._protected(d):
+                        meta["enabled"] = True
+                        meta.pop("retired_at", None)
                         self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
-                self._destroy_retired(d)
+                        raise refuse
+            self._destroy_retired(d)
         except OSError as exc:
             raise self._wrap(exc, ref, "retire the version") from exc
 
@@ -515,14 +622,15 @@ class FileStore:
         if not vdir.is_dir():
             return
         now = self._clock()
-        current = self._current_version(d)
         for meta_path in sorted(vdir.glob("*.json")):
             value_path = meta_path.with_suffix(".value")
-            if meta_path.stem == current or not value_path.exists():
+            if not value_path.exists():
                 continue
             meta = self._read_meta(meta_path)
             retired_at = _parse(meta.get("retired_at"))
             if meta.get("enabled", True) or retired_at is None or retired_at + self.destroy_after > now:
+                continue
+            if meta_path.stem in self._protected(d):  # checked right before the unlink: never the current one
                 continue
             os.unlink(value_path)
             meta["destroyed_at"] = _iso(now)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from rotator.errors import StoreError, StoreNotFound, StorePermissionError, StoreUnavailable
+from rotator.errors import StoreError, StoreNotFound, StorePermissionError, StorePreconditionFailed
 from rotator.model import SecretText
 from rotator.stores.base import TargetRef
 from rotator.stores.file import FileStore, StoreConfig, TargetOptions, open_store
@@ -401,35 +401,210 @@ def test_a_directory_opened_up_after_startup_is_refused_at_the_next_use(tmp_path
     assert not (root / "momento" / "demo" / "versions" / "k2.value").exists()
 
 
-def test_a_paused_process_holding_the_lock_does_not_stall_a_promote(store: FileStore, tmp_path: Path) -> None:
-    """Another process takes the secret's lock and is paused (SIGSTOP) while holding it: a promote gives up
-    after ``lock_wait`` with StoreUnavailable instead of waiting for ever, and changes nothing."""
+_PAUSED_PROMOTE_CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from rotator.errors import StorePreconditionFailed
+    from rotator.stores.base import TargetRef
+    from rotator.stores.file import FileStore
+
+    root, key, expect, pause_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    writes = []
+
+    def write(fd, data):
+        writes.append(1)
+        if len(writes) == pause_at:  # stop this process here, as a long GC or a frozen VM would
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return os.write(fd, bytes(data))
+
+    store = FileStore("local", Path(root), write=write)
+    try:
+        store.promote(TargetRef("local", "demo", "p"), key, expect_current=expect)
+        print("promoted")
+    except StorePreconditionFailed as exc:
+        print("refused:", exc)
+    """
+)
+
+
+def _paused_promote(root: Path, key: str, expect: str, pause_at: int) -> subprocess.Popen[str]:
+    """A real process promoting ``key`` that stops itself (SIGSTOP) at its ``pause_at``-th file write: 1 is the
+    promotion record (before the compare-and-set), 2 the version's metadata (after it, before ``current``)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _PAUSED_PROMOTE_CHILD, str(root), key, expect, str(pause_at)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        pid, status = os.waitpid(child.pid, os.WUNTRACED | os.WNOHANG)
+        if pid:
+            assert os.WIFSTOPPED(status), child.communicate()
+            return child
+        time.sleep(0.02)
+    child.kill()
+    raise AssertionError(f"the promoting process never reached write {pause_at}: {child.communicate()}")
+
+
+def _resume(child: subprocess.Popen[str]) -> str:
+    child.send_signal(signal.SIGCONT)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0, err
+    return out
+
+
+def test_a_promote_paused_before_its_commit_holds_up_nobody_and_changes_nothing_on_resuming(
+    store: FileStore, tmp_path: Path
+) -> None:
+    """Found by the chaos stall scenario: a pass paused inside a promote kept the secret's flock, so no other
+    pass could promote that secret until it resumed (a key expired in one run). Now nobody waits: another pass
+    promotes at once, and the paused one, resumed, finds its compare-and-set lost and changes nothing."""
     ref = _ref()
     _rotate(store, ref, "k1")
-    store.stage(ref, SecretText("value-k2"), _meta("k2"))
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
-            str(tmp_path / "secrets" / "demo"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    store.stage(ref, SecretText("payload-k2-plaintext"), _meta("k2"))
+    store.stage(ref, SecretText("payload-k3-plaintext"), _meta("k3"))
+    child = _paused_promote(tmp_path / "secrets", "k2", "k1", pause_at=1)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        holder.send_signal(signal.SIGSTOP)
-        store.lock_wait = 0.3
-        with pytest.raises(StoreUnavailable, match="held the lock"):
-            store.promote(ref, "k2", expect_current="k1")
-        assert store.inspect(ref).current_key_id == "k1"
+        started = time.monotonic()
+        store.promote(ref, "k3", expect_current="k1")
+        assert time.monotonic() - started < 1.0  # no lock to wait for
+        assert store.inspect(ref).current_key_id == "k3"
     finally:
-        holder.kill()
-        holder.wait()
-    store.promote(ref, "k2", expect_current="k1")  # the lock is free again: the next pass goes ahead
+        out = _resume(child)
+    assert out.startswith("refused:") and "another pass promoted" in out, out
+    state = store.inspect(ref)
+    assert state.current_key_id == "k3"
+    assert (tmp_path / "secrets" / "demo" / "current").read_text() == "payload-k3-plaintext"
+
+
+def test_a_promote_paused_after_its_commit_is_finished_by_the_next_pass(store: FileStore, tmp_path: Path) -> None:
+    """Paused between its compare-and-set and the switch of ``current``: consumers still read the old key and
+    inspect says so (a revoke's re-read would refuse that key); the next promote of the secret finishes the
+    switch, and a promote that expected the old key is refused (the paused pass won the race)."""
+    ref = _ref()
+    _rotate(store, ref, "k1")
+    store.stage(ref, SecretText("payload-k2-plaintext"), _meta("k2"))
+    store.stage(ref, SecretText("payload-k3-plaintext"), _meta("k3"))
+    current = tmp_path / "secrets" / "demo" / "current"
+    child = _paused_promote(tmp_path / "secrets", "k2", "k1", pause_at=2)
+    try:
+        assert current.read_text() == "payload-k1-plaintext"
+        assert store.inspect(ref).current_key_id == "k1"
+        with pytest.raises(StoreError, match="refusing to retire key k2: it is current"):
+            store.retire(ref, "k2")
+        with pytest.raises(StorePreconditionFailed, match="holds key k2, not k1"):
+            store.promote(ref, "k3", expect_current="k1")
+        assert current.read_text() == "payload-k2-plaintext"  # that promote switched consumers on to k2 first
+        store.promote(ref, "k2", expect_current="k1")  # what the committed promote did: a no-op now
+        since = store.inspect(ref).current_since
+    finally:
+        out = _resume(child)
+    assert out.strip() == "promoted"
+    state = store.inspect(ref)
+    assert state.current_key_id == "k2" and state.current_since == since
+    assert current.read_text() == "payload-k2-plaintext"
+
+
+def test_concurrent_promotes_one_wins(store: FileStore, tmp_path: Path) -> None:
+    """Four writers with the same expected current key: exactly one switches, every time."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    ref = _ref()
+    _rotate(store, ref, "k0")
+    stores = [FileStore("local", tmp_path / "secrets") for _ in range(4)]
+    held = "k0"
+    for rnd in range(25):
+        keys = [f"r{rnd}w{i}" for i in range(4)]
+        for k in keys:
+            store.stage(ref, SecretText(f"payload-{k}"), _meta(k))
+        barrier = Barrier(4)
+
+        def attempt(i: int, expect: str = held, keys: list[str] = keys, barrier: Barrier = barrier) -> bool:
+            barrier.wait()
+            try:
+                stores[i].promote(ref, keys[i], expect_current=expect)
+                return True
+            except StorePreconditionFailed:
+                return False
+
+        with ThreadPoolExecutor(4) as pool:
+            won = list(pool.map(attempt, range(4)))
+        assert won.count(True) == 1, (rnd, won)
+        held = keys[won.index(True)]
+        assert store.inspect(ref).current_key_id == held
+    # the records of the last promotes are kept, older ones pruned
+    assert len(list((tmp_path / "secrets" / "demo" / "promotions").glob("*.json"))) == 8
+
+
+def test_a_promote_that_resumes_after_its_record_number_was_pruned_changes_nothing(tmp_path: Path) -> None:
+    """Paused before its compare-and-set while more promotes ran than records are kept: the number it takes
+    is free again (pruned) but below the newest, so it is not a promote; the record goes and nothing changes."""
+    root = tmp_path / "secrets"
+    other = FileStore("local", root)
+    ref = _ref()
+    _rotate(other, ref, "k1")
+    other.stage(ref, SecretText("payload-late-plaintext"), _meta("late"))
+    raced: list[bool] = []
+
+    def stalled_write(fd: int, data: bytes | memoryview) -> int:
+        if not raced:
+            raced.append(True)
+            _rotate(other, ref, *(f"k{i}" for i in range(2, 14)))
+        return os.write(fd, bytes(data))
+
+    stalled = FileStore("local", root, write=stalled_write)
+    with pytest.raises(StorePreconditionFailed, match="another pass promoted"):
+        stalled.promote(ref, "late", expect_current="k1")
+    assert raced and other.inspect(ref).current_key_id == "k13"
+    numbers = sorted(int(p.stem) for p in (root / "demo" / "promotions").glob("*.json"))
+    assert numbers == list(range(numbers[-1] - 7, numbers[-1] + 1))
+
+
+def test_a_retire_raced_by_a_promote_of_the_same_version_keeps_it(tmp_path: Path) -> None:
+    """No lock: a promote of the version being retired (a pass that read an older state) can commit between
+    the retire's check and its write; the retire then puts the version back and refuses."""
+    root = tmp_path / "secrets"
+    other = FileStore("local", root)
+    ref = _ref()
+    _rotate(other, ref, "k1", "k2")
+    raced: list[bool] = []
+
+    def racing_write(fd: int, data: bytes | memoryview) -> int:
+        if not raced:
+            raced.append(True)
+            other.promote(ref, "k1")
+        return os.write(fd, bytes(data))
+
+    retiring = FileStore("local", root, write=racing_write)
+    with pytest.raises(StoreError, match="refusing to retire key k1: it is current"):
+        retiring.retire(ref, "k1")
+    assert raced
+    state = other.inspect(ref)
+    assert state.current_key_id == "k1"
+    assert [v.enabled for v in state.versions if v.key_id == "k1"] == [True]
+    assert other.read(ref, "k1").reveal() == "payload-k1-plaintext"
+
+
+def test_a_store_written_before_promotion_records_is_read_and_promoted(store: FileStore, tmp_path: Path) -> None:
+    """Upgrade: a secret with ``current`` and metadata but no promotion records (rotator before 0.x)."""
+    ref = _ref()
+    _rotate(store, ref, "k1")
+    d = tmp_path / "secrets" / "demo"
+    for p in (d / "promotions").iterdir():
+        p.unlink()
+    (d / "promotions").rmdir()
+    state = store.inspect(ref)
+    assert state.current_key_id == "k1" and state.current_since is not None
+    store.stage(ref, SecretText("payload-k2-plaintext"), _meta("k2"))
+    with pytest.raises(StorePreconditionFailed):
+        store.promote(ref, "k2", expect_current="k0")
+    store.promote(ref, "k2", expect_current="k1")
     assert store.inspect(ref).current_key_id == "k2"
+    assert [p.name for p in (d / "promotions").iterdir()] == ["000000000001.json"]
 
 
 def test_a_stage_that_resumes_after_another_pass_promoted_the_key_keeps_its_metadata(tmp_path: Path) -> None:
