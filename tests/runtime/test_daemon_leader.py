@@ -279,8 +279,6 @@ def test_a_leader_paused_past_its_lease_stops_its_pass_and_stands_by(world: Worl
     try:
         wait_for("pod-b took the Lease", lambda: (holder(world.kube) or "").startswith("pod-b_"), 20, a, b)
         new_identity = holder(world.kube)
-        # pod-b's pass may wait here: pod-a can be paused inside the file store's flock of a secret (promote's
-        # compare-and-set), which only its resumption releases
         time.sleep(0.5)
     finally:
         # what pod-a logs from here on it did after it resumed (a stopped process logs nothing); the log lines

@@ -590,7 +590,7 @@ def test_a_retire_raced_by_a_promote_of_the_same_version_keeps_it(tmp_path: Path
 
 
 def test_a_store_written_before_promotion_records_is_read_and_promoted(store: FileStore, tmp_path: Path) -> None:
-    """Upgrade: a secret with ``current`` and metadata but no promotion records (rotator before 0.x)."""
+    """Upgrade: a secret with ``current`` and metadata but no promotion records (written by an earlier version)."""
     ref = _ref()
     _rotate(store, ref, "k1")
     d = tmp_path / "secrets" / "demo"
