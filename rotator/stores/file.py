@@ -398,15 +398,22 @@ class FileStore:
                     os.unlink(pdir / name)
 
     def _publish(self, d: Path) -> None:
-        """Point ``current`` (what consumers read) at the newest promotion record's version, if it does not
-        already. A pass that read the record, paused, and switches ``current`` late reads the newest record
-        again afterwards and switches on, so ``current`` is left behind only while such a pass is paused
-        between its read and its rename (a window of one system call); the next promote or retire of the
-        secret, by any pass, catches up."""
+        """Finish the newest promote: its version's metadata gets the record's ``promoted_at`` (when the
+        promoting pass died or paused before writing it), and ``current`` (what consumers read) points at it.
+        A pass that read the record, paused, and switches ``current`` late reads the newest record again
+        afterwards and switches on, so ``current`` is left behind only while such a pass is paused between its
+        read and its rename (a window of one system call); the next promote or retire of the secret, by any
+        pass, catches up."""
         for _ in range(_CAS_ATTEMPTS):
             _, head = self._head(d)
             if head is None:
                 return
+            meta_path = d / "versions" / f"{head['version']}.json"
+            meta = self._read_meta(meta_path)
+            if meta.get("promoted_at") != head.get("promoted_at") or not meta.get("enabled", True):
+                meta["promoted_at"] = head.get("promoted_at")
+                meta["enabled"] = True
+                self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
             want = f"versions/{head['version']}.value"
             try:
                 have: str | None = os.readlink(d / "current")
@@ -531,7 +538,7 @@ class FileStore:
             raise self._wrap(exc, ref, "read the version") from exc
 
     def _promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
-        value_path, meta_path = self._version_paths(ref, key_id)
+        value_path, _ = self._version_paths(ref, key_id)
         d = self._dir(ref)
         name = value_path.name.removesuffix(".value")
         try:
@@ -568,10 +575,6 @@ class FileStore:
                     secret=ref.secret,
                 )
             # committed: the version's metadata says so too (readable without the records), then consumers see it
-            meta = self._read_meta(meta_path)
-            meta["promoted_at"] = record["promoted_at"]
-            meta["enabled"] = True
-            self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
             self._publish(d)
             self._prune(d, number + 1)
         except OSError as exc:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import signal
 import stat
@@ -506,6 +507,27 @@ def test_a_promote_paused_after_its_commit_is_finished_by_the_next_pass(store: F
     state = store.inspect(ref)
     assert state.current_key_id == "k2" and state.current_since == since
     assert current.read_text() == "payload-k2-plaintext"
+
+
+def test_a_promote_killed_after_its_commit_is_finished_by_the_next_one(store: FileStore, tmp_path: Path) -> None:
+    """Found by the chaos kill scenario: a pass killed between its compare-and-set and the version's metadata
+    left the current version without ``promoted_at``, so the history of switches (which grace counts from)
+    had a hole. The next promote finishes the committed one: metadata, then ``current``."""
+    ref = _ref()
+    _rotate(store, ref, "k1")
+    store.stage(ref, SecretText("payload-k2-plaintext"), _meta("k2"))
+    child = _paused_promote(tmp_path / "secrets", "k2", "k1", pause_at=2)
+    child.kill()
+    child.wait()
+    meta = tmp_path / "secrets" / "demo" / "versions" / "k2.json"
+    assert json.loads(meta.read_text())["promoted_at"] is None
+    store.promote(ref, "k2", expect_current="k1")
+    record = json.loads(max((tmp_path / "secrets" / "demo" / "promotions").glob("*.json")).read_text())
+    assert record["key_id"] == "k2"
+    assert json.loads(meta.read_text())["promoted_at"] == record["promoted_at"]
+    state = store.inspect(ref)
+    assert state.current_key_id == "k2"
+    assert state.current_since == datetime.fromisoformat(record["promoted_at"])
 
 
 def test_concurrent_promotes_one_wins(store: FileStore, tmp_path: Path) -> None:
