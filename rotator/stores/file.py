@@ -303,6 +303,9 @@ class FileStore:
             raise self._corrupt(path, f"a JSON {type(data).__name__}, not an object")
         return data
 
+    def _write_meta(self, path: Path, meta: dict[str, Any]) -> None:
+        self._atomic_write(path, json.dumps(meta, indent=1).encode())
+
     def _corrupt(self, path: Path, what: str) -> StoreError:
         secret = str(path.parent.parent.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
         return StoreError(
@@ -330,17 +333,26 @@ class FileStore:
                     if entry.stat(follow_symlinks=False).st_mtime < limit:
                         os.unlink(entry.path)
 
+    @staticmethod
+    def _record_numbers(pdir: Path) -> list[int]:
+        """The numbers of the promotion records in ``pdir`` (``<n>.json``), newest first."""
+        names = os.listdir(pdir)
+        return sorted((int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()), reverse=True)
+
+    @staticmethod
+    def _record_path(pdir: Path, number: int) -> Path:
+        return pdir / f"{number:012d}.json"
+
     def _head(self, d: Path) -> tuple[int, dict[str, Any] | None]:
         """The newest promotion record of the secret: its number and content (``0, None`` when there is none,
         as in a store written before records existed, whose ``current`` symlink is then the truth)."""
         pdir = d / _PROMOTIONS
         try:
-            names = os.listdir(pdir)
+            numbers = self._record_numbers(pdir)
         except (FileNotFoundError, NotADirectoryError):
             return 0, None
-        numbers = sorted((int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()), reverse=True)
         for number in numbers:
-            path = pdir / f"{number:012d}.json"
+            path = self._record_path(pdir, number)
             try:
                 record = self._read_meta(path)
             except FileNotFoundError:  # pruned by another pass between the listing and the read
@@ -359,7 +371,7 @@ class FileStore:
         the lockfile. If link(2) returns 0, the lock is successful. Otherwise, use stat(2) on the unique file
         to check if its link count has increased to 2, in which case the lock is also successful")."""
         pdir = d / _PROMOTIONS
-        path = pdir / f"{number:012d}.json"
+        path = self._record_path(pdir, number)
         fd, tmp = tempfile.mkstemp(dir=pdir, prefix=".tmp-", suffix=".json")
         try:
             os.fchmod(fd, 0o600)
@@ -391,11 +403,10 @@ class FileStore:
 
     def _prune(self, d: Path, newest: int) -> None:
         pdir = d / _PROMOTIONS
-        for name in os.listdir(pdir):
-            stem = name[:-5]
-            if name.endswith(".json") and stem.isdigit() and int(stem) <= newest - _KEEP_PROMOTIONS:
+        for number in self._record_numbers(pdir):
+            if number <= newest - _KEEP_PROMOTIONS:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(pdir / name)
+                    os.unlink(self._record_path(pdir, number))
 
     def _publish(self, d: Path) -> None:
         """Finish the newest promote: its version's metadata gets the record's ``promoted_at`` (when the
@@ -413,7 +424,7 @@ class FileStore:
             if meta.get("promoted_at") != head.get("promoted_at") or not meta.get("enabled", True):
                 meta["promoted_at"] = head.get("promoted_at")
                 meta["enabled"] = True
-                self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+                self._write_meta(meta_path, meta)
             want = f"versions/{head['version']}.value"
             try:
                 have: str | None = os.readlink(d / "current")
@@ -550,7 +561,7 @@ class FileStore:
                 if current == name:
                     return
                 if expect_current is not ANY_CURRENT:
-                    held = self._key_of(d, current, head)
+                    held = head.get("key_id") if head is not None else self._key_of(d, current)
                     if held != expect_current:
                         raise StorePreconditionFailed(
                             f"not promoting key {key_id}: the current version holds key {held or 'none'}, "
@@ -558,7 +569,7 @@ class FileStore:
                             store=self.name,
                             secret=ref.secret,
                         )
-                record = {"version": name, "key_id": key_id, "promoted_at": _iso(self._clock()), "previous": current}
+                record = {"version": name, "key_id": key_id, "promoted_at": _iso(self._clock())}
                 if self._commit(d, number + 1, record):
                     break
                 if expect_current is not ANY_CURRENT:
@@ -580,11 +591,9 @@ class FileStore:
         except OSError as exc:
             raise self._wrap(exc, ref, "make the new version current") from exc
 
-    def _key_of(self, d: Path, version: str | None, head: dict[str, Any] | None) -> str | None:
+    def _key_of(self, d: Path, version: str | None) -> str | None:
         if version is None:
             return None
-        if head is not None and head["version"] == version and isinstance(head.get("key_id"), str):
-            return str(head["key_id"])
         meta_path = d / "versions" / f"{version}.json"
         return self._read_meta(meta_path).get("key_id") if meta_path.exists() else None
 
@@ -607,13 +616,13 @@ class FileStore:
                 if meta.get("enabled", True):
                     meta["enabled"] = False
                     meta["retired_at"] = _iso(self._clock())
-                    self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+                    self._write_meta(meta_path, meta)
                     # no lock: a promote of this very version (by a pass that read an older state) may have
                     # committed in between; it stays enabled then
                     if name in self._protected(d):
                         meta["enabled"] = True
                         meta.pop("retired_at", None)
-                        self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+                        self._write_meta(meta_path, meta)
                         raise refuse
             self._destroy_retired(d)
         except OSError as exc:
@@ -637,7 +646,7 @@ class FileStore:
                 continue
             os.unlink(value_path)
             meta["destroyed_at"] = _iso(now)
-            self._atomic_write(meta_path, json.dumps(meta, indent=1).encode())
+            self._write_meta(meta_path, meta)
             self._fsync_dir(vdir)
 
     # every operation is recorded once, like a cloud store's API call (metrics, benchmarks, crash tests)
