@@ -68,8 +68,10 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 run: $(VENV)/.run-installed
 	$(BIN)/rotator run --config $(CONFIG)
 
+# ruff, and deptry (scripts/check_deps.py): every import declared, each extra's packages imported by its users only
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check rotator tests bench
+	$(BIN)/ruff check rotator tests bench scripts
+	$(BIN)/python scripts/check_deps.py
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
