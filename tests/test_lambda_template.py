@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "aws-lambda" / "template.yaml"
@@ -146,3 +148,75 @@ def test_kms_grants_cover_every_region_the_config_writes_to() -> None:
     for st in kms:
         assert st["Resource"] == {"Ref": "KmsKeyArns"}
         assert st["Condition"] == {"StringLike": {"kms:ViaService": "secretsmanager.*.amazonaws.com"}}
+
+
+# ---- the ARN parameters refuse a secret name that would match every secret ----------------------------------
+
+_SECRET_ARN_PARAMS = ["ManagedSecretArns", "ManagementKeySecretArn"]
+_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:"
+
+#: secret names that are only wildcards: IAM would match every secret of the region with them
+WILDCARD_ONLY_NAMES = ["*", "**", "?", "??", "?*", "*?", "*?*", "??????", "*" * 40]
+#: names that start with a wildcard: every secret name ends in -XXXXXX, so '*-??????' matches every secret too
+LEADING_WILDCARD_NAMES = ["*-??????", "*-*", "?*-??????", "*/*", "*momento*"]
+#: real names and name prefixes with a trailing wildcard
+REAL_NAMES = [
+    "momento/*",
+    "prod/checkout-*",
+    "momento/alpha-??????",
+    "prod/checkout-AbC123",
+    "rotator-management-key-??????",
+    "a",
+    "team_a/key+v=1.x@corp-*",
+]
+#: what the pattern refused before and still refuses: other partitions' wildcards, other services, no name
+OTHER_REFUSED = [
+    "arn:aws:secretsmanager:*:123456789012:secret:momento/*",
+    "arn:aws:secretsmanager:us-east-1:*:secret:momento/*",
+    "arn:aws:secretsmanager:us-east-1:12345678901:secret:momento/*",
+    "arn:aws:ssm:us-east-1:123456789012:parameter/momento",
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:",
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:momento/a b",
+    "arn:aws:secretsmanager:us-east-1:123456789012:secret:momento/*\n",
+    "*",
+    "",
+]
+
+
+def _secret_arn_patterns(template: dict[str, Any]) -> dict[str, re.Pattern[str]]:
+    """The AllowedPattern of every parameter that takes Secrets Manager ARNs, compiled (CloudFormation uses Java
+    regex and matches the whole value: Python's fullmatch does the same for these patterns)."""
+    out = {
+        name: re.compile(p["AllowedPattern"])
+        for name, p in template["Parameters"].items()
+        if ":secretsmanager:" in p.get("AllowedPattern", "")
+    }
+    assert set(out) == set(_SECRET_ARN_PARAMS), set(out)
+    return out
+
+
+@pytest.mark.parametrize("param", _SECRET_ARN_PARAMS)
+@pytest.mark.parametrize("name", WILDCARD_ONLY_NAMES + LEADING_WILDCARD_NAMES)
+def test_the_secret_arn_parameters_refuse_a_name_that_is_only_or_starts_with_a_wildcard(name: str, param: str) -> None:
+    # the old pattern ([A-Za-z0-9/_+=.@?*-]+ after secret:) took all of these: Get/Put/Create/Tag on every secret
+    assert _secret_arn_patterns(_template())[param].fullmatch(_ARN + name) is None, (param, name)
+
+
+@pytest.mark.parametrize("param", _SECRET_ARN_PARAMS)
+@pytest.mark.parametrize("partition", ["aws", "aws-cn", "aws-us-gov"])
+@pytest.mark.parametrize("name", REAL_NAMES)
+def test_the_secret_arn_parameters_accept_real_names_and_prefixes(name: str, partition: str, param: str) -> None:
+    arn = f"arn:{partition}:secretsmanager:eu-west-1:123456789012:secret:{name}"
+    assert _secret_arn_patterns(_template())[param].fullmatch(arn) is not None, (param, arn)
+
+
+@pytest.mark.parametrize("param", _SECRET_ARN_PARAMS)
+@pytest.mark.parametrize("value", OTHER_REFUSED)
+def test_the_secret_arn_parameters_keep_refusing_what_they_refused(value: str, param: str) -> None:
+    assert _secret_arn_patterns(_template())[param].fullmatch(value) is None, (param, value)
+
+
+@pytest.mark.parametrize("param", _SECRET_ARN_PARAMS)
+def test_the_secret_arn_parameters_say_why_a_value_is_refused(param: str) -> None:
+    text = _template()["Parameters"][param].get("ConstraintDescription", "")
+    assert "only wildcards" in text and "every secret" in text, (param, text)
