@@ -31,7 +31,9 @@ from rotator.errors import (
     DeadlinePassed,
     IssuerAuthError,
     IssuerError,
+    IssuerFaulty,
     IssuerPermissionError,
+    KeyFormatError,
     RotatorError,
     StoreError,
     StoreIntegrityError,
@@ -312,6 +314,28 @@ class _Deadline:
             raise DeadlinePassed(f"deadline passed: pass_timeout ({limit}) ran out before {what}")
 
 
+class _RolesFrom:
+    """The issuer as the preflight sees it: its roles are the engine's one listing of them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def list_roles(self) -> list[Any]:
+        return self._engine.role_list()
+
+    def list_keys(self) -> list[KeyInfo]:
+        return self._engine.issuer.list_keys()
+
+    def create_key(self, *a: Any, **k: Any) -> IssuedKey:
+        raise AssertionError("the preflight must not create keys")
+
+    def revoke_key(self, *a: Any, **k: Any) -> None:
+        raise AssertionError("the preflight must not revoke keys")
+
+    def close(self) -> None:
+        return None
+
+
 class GuardedIssuer:
     """The issuer seen by a pass with a deadline: every mutation first checks that the deadline has not passed."""
 
@@ -437,6 +461,7 @@ class Engine:
         pickup: PickupRunner | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        preflight: Callable[[KeyIssuer], None] | None = None,
     ) -> None:
         self.config = config
         self.monotonic = monotonic
@@ -447,7 +472,11 @@ class Engine:
         self.clock = clock
         self.pickup = pickup
         self._roles: dict[str, str] | None = None
+        self._role_list: list[Any] | None = None
         self._roles_lock = threading.Lock()
+        #: run once, before the first pass that plans a mutation (a steady pass needs neither roles nor it)
+        self._preflight = preflight
+        self._preflight_lock = threading.Lock()
         self._options: dict[tuple[bool, bool, bool], Options] = {}
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -466,9 +495,34 @@ class Engine:
         with self._roles_lock:
             return self._resolve_role(role)
 
+    def role_list(self) -> list[Any]:
+        """The issuer's roles, listed once for the life of the engine (one ``GET /roles``, on first need)."""
+        with self._roles_lock:
+            return self._listed_roles()
+
+    def _listed_roles(self) -> list[Any]:
+        if self._role_list is None:
+            self._role_list = list(self.issuer.list_roles())
+        return self._role_list
+
+    def preflight_once(self) -> None:
+        """Run the preflight (:mod:`rotator.preflight`) unless it has passed already; raises ConfigError.
+
+        Called by a pass whose plan holds an action, before that action: a pass that changes nothing needs
+        no roles and no preflight, so a steady pass stays one listing. The preflight's role check reads the
+        engine's own role list, so a creating pass lists the roles once.
+        """
+        if self._preflight is None:
+            return
+        with self._preflight_lock:
+            if self._preflight is None:
+                return
+            self._preflight(_RolesFrom(self))
+            self._preflight = None
+
     def _resolve_role(self, role: str) -> str:
         if self._roles is None:
-            roles = self.issuer.list_roles()
+            roles = self._listed_roles()
             table: dict[str, str] = {}
             for r in roles:
                 table[r.role_id] = r.role_id
@@ -520,6 +574,8 @@ class Engine:
         report = self.observe(
             dry_run=dry_run, only=only, force=force, emergency=emergency, read_targets=read_targets, progress=progress
         )
+        if report.error is None and any(pr.plan is not None and pr.plan.actions for pr in report.policies):
+            self.preflight_once()  # a ConfigError (exit 2) here comes before anything changed
         if not dry_run and report.error is None:
             self.execute(report, stop=stop, progress=progress, deadline=deadline, pre_create_delay=pre_create_delay)
         report.finished = self.clock()
@@ -843,6 +899,7 @@ class Engine:
         now = self.clock()
         expires_at = None if policy.lifetime is None else (now + policy.lifetime).replace(microsecond=0)
         issued = issuer.create_key(role_id, policy.key_description, expires_at)
+        self._check_issued(policy, issued, expires_at, known, pr, issuer)
         known[issued.info.key_id] = issued.info
         log.info(
             "created key",
@@ -893,6 +950,50 @@ class Engine:
             detail=detail,
             skipped=skipped,
             deadline=hit_deadline,
+        )
+
+    def _check_issued(
+        self,
+        policy: Policy,
+        issued: IssuedKey,
+        expires_at: datetime | None,
+        known: dict[str, KeyInfo],
+        pr: PolicyReport,
+        issuer: KeyIssuer,
+    ) -> None:
+        """Raise IssuerFaulty unless the issuer's answer is the key it claims (:func:`keys.check_issued`).
+
+        Nothing has been written yet. A faulty key is live and useless, so it is revoked at once, unless its
+        id is one this pass already knew or a target holds: a broken issuer naming a working key must never
+        make rotator revoke that key. The old key stays where it is.
+        """
+        info = issued.info
+        try:
+            keyfmt.check_issued(
+                issued.api_key, info.key_id, expires_at, clock_skew=self.config.clock_skew.total_seconds()
+            )
+        except KeyFormatError as exc:
+            why = str(exc)
+        else:
+            return
+        held = any(
+            state is not None and (state.current_key_id == info.key_id or state.holds(info.key_id))
+            for state in (pr.targets or {}).values()
+        )
+        if info.key_id in known or held:
+            revoked = f"not revoked: key id {info.key_id} is one rotator already knows"
+        else:
+            try:
+                issuer.revoke_key(info.key_id)
+            except RotatorError as exc:
+                revoked = f"could not revoke it ({_error_text(exc)}); it is swept as an orphan later"
+            else:
+                revoked = f"key {info.key_id} revoked"
+        log.error("the issuer answered create with a faulty key; nothing was stored", why=why, outcome=revoked)
+        raise IssuerFaulty(
+            f"momento create_key: the issuer's answer is not a usable key ({why}); {revoked}; the old key stays. "
+            "The key API is broken or is not Momento's: check issuer.url",
+            operation="create_key",
         )
 
     def _copy(

@@ -100,6 +100,11 @@ class IssuerBadRequest(IssuerError):
     """400: the issuer rejected the request body or parameters."""
 
 
+class IssuerFaulty(IssuerError):
+    """The issuer answered 200 with something that is not the key it claims (not a Momento key, another key
+    id, another expiry). Nothing was stored; the answer's key was revoked when it could be."""
+
+
 class StoreError(RotatorError):
     """A secret store operation failed."""
 

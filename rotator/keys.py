@@ -101,6 +101,50 @@ def key_id_of(key: SecretText) -> str | None:
     return jti if isinstance(jti, str) else None
 
 
+def check_issued(
+    key: SecretText, key_id: str, expires_at: datetime | None, *, clock_skew: float
+) -> None:
+    """Raise KeyFormatError unless ``key`` is a key rotator can store as ``key_id`` (checked offline).
+
+    - its format is one rotator recognises: a v2 key (a JWT whose ``t`` claim is ``"g"``) or a v1 key
+      (base64 JSON with ``endpoint`` and ``api_key``); a legacy token, an HTML page or any other text is not;
+    - the key id it carries (a v2 key's ``jti``) is ``key_id``, the id the issuer's answer names;
+    - its ``exp`` claim, where it has one, is ``expires_at`` (the expiry asked for) within ``clock_skew``
+      seconds, and a key asked to never expire carries none.
+
+    The message says what is wrong and never includes the key.
+    """
+    kind = key_kind(key)
+    if kind not in ("v2", "v1"):
+        what = "a legacy token" if kind == "legacy" else "neither a v2 nor a v1 Momento API key"
+        raise KeyFormatError(f"the issued key for {key_id} is {what}")
+    if kind == "v1":
+        return
+    claims = jwt_claims(key.reveal().strip()) or {}
+    jti = claims.get("jti")
+    if jti is not None and jti != key_id:
+        shown = jti if isinstance(jti, str) and _ID_RE.fullmatch(jti) else "another id"
+        raise KeyFormatError(f"the issued key carries key id {shown}, not {key_id} as the issuer's answer says")
+    exp = claims.get("exp")
+    if exp is None:
+        return  # a key without exp may still expire at the issuer: the listing says when, and the plan follows it
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        raise KeyFormatError(f"the issued key for {key_id} has an exp claim that is not a number")
+    if expires_at is None:
+        raise KeyFormatError(
+            f"the issued key for {key_id} expires (exp claim) although a key that never expires was asked for"
+        )
+    if abs(float(exp) - expires_at.timestamp()) > clock_skew:
+        raise KeyFormatError(
+            f"the issued key for {key_id} expires at {_iso(datetime.fromtimestamp(float(exp), UTC))}, "
+            f"not at {_iso(expires_at)} as asked (beyond clock_skew)"
+        )
+
+
+#: what a key id shown in a message may look like (an id from a hostile answer is not echoed otherwise)
+_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
 def check_endpoint(endpoint: str, *, private: list[str] | tuple[str, ...] = ()) -> str:
     """``endpoint`` if it is a Momento cell host, else raise KeyFormatError saying what a cell looks like.
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rotator import keys as keyfmt
 from rotator.config import Config, SecretSource
@@ -155,14 +155,16 @@ def build(
     *,
     clock: Clock = system_clock,
     store_options: dict[str, dict[str, Any]] | None = None,
-    preflight: bool = True,
+    preflight: bool | Literal["now"] = True,
 ) -> App:
     """Open the issuer and the stores named by ``config`` and return the engine over them.
 
     With ``preflight`` (the default: every command that can mutate gets its engine here) the checks of
-    :mod:`rotator.preflight` run first, for every policy; read-only commands (plan, status, audit) pass
-    ``preflight=False``. Raises ConfigError (exit 2) for a missing management key or endpoint or a failed
-    preflight, MissingExtraError for a missing extra; nothing is changed anywhere before that.
+    :mod:`rotator.preflight` run, for every policy, before the first pass that plans an action acts (a steady
+    pass makes no call for them: it stays one listing); ``"now"`` runs them here, before returning (``run``
+    at start-up, ``validate --online``). Read-only commands (status, audit) pass ``preflight=False``. Raises
+    ConfigError (exit 2) for a missing management key or endpoint or a failed preflight, MissingExtraError for
+    a missing extra; nothing is changed anywhere before that.
     """
     from rotator.issuers.momento import MomentoIssuer
 
@@ -226,7 +228,7 @@ def build(
             page_size=ic.page_size,
         )
         closers.append(issuer.close)
-        if preflight:
+        if preflight == "now":
             from rotator import preflight as preflight_checks
 
             preflight_checks.check(config, issuer, stores)
@@ -244,7 +246,16 @@ def build(
 
         pickup = PickupRunner()
         closers.append(pickup.close)
-    engine = Engine(config, issuer, stores, endpoint=endpoint, clock=clock, pickup=pickup)
+    before_first_mutation = None
+    if preflight is True:
+        from rotator import preflight as preflight_checks
+
+        def before_first_mutation(view: KeyIssuer) -> None:
+            preflight_checks.check(config, view, stores)
+
+    engine = Engine(
+        config, issuer, stores, endpoint=endpoint, clock=clock, pickup=pickup, preflight=before_first_mutation
+    )
     return App(config, engine, issuer, stores, closers)
 
 

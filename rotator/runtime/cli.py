@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, Literal, NoReturn, TextIO
 
 from rotator import __version__
 from rotator.config import Config, format_duration, load, redact_secrets
@@ -32,7 +32,7 @@ from rotator.observability import configure_logging, get_logger, redact_text
 DEFAULT_CONFIGS = ("rotator.yaml", "config/local.yaml")
 #: the commands that can change the issuer or a store: they get their engine after the preflight
 MUTATING_COMMANDS = frozenset({"run", "once", "rotate"})
-#: the commands whose engine comes from build(preflight=True): the mutating ones, plus `plan` (it shows what a
+#: the commands whose engine comes from build(preflight=...): the mutating ones, plus `plan` (it shows what a
 #: pass would do, and a pass would stop at the preflight) and `validate --online`
 PREFLIGHT_COMMANDS = MUTATING_COMMANDS | {"plan", "validate"}
 #: the commands that take --shard / $ROTATOR_SHARD (see rotator.shard)
@@ -284,8 +284,10 @@ def _dispatch(args: argparse.Namespace, state: dict[str, Any]) -> int:
 
     from rotator.runtime.app import build
 
-    # the one place a mutating command's engine comes from: build() runs the preflight before returning it
-    with build(config, clock=clock, preflight=args.command in PREFLIGHT_COMMANDS) as app:
+    # the one place a mutating command's engine comes from: build() arms the preflight, which runs before the
+    # pass's first action (a steady pass makes only its listing); validate --online runs it at once
+    preflight: bool | Literal["now"] = "now" if args.command == "validate" else args.command in PREFLIGHT_COMMANDS
+    with build(config, clock=clock, preflight=preflight) as app:
         if args.command == "validate":
             app.issuer.list_keys()  # the management key may list keys (IssuerAuthError: exit 2, the remedy)
             code = _validate(config, path)

@@ -21,6 +21,20 @@ from rotator.stores.base import ANY_CURRENT, Expect, TargetRef, VersionMeta
 ROLES = [Role("r-owner", "owner"), Role("r-operator", "operator"), Role("r-viewer", "viewer")]
 
 
+
+def fake_v2_key(key_id: str, expires_at: datetime | None, *, secret: str = "0123456789") -> str:
+    """A v2-shaped Momento key (an unsigned-looking JWT with ``t: g`` and ``jti: key_id``) for the fakes."""
+    import base64
+    import json
+
+    def seg(obj: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj, separators=(",", ":")).encode()).rstrip(b"=").decode()
+
+    claims: dict[str, object] = {"t": "g", "jti": key_id, "memory-plaintext": secret}
+    if expires_at is not None:
+        claims["exp"] = int(expires_at.timestamp())
+    return f"{seg({'alg': 'HS256', 'typ': 'JWT'})}.{seg(claims)}.c2ln"
+
 class SimClock:
     def __init__(self, start: datetime) -> None:
         self.now = start
@@ -62,7 +76,7 @@ class MemoryIssuer:
         info = KeyInfo(key_id, role_id, description, now.replace(microsecond=0), expires_at)
         self.keys[key_id] = info
         self.created.append(key_id)
-        issued = IssuedKey(info, SecretText(f"memory-plaintext-{key_id}-0123456789"))
+        issued = IssuedKey(info, SecretText(fake_v2_key(key_id, expires_at)))
         record_call("memory-issuer", "create_key", 200)
         return issued
 
