@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -14,7 +15,15 @@ from typing import Any
 import jwt
 import pytest
 
-from tests.servers.hostile_issuer import HostileIssuer, edit_json
+from tests.servers.hostile_issuer import (
+    HostileIssuer,
+    deep_nesting,
+    drip,
+    drip_headers,
+    edit_json,
+    endless_pages,
+    huge_listing,
+)
 from tests.support.e2e import CHECKOUT, T0, Harness, at, current_payload, harness, payload_key_id
 
 SECRET = "checkout/momento"
@@ -137,3 +146,111 @@ def test_a_steady_pass_is_exactly_one_listing(h: Harness, proxy: HostileIssuer) 
     assert r.returncode == 0, r.explain()
     assert r.summary()["counts"]["created"] == 0
     assert proxy.calls == [("GET", "/api-keys")], proxy.calls
+
+
+# ---- bounded reads: size, total time, pages, nesting (item 2) ------------------------------------------------
+
+#: runs the command given as arguments and prints its wall time and peak RSS (KiB): the child's alone
+MEASURE = """
+import resource, subprocess, sys, time
+t = time.monotonic()
+p = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+wall = time.monotonic() - t
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+sys.stderr.write(p.stderr)
+print(json.dumps({"rc": p.returncode, "wall": wall, "rss_kib": rss, "stdout": p.stdout}))
+""".replace("import resource", "import json, resource")
+
+
+def _measured(h: Harness, cfg: str, *args: str) -> dict[str, Any]:
+    import subprocess
+    import sys
+
+    from tests.support.e2e import ROTATOR
+
+    now = T0 + timedelta(minutes=5)
+    h.clock.set(now)
+    p = subprocess.run(
+        [sys.executable, "-c", MEASURE, ROTATOR, *args, "--config", cfg, "--now", now.isoformat()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=h.work,
+        check=False,
+    )
+    out: dict[str, Any] = json.loads(p.stdout)
+    out["stderr"] = p.stderr
+    return out
+
+
+def _bounded_config(h: Harness, proxy: HostileIssuer, **issuer: Any) -> str:
+    return str(
+        h.write_config(
+            [CHECKOUT],
+            url=proxy.url,
+            name="bounded.yaml",
+            issuer={"timeout": "2s", "max_attempts": 1, **issuer},
+            pass_timeout="4s",
+        )
+    )
+
+
+def test_a_100_mib_listing_is_refused_within_100_mb(h: Harness, proxy: HostileIssuer) -> None:
+    _setup(h, proxy)
+    cfg = _bounded_config(h, proxy, timeout="30s")
+    proxy.on("GET", "/api-keys", huge_listing(100 * 1024 * 1024))
+    m = _measured(h, cfg, "plan")
+    assert m["rc"] == 1, m
+    assert m["rss_kib"] < 100 * 1024, f"peak RSS {m['rss_kib'] / 1024:.0f} MiB"
+    assert "larger than 4194304 bytes" in m["stderr"] + m["stdout"], m
+
+
+@pytest.mark.parametrize("behaviour", ["drip the body", "drip the headers"])
+def test_a_dripping_issuer_is_cut_at_the_request_deadline(h: Harness, proxy: HostileIssuer, behaviour: str) -> None:
+    _setup(h, proxy)
+    cfg = _bounded_config(h, proxy)
+    baseline = _measured(h, cfg, "plan")
+    assert baseline["rc"] == 0, baseline
+    # 1 byte a second: each socket read succeeds, so only a total deadline ends it
+    proxy.on("GET", "/api-keys", drip(1.0) if behaviour == "drip the body" else drip_headers(1.0))
+    m = _measured(h, cfg, "plan")
+    assert m["rc"] == 1, m
+    assert m["wall"] - baseline["wall"] < 2 + 1, f"took {m['wall']:.1f}s against {baseline['wall']:.1f}s"
+    assert "timeout" in m["stderr"] + m["stdout"], m
+
+
+def test_a_listing_that_never_ends_stops_within_pass_timeout(h: Harness, proxy: HostileIssuer) -> None:
+    _setup(h, proxy)
+    cfg = _bounded_config(h, proxy)
+    baseline = _measured(h, cfg, "plan")
+    proxy.on("GET", "/api-keys", endless_pages())
+    m = _measured(h, cfg, "plan")
+    assert m["rc"] == 1, m
+    assert m["wall"] - baseline["wall"] < 4 + 1, f"took {m['wall']:.1f}s"
+    assert "longer than 4s (pass_timeout)" in m["stderr"] + m["stdout"], m
+
+
+def test_deeply_nested_json_is_a_malformed_answer_not_a_crash(h: Harness, proxy: HostileIssuer) -> None:
+    _setup(h, proxy)
+    cfg = _bounded_config(h, proxy)
+    proxy.on("GET", "/api-keys", deep_nesting(100_000))
+    m = _measured(h, cfg, "plan")
+    assert m["rc"] == 1, m  # not 70 (RecursionError)
+    assert "unexpected response from the key API" in m["stderr"] + m["stdout"], m
+
+
+def test_a_key_listed_twice_is_revoked_once(h: Harness, proxy: HostileIssuer) -> None:
+    cfg, working = _setup(h, proxy)
+    r = h.run("once", "--config", cfg, now=at(40))  # a new key; the old one awaits grace
+    assert r.returncode == 0, r.explain()
+
+    def twice(data: dict[str, Any]) -> dict[str, Any]:
+        data["key_info"] = data["key_info"] + data["key_info"]
+        return data
+
+    proxy.on("GET", "/api-keys", edit_json(twice))
+    proxy.calls.clear()
+    r = h.run("once", "--config", cfg, now=at(50))  # past grace (5m): the old key is retired and revoked
+    assert r.returncode == 0, r.explain()
+    assert proxy.count("DELETE", f"/api-keys/{working}") == 1, proxy.calls
+    assert r.summary()["counts"]["revoked"] == 1

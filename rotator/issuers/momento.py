@@ -16,6 +16,12 @@ and nowhere else: the API is documented on an unlisted page and may change.
 
 Authentication is the raw management key in ``Authorization`` (no ``Bearer``); its role must be Owner.
 
+Every request goes through :func:`rotator.httpio.fetch`: ``timeout`` is the total time of one attempt
+(connect, headers and body together), an answer larger than :data:`MAX_BODY` is refused unread, and JSON
+nested deeper than :data:`rotator.httpio.MAX_DEPTH` is a malformed answer. A listing follows at most
+:data:`MAX_PAGES` pages and ends within ``listing_timeout`` (the app passes ``pass_timeout``), retries
+included. A key listed twice alike counts once; listed twice differently, the answer is malformed.
+
 Failures: 429, 5xx, connection errors and timeouts are retried with exponential backoff and full jitter
 (``Retry-After`` is honoured, capped at ``backoff_max``); after ``max_attempts`` they raise
 :class:`~rotator.errors.IssuerUnavailable`. 400/401/403/404 raise at once as IssuerBadRequest /
@@ -29,10 +35,8 @@ status, or ``"error"`` when no response arrived); op is one of ``create_key``, `
 
 from __future__ import annotations
 
-import ipaddress
 import json as jsonlib
 import math
-import os
 import random
 import re
 import time
@@ -43,11 +47,9 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-# urllib3, not httpx: botocore (the Lambda's store) has loaded it already, so the client costs a Lambda cold
-# start next to nothing, where httpx and httpcore took about 35 ms to import
-import urllib3
 from urllib3 import exceptions as u3
 
+from rotator import httpio
 from rotator.errors import (
     ConfigError,
     IssuerAuthError,
@@ -69,7 +71,10 @@ _SERVICE = "momento"
 _MAX_PAGE = 100
 #: HTTP connections kept open to the key API: as many as a pass runs policies at once (``concurrency`` <= 64)
 POOL_CONNECTIONS = 64
-_MAX_PAGES = 100_000  # a next_token loop that long is a server bug, not an account
+#: at most this many pages in one listing (1,000,000 keys at 100 a page): more is a server bug, not an account
+MAX_PAGES = 10_000
+#: an answer larger than this is refused: a page of 100 keys is about 30 KB
+MAX_BODY = 4 * 1024 * 1024
 # a raw key travels in a header: printable ASCII, no spaces (anything else would be refused by the HTTP
 # library with an error that quotes the header value)
 _HEADER_SAFE = re.compile(r"[\x21-\x7e]+")
@@ -79,58 +84,6 @@ _RETRYABLE_ERRORS = (u3.NewConnectionError, u3.TimeoutError, u3.ProtocolError, u
 
 
 _HEADERS = {"Accept": "application/json", "User-Agent": "rotator"}
-
-
-class _Response:
-    """What the client keeps of an HTTP answer: the status, the headers and the body (already read)."""
-
-    __slots__ = ("content", "headers", "status_code")
-
-    def __init__(self, status_code: int, headers: Mapping[str, str], content: bytes) -> None:
-        self.status_code, self.headers, self.content = status_code, headers, content
-
-    def json(self) -> Any:
-        """The body as JSON; raises ValueError when it is not (bad UTF-8 included)."""
-        return jsonlib.loads(self.content)
-
-
-def _pool(base_url: str, timeout: float) -> urllib3.PoolManager:
-    """A connection pool for ``base_url``: TLS verified against certifi's CA bundle (``SSL_CERT_FILE`` overrides
-    it), a proxy from ``HTTPS_PROXY``/``HTTP_PROXY`` unless ``NO_PROXY`` exempts the host, no redirects and no
-    retries of its own (the client retries), ``POOL_CONNECTIONS`` kept-alive connections."""
-    import urllib.request
-
-    parts = urlsplit(base_url)
-    options: dict[str, Any] = {
-        "maxsize": POOL_CONNECTIONS,
-        "timeout": urllib3.Timeout(connect=timeout, read=timeout),
-        "retries": False,
-    }
-    if parts.scheme == "https":
-        ca = os.environ.get("SSL_CERT_FILE")
-        if not ca:
-            try:
-                import certifi
-
-                ca = certifi.where()
-            except ImportError:  # pragma: no cover - certifi comes with botocore and requests
-                ca = None
-        if ca:
-            options["ca_certs"] = ca
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    host = parts.hostname or ""
-    if proxy and not _is_loopback_host(host) and not urllib.request.proxy_bypass(host):
-        return urllib3.ProxyManager(proxy, **options)
-    return urllib3.PoolManager(**options)
-
-
-def _is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -153,7 +106,7 @@ def _parse_retry_after(value: str | None) -> float | None:
     return max(0.0, seconds)
 
 
-def _error_detail(response: _Response) -> str:
+def _error_detail(response: httpio.Response) -> str:
     """``code: message`` from a JSON error body (short, redacted), or ``""``. Never the body itself."""
     try:
         body = response.json()
@@ -197,11 +150,17 @@ class MomentoIssuer:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         page_size: int = _MAX_PAGE,
+        listing_timeout: float | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"issuer url {base_url!r} must be an http(s) URL such as {DEFAULT_BASE_URL}")
-        if parts.scheme == "http" and not _is_loopback_host(parts.hostname):
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError(
+                "issuer url: remove the user info (user:password@) from it; the management key goes in "
+                "issuer.management_key, and a URL is shown in logs and errors"
+            )
+        if parts.scheme == "http" and not httpio.is_loopback_host(parts.hostname):
             raise ConfigError(
                 f"issuer url {base_url!r}: plain http is allowed only for loopback hosts (the local "
                 "emulator); use https so the management key is not sent in clear text"
@@ -220,10 +179,13 @@ class MomentoIssuer:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.page_size = page_size
+        #: seconds one listing (every page, retries included) may take; the app passes ``pass_timeout``
+        self.listing_timeout = listing_timeout
+        self.timeout = timeout
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter, not cryptography
         # one kept-alive connection per worker of a pass (concurrency is at most 64)
-        self._client = _pool(self.base_url, timeout)
+        self._client = httpio.pool(self.base_url, timeout=timeout, maxsize=POOL_CONNECTIONS)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -286,7 +248,15 @@ class MomentoIssuer:
         Raises IssuerAuthError, IssuerPermissionError, IssuerUnavailable, IssuerError (a malformed answer).
         """
         op = "list_keys"
-        return [self._key_info(obj, op) for obj in self._pages(op, "/api-keys", "key_info", {})]
+        keys: dict[str, KeyInfo] = {}
+        for obj in self._pages(op, "/api-keys", "key_info", {}):
+            info = self._key_info(obj, op)
+            same = keys.setdefault(info.key_id, info)
+            if same != info:
+                # the same key listed twice with different facts: which one is true cannot be known
+                raise self._malformed(op, f"key {info.key_id} is listed twice, differently")
+        # a key listed twice alike (a page boundary that moved) counts once: one DELETE, one in every count
+        return list(keys.values())
 
     def revoke_key(self, key_id: str) -> None:
         """Revoke ``key_id``. Idempotent: a key that is unknown or already revoked (404) counts as done.
@@ -318,15 +288,25 @@ class MomentoIssuer:
     # ---- wire details ------------------------------------------------------------------------------
 
     def _pages(self, op: str, path: str, field: str, params: Mapping[str, str]) -> list[object]:
+        """Every item of a paginated listing: at most :data:`MAX_PAGES` pages, each answer within
+        :data:`MAX_BODY`, and the whole listing within ``listing_timeout`` seconds (retries included)."""
         items: list[object] = []
         token: str | None = None
         seen: set[str] = set()
-        for _ in range(_MAX_PAGES):
+        started = time.monotonic()
+        deadline = None if self.listing_timeout is None else started + self.listing_timeout
+        for pages in range(MAX_PAGES):
             query = {**params, "limit": str(self.page_size)}
             if token:
                 query["next_token"] = token
             data = self._request(
-                op, "GET", path, params=query, not_found=f"{path} does not exist; is the issuer url right?"
+                op,
+                "GET",
+                path,
+                params=query,
+                not_found=f"{path} does not exist; is the issuer url right?",
+                deadline=deadline,
+                progress=f"after {pages} page{'s' if pages != 1 else ''}",
             )
             page = data.get(field, [])
             if not isinstance(page, list):
@@ -339,7 +319,7 @@ class MomentoIssuer:
                 raise self._malformed(op, "next_token repeats or is not a string")
             seen.add(next_token)
             token = next_token
-        raise self._malformed(op, f"more than {_MAX_PAGES} pages")
+        raise self._malformed(op, f"more than {MAX_PAGES} pages")
 
     def _key_info(self, obj: object, op: str) -> KeyInfo:
         if not isinstance(obj, dict):
@@ -398,6 +378,8 @@ class MomentoIssuer:
         json: Mapping[str, Any] | None = None,
         not_found: str,
         missing_ok: bool = False,
+        deadline: float | None = None,
+        progress: str = "",
     ) -> dict[str, Any]:
         """One API call with retries: the JSON object answered, or a typed IssuerError.
 
@@ -407,8 +389,17 @@ class MomentoIssuer:
         last_status: int | None = None
         for attempt in range(1, self.max_attempts + 1):
             auth = self._auth_header(op)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise self._too_slow(op, progress)
             try:
-                response = self._send(method, path, params, json, auth)
+                response = self._send(method, path, params, json, auth, deadline)
+            except httpio.BodyTooLarge as exc:
+                record_call(_SERVICE, op, "error")
+                raise IssuerError(
+                    f"momento {op}: the key API's answer is larger than {MAX_BODY} bytes; it is not Momento's "
+                    "or it is broken (check issuer.url)",
+                    operation=op,
+                ) from exc
             except (u3.HTTPError, OSError) as exc:
                 record_call(_SERVICE, op, "error")
                 timed_out = isinstance(exc, u3.TimeoutError) and not isinstance(exc, u3.NewConnectionError)
@@ -447,22 +438,46 @@ class MomentoIssuer:
                 last=last,
                 delay=round(delay, 3),
             )
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise self._too_slow(op, progress)
             self._sleep(delay)
         raise self._unavailable(op, self.max_attempts, last, last_status)  # pragma: no cover
 
+    def _too_slow(self, op: str, progress: str) -> IssuerUnavailable:
+        return IssuerUnavailable(
+            f"momento {op}: the listing took longer than {self.listing_timeout:g}s (pass_timeout) "
+            f"{progress}".rstrip()
+            + "; the key API is too slow or never ends its pages",
+            operation=op,
+        )
+
     def _send(
-        self, method: str, path: str, params: Mapping[str, str] | None, body: Mapping[str, Any] | None, auth: str
-    ) -> _Response:
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        body: Mapping[str, Any] | None,
+        auth: str,
+        deadline: float | None,
+    ) -> httpio.Response:
         url = self.base_url + path + (f"?{urlencode(params)}" if params else "")
         headers = {**_HEADERS, "Authorization": auth}  # urllib3 uses given headers instead of the pool's
         data = None
         if body is not None:
             data = jsonlib.dumps(body, separators=(",", ":")).encode()
             headers["Content-Type"] = "application/json"
-        r = self._client.request(method, url, body=data, headers=headers, redirect=False)
-        return _Response(r.status, r.headers, r.data)
+        return httpio.fetch(
+            self._client,
+            method,
+            url,
+            body=data,
+            headers=headers,
+            timeout=self.timeout,
+            deadline=deadline,
+            max_body=MAX_BODY,
+        )
 
-    def _json_object(self, op: str, response: _Response) -> dict[str, Any]:
+    def _json_object(self, op: str, response: httpio.Response) -> dict[str, Any]:
         try:
             data = response.json()
         except ValueError:
@@ -479,7 +494,7 @@ class MomentoIssuer:
             operation=op,
         )
 
-    def _status_error(self, op: str, status: int, response: _Response, not_found: str) -> IssuerError:
+    def _status_error(self, op: str, status: int, response: httpio.Response, not_found: str) -> IssuerError:
         detail = _error_detail(response)
         said = f"{status}" + (f" {detail}" if detail else "")
         if status == 400:

@@ -226,6 +226,7 @@ def build(
             timeout=ic.timeout.total_seconds(),
             max_attempts=ic.max_attempts,
             page_size=ic.page_size,
+            listing_timeout=config.pass_timeout.total_seconds(),
         )
         closers.append(issuer.close)
         if preflight == "now":

@@ -53,6 +53,7 @@ def _send(handler: BaseHTTPRequestHandler, answer: Answer) -> None:
         if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
             handler.send_header(k, v)
     handler.send_header("Content-Length", str(len(body)))
+    handler.send_header("Connection", "close")  # the proxy closes after a behaviour: say so, so no client reuses it
     handler.end_headers()
     handler.wfile.write(body)
 
@@ -117,6 +118,7 @@ def endless_pages() -> Behaviour:
     tokens = itertools.count()
 
     def behave(req: Request, upstream: Callable[[], Answer], h: BaseHTTPRequestHandler) -> None:
+        req.query.pop("next_token", None)  # the emulator is asked for its first page each time
         status, headers, body = upstream()
         data = json.loads(body)
         data["next_token"] = f"page-{next(tokens)}"
