@@ -31,19 +31,51 @@ def policy_of(description: str | None) -> str | None:
 
 
 class _SecretRegistry:
-    """Plaintexts alive in this process, so the log redactor can scrub them as a last line of defence."""
+    """What the redactor scrubs from every log line, error, summary, alert and page: the plaintexts alive in
+    this process (held weakly: an issued key is dropped with its last reference), and every credential rotator
+    was configured with (pinned for the life of the process: the management key, notifier URLs and headers,
+    pickup tokens, user info and query values in any URL)."""
+
+    #: shorter values are not scrubbed (they would blank ordinary words)
+    MIN_LENGTH = 8
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._values: weakref.WeakSet[SecretText] = weakref.WeakSet()
+        self._pinned: set[str] = set()
 
     def add(self, s: SecretText) -> None:
         with self._lock:
             self._values.add(s)
 
+    def pin(self, value: str) -> None:
+        """Scrub ``value`` (and its stripped form) for the life of the process."""
+        for v in {value, value.strip()}:
+            if len(v) >= self.MIN_LENGTH:
+                with self._lock:
+                    self._pinned.add(v)
+
+    def pin_url(self, url: str) -> None:
+        """Pin the credentials a URL may carry: its user info, and each query value."""
+        from urllib.parse import parse_qsl, urlsplit
+
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return
+        if "@" in parts.netloc:
+            userinfo = parts.netloc.rpartition("@")[0]
+            self.pin(userinfo)
+            for piece in userinfo.split(":"):
+                self.pin(piece)
+        for _, value in parse_qsl(parts.query, keep_blank_values=False):
+            self.pin(value)
+
     def values(self) -> list[str]:
+        """Every value to scrub, longest first (a URL that holds a token is replaced whole)."""
         with self._lock:
-            return [s.reveal() for s in list(self._values)]
+            found = {s.reveal() for s in list(self._values)} | self._pinned
+        return sorted(found, key=len, reverse=True)
 
 
 SECRETS = _SecretRegistry()

@@ -13,21 +13,25 @@ dedup state is kept in memory; ``state_file`` keeps it across ``rotator once`` r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import httpx
 import structlog
+from urllib3 import exceptions as u3
 
+from rotator import httpio
 from rotator.config import AlertsConfig, SecretSource, SlackConfig, SnsConfig, WebhookConfig
 from rotator.engine import PassReport
-from rotator.model import CreateKey, Revoke
+from rotator.model import SECRETS, CreateKey, Revoke
 from rotator.observability import record_call, redact_text
 
 log = structlog.get_logger("rotator")
@@ -44,14 +48,38 @@ class Alert:
 
 
 def _value(v: str | SecretSource) -> str:
-    """A notifier setting: a literal, or read from {env: VAR} / {file: path} when it is sent."""
+    """A notifier setting: a literal, or read from {env: VAR} / {file: path} when it is sent. Every value is
+    pinned in the redaction registry for the life of the process: a webhook URL (Slack's *is* the credential)
+    and a header token must never reach a log, whatever the error that quotes them."""
     if isinstance(v, str):
-        return v
-    if v.env:
-        return os.environ.get(v.env, "")
-    if v.file:
-        return Path(v.file).read_text().strip()
-    raise ValueError("notifier settings come from a literal, {env: VAR} or {file: path}")
+        value = v
+    elif v.env:
+        value = os.environ.get(v.env, "")
+    elif v.file:
+        value = Path(v.file).read_text().strip()
+    else:
+        raise ValueError("notifier settings come from a literal, {env: VAR} or {file: path}")
+    SECRETS.pin(value)
+    SECRETS.pin_url(value)
+    return value
+
+
+#: seconds one pass's alerts may take to send, all notifiers together
+SEND_BUDGET = 60.0
+#: a notifier's answer is read up to this many bytes (it is not used; a larger one is refused unread)
+MAX_ANSWER = 64 * 1024
+_HEADER_VALUE_OK = frozenset(chr(c) for c in range(0x20, 0x7F)) | {"\t"}
+
+
+class NotifierError(Exception):
+    """A notifier could not deliver an alert. The message never holds the URL, a header or the answer."""
+
+
+def slack_escape(text: str) -> str:
+    """``text`` as Slack shows it literally: ``&``, ``<`` and ``>`` escaped as Slack's formatting rules say
+    (https://api.slack.com/reference/surfaces/formatting#escaping), so a consumer's answer or an issuer's error
+    cannot ping ``<!channel>`` or disguise a link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 # ---- deciding ---------------------------------------------------------------------------------------------
@@ -143,20 +171,52 @@ def _payload(alert: Alert, now: datetime) -> dict[str, Any]:
 
 
 class WebhookNotifier:
-    def __init__(self, cfg: WebhookConfig, transport: httpx.BaseTransport | None = None) -> None:
+    """POSTs the alert as JSON: one bounded request (:func:`rotator.httpio.fetch`, ``timeout`` in total, the
+    answer capped at :data:`MAX_ANSWER`), no redirects. Raises NotifierError."""
+
+    def __init__(self, cfg: WebhookConfig) -> None:
         self.name = "webhook"
         self.cfg = cfg
-        self._transport = transport
+        if isinstance(cfg.url, str):
+            _value(cfg.url)  # pinned from the start, before any error could quote it
+        self._pools: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _pool(self, url: str) -> Any:
+        with self._lock:
+            found = self._pools.get(url)
+            if found is None:
+                found = httpio.pool(url, timeout=self.cfg.timeout.total_seconds(), maxsize=2)
+                self._pools[url] = found
+            return found
 
     def _post(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> None:
-        with httpx.Client(timeout=self.cfg.timeout.total_seconds(), transport=self._transport) as c:
-            r = c.post(
+        op = f"notify-{self.name}"
+        for name, value in headers.items():
+            if not value or any(c not in _HEADER_VALUE_OK for c in value):
+                raise NotifierError(
+                    f"the {name} header's value is empty or holds a line break or a non-ASCII character "
+                    "(check the env var or file it is read from)"
+                )
+        try:
+            r = httpio.fetch(
+                self._pool(url),
+                "POST",
                 url,
-                content=redact_text(json.dumps(body, default=str)),
-                headers={"Content-Type": "application/json", **headers},
+                body=redact_text(json.dumps(body, default=str)).encode(),
+                headers={"Content-Type": "application/json", "User-Agent": "rotator", **headers},
+                timeout=self.cfg.timeout.total_seconds(),
+                max_body=MAX_ANSWER,
             )
-        record_call(f"notify-{self.name}", "post", r.status_code)
-        r.raise_for_status()
+        except httpio.BodyTooLarge:
+            record_call(op, "post", "error")
+            raise NotifierError(f"the {self.name} answered with more than {MAX_ANSWER} bytes") from None
+        except (u3.HTTPError, OSError, ValueError) as exc:
+            record_call(op, "post", "error")
+            raise NotifierError(f"the {self.name} could not be reached ({type(exc).__name__})") from None
+        record_call(op, "post", r.status_code)
+        if not 200 <= r.status_code < 300:
+            raise NotifierError(f"the {self.name} answered HTTP {r.status_code}")
 
     def send(self, alert: Alert, now: datetime) -> None:
         headers = {k: _value(v) for k, v in self.cfg.headers.items()}
@@ -164,11 +224,10 @@ class WebhookNotifier:
 
 
 class SlackNotifier(WebhookNotifier):
-    def __init__(self, cfg: SlackConfig, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, cfg: SlackConfig) -> None:
+        super().__init__(WebhookConfig(type="webhook", url=cfg.url, timeout=cfg.timeout))
         self.name = "slack"
         self.slack = cfg
-        self._transport = transport
-        self.cfg = WebhookConfig(type="webhook", url=cfg.url, timeout=cfg.timeout)
 
     def send(self, alert: Alert, now: datetime) -> None:
         icon = {
@@ -177,7 +236,8 @@ class SlackNotifier(WebhookNotifier):
             "pickup_overdue": ":warning:",
             "rotation_completed": ":white_check_mark:",
         }[alert.kind]
-        self._post(_value(self.slack.url), {"text": f"{icon} rotator: {alert.message}"}, {})
+        text = slack_escape(redact_text(alert.message))
+        self._post(_value(self.slack.url), {"text": f"{icon} rotator: {text}"}, {})
 
 
 class SnsNotifier:
@@ -199,11 +259,11 @@ class SnsNotifier:
         record_call("notify-sns", "publish", 200)
 
 
-def open_notifier(cfg: WebhookConfig | SlackConfig | SnsConfig, **injected: Any) -> Notifier:
+def open_notifier(cfg: WebhookConfig | SlackConfig | SnsConfig) -> Notifier:
     if isinstance(cfg, WebhookConfig):
-        return WebhookNotifier(cfg, injected.get("transport"))
+        return WebhookNotifier(cfg)
     if isinstance(cfg, SlackConfig):
-        return SlackNotifier(cfg, injected.get("transport"))
+        return SlackNotifier(cfg)
     return SnsNotifier(cfg)
 
 
@@ -233,12 +293,20 @@ class AlertHub:
         if not self.cfg.state_file:
             return
         p = Path(self.cfg.state_file)
+        tmp: str | None = None
         try:
-            tmp = p.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._sent))
-            tmp.replace(p)
+            # a fresh name (O_EXCL, 0600) beside the file: a symlink planted at a fixed name is never written through
+            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self._sent))
+            os.replace(tmp, p)
+            tmp = None
         except OSError as exc:
-            log.warning("could not save alert state", path=str(p), error=str(exc))
+            log.warning("could not save alert state", path=str(p), error=exc.strerror or type(exc).__name__)
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
     def handle(self, report: PassReport) -> list[Alert]:
         """Send what the report calls for; return what was sent. Never raises."""
@@ -269,8 +337,14 @@ class AlertHub:
                 self._sent[key] = now.isoformat()
                 sent.append(a)
             self._save()
+        # each send is bounded by its notifier's timeout, and the whole batch by SEND_BUDGET: a notifier that
+        # hangs or drips delays the alerts behind it, never a pass (the daemon sends them on its own thread)
+        end = time.monotonic() + SEND_BUDGET
         for a in sent:
             for n in self.notifiers:
+                if time.monotonic() >= end:
+                    log.error("alert not sent: the alerts' deadline passed", notifier=n.name, alert=a.kind)
+                    continue
                 try:
                     n.send(a, now)
                     log.info("alert sent", notifier=n.name, alert=a.kind, alert_policy=a.policy)

@@ -35,6 +35,11 @@ def redact_text(text: str) -> str:
     return _B64_JSON_RE.sub(REDACTED, text)
 
 
+def redact_value(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings, numbers) with every string redacted."""
+    return _redact(value)
+
+
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
         return redact_text(value)

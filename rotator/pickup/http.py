@@ -23,20 +23,21 @@ The check never raises for a consumer; it is stateless and safe to run again at 
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import ssl
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import urllib3
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from urllib3 import exceptions as u3
 
+from rotator import httpio
 from rotator.errors import ConfigError
-from rotator.model import PickupVerdict, SecretText
+from rotator.model import SECRETS, PickupVerdict, SecretText
 from rotator.observability import get_logger, record_call
 from rotator.pickup.base import Timeout
 
@@ -162,17 +163,27 @@ class HttpCheck:
     Thread-safe; :meth:`check` may run from several passes at once. :meth:`close` releases the connection pool.
     """
 
-    def __init__(self, config: CheckConfig, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, config: CheckConfig) -> None:
         self.config = config
         self.name = "http"
-        verify: bool | ssl.SSLContext = config.verify if isinstance(config.verify, bool) else _ca_bundle(config.verify)
-        self._client = httpx.Client(
-            transport=transport,
-            verify=verify,
-            timeout=config.timeout,
-            follow_redirects=False,
-            headers={"Accept": "application/json", "User-Agent": "rotator-pickup"},
-        )
+        if isinstance(config.verify, str):
+            _ca_bundle(config.verify)
+        # one pool per consumer host (each decides on its own proxy and NO_PROXY), made on first use
+        self._pools: dict[str, urllib3.PoolManager] = {}
+        self._lock = threading.Lock()
+        for url in config.urls:
+            SECRETS.pin_url(url)  # user info and query values in a URL are credentials
+
+    def _pool(self, url: str) -> urllib3.PoolManager:
+        parts = urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        with self._lock:
+            found = self._pools.get(key)
+            if found is None:
+                timeout = self.config.timeout
+                found = httpio.pool(url, timeout=timeout, maxsize=MAX_WORKERS, verify=self.config.verify)
+                self._pools[key] = found
+            return found
 
     def check(self, policy: str, key_id: str, published_at: datetime) -> PickupVerdict:
         """Ask every URL (concurrently) which key id it uses; ``ok`` when all report ``key_id``.
@@ -195,6 +206,7 @@ class HttpCheck:
                     "which is not set in rotator's environment",
                 )
             token = SecretText(raw)
+            SECRETS.pin(raw)  # for the life of the process: a consumer may echo it back in its answer
             if not _valid_header_value(token):
                 return PickupVerdict(
                     check=self.name,
@@ -224,28 +236,35 @@ class HttpCheck:
         return PickupVerdict(check=self.name, key_id=key_id, ok=ok, lagging=tuple(lagging), detail=detail)
 
     def _ask(self, url: str, headers: dict[str, str]) -> tuple[str | None, str | None]:
-        """``(reported key id, None)`` or ``(None, why this consumer gives no answer)``."""
+        """``(reported key id, None)`` or ``(None, why this consumer gives no answer)``.
+
+        One bounded request (:func:`rotator.httpio.fetch`): within ``timeout`` in total, the body read up to
+        :data:`MAX_BODY` bytes (not at all when the key id comes from a header)."""
         try:
-            with self._client.stream("GET", url, headers=headers) as resp:
-                body = b""
-                if self.config.header is None:
-                    for chunk in resp.iter_bytes():
-                        body += chunk
-                        if len(body) > MAX_BODY:
-                            break
-        except httpx.HTTPError as exc:
-            record_call(SERVICE, "get", type(exc).__name__)
-            return None, f"unreachable: {type(exc).__name__}"
+            resp = httpio.fetch(
+                self._pool(url),
+                "GET",
+                url,
+                headers={"Accept": "application/json", "User-Agent": "rotator-pickup", **headers},
+                timeout=self.config.timeout,
+                max_body=MAX_BODY,
+                read_body=self.config.header is None,
+            )
+        except httpio.BodyTooLarge:
+            record_call(SERVICE, "get", "BodyTooLarge")
+            return None, f"answer longer than {MAX_BODY} bytes"
+        except (u3.HTTPError, OSError) as exc:
+            kind = _failure(exc)
+            record_call(SERVICE, "get", kind)
+            return None, f"unreachable: {kind}"
         record_call(SERVICE, "get", resp.status_code)
         if not 200 <= resp.status_code < 300:
             return None, f"status {resp.status_code}"
         if self.config.header is not None:
             value = resp.headers.get(self.config.header, "").strip()
             return (value, None) if value else (None, f"no header {self.config.header}")
-        if len(body) > MAX_BODY:
-            return None, f"answer longer than {MAX_BODY} bytes"
         try:
-            data = json.loads(body)
+            data = httpio.loads(resp.content)
         except ValueError:
             return None, "not JSON"
         value = _field_value(data, self.config.key_id_field)
@@ -254,20 +273,40 @@ class HttpCheck:
         return value.strip(), None
 
     def close(self) -> None:
-        self._client.close()
+        with self._lock:
+            for p in self._pools.values():
+                p.clear()
+            self._pools.clear()
 
 
-def _ca_bundle(path: str) -> ssl.SSLContext:
+def _failure(exc: BaseException) -> str:
+    """The short name a lagging entry gives a request that got no answer (the same words whatever the library)."""
+    if isinstance(exc, u3.NewConnectionError | ConnectionRefusedError):
+        return "ConnectError"
+    if isinstance(exc, u3.ConnectTimeoutError):
+        return "ConnectTimeout"
+    if isinstance(exc, u3.TimeoutError | TimeoutError):
+        return "ReadTimeout"
+    if isinstance(exc, u3.SSLError):
+        return "TLSError"
+    if isinstance(exc, u3.ProtocolError):
+        return "RemoteProtocolError"
+    return type(exc).__name__
+
+
+def _ca_bundle(path: str) -> None:
+    import ssl
+
     try:
-        return ssl.create_default_context(cafile=path)
+        ssl.create_default_context(cafile=path)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"pickup http: cannot load the CA bundle {path!r} given as verify: {exc}") from exc
 
 
-def open_check(config: BaseModel, *, transport: httpx.BaseTransport | None = None) -> HttpCheck:
-    """An :class:`HttpCheck` for ``config``. ``transport`` replaces httpx's network transport (tests).
+def open_check(config: BaseModel) -> HttpCheck:
+    """An :class:`HttpCheck` for ``config``.
 
     Raises: ConfigError (``verify`` names a CA bundle that cannot be loaded).
     """
     cfg = config if isinstance(config, CheckConfig) else CheckConfig.model_validate(config.model_dump())
-    return HttpCheck(cfg, transport=transport)
+    return HttpCheck(cfg)

@@ -21,7 +21,7 @@ from rotator.config import Config, SecretSource
 from rotator.engine import Clock, Engine, system_clock
 from rotator.errors import ConfigError, ConfigIssue, KeyFormatError, RotatorError
 from rotator.issuers.base import KeyIssuer
-from rotator.model import SecretText
+from rotator.model import SECRETS, SecretText
 from rotator.stores.base import SecretStore, TargetRef, open_store
 
 
@@ -214,6 +214,8 @@ def build(
             management_key = _read_source(ic.management_key, stores, "management_key")
         else:  # an external emulator: its bootstrap key file
             management_key = _read_source(SecretSource(file=ic.emulator.bootstrap_key_file), stores, "management_key")
+        SECRETS.pin(management_key.reveal())  # scrubbed from every output for the life of the process
+        SECRETS.pin_url(url)
         _check_not_expired(management_key, ic.management_key, clock())
         try:
             endpoint = keyfmt.require_endpoint(management_key, ic.endpoint, expect=ic.key_version)

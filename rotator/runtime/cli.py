@@ -200,6 +200,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     for bad input: an unexpected exception is ``rotator: internal error`` with a short id (exit 70)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     state: dict[str, Any] = {}
+    # every line a command prints (summaries, plans, tables) passes the one redactor the logs use
+    out = sys.stdout
+    if not isinstance(out, RedactingStream):
+        sys.stdout = RedactingStream(out)
+    try:
+        return _main(argv, state)
+    finally:
+        if isinstance(sys.stdout, RedactingStream) and sys.stdout.inner is out:
+            sys.stdout.flush()
+            sys.stdout = out
+
+
+class RedactingStream:
+    """A text stream that writes through :func:`rotator.observability.redact_text` (each write whole)."""
+
+    def __init__(self, inner: TextIO) -> None:
+        self.inner = inner
+
+    def write(self, text: str) -> int:
+        self.inner.write(redact_text(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+    def isatty(self) -> bool:
+        return self.inner.isatty()
+
+    def fileno(self) -> int:
+        return self.inner.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _main(argv: list[str], state: dict[str, Any]) -> int:
     try:
         if argv[:1] == ["emulator"]:  # the emulator parses its own options (see `rotator emulator --help`)
             from rotator.issuers.emulator import main as emulator_main

@@ -16,6 +16,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,7 @@ class Daemon:
         self.metrics = metrics or Metrics()
         self.metrics.configure(app.config)  # the interval and alert_before, which the alert rules compare with
         self.alerts = alerts if alerts is not None else AlertHub(app.config.alerts, clock=app.engine.clock)
+        self._alert_sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alerts")
         self.http: HealthServer | None = None
         self.only = list(only) if only is not None else None
         self.stopping = threading.Event()
@@ -120,7 +122,9 @@ class Daemon:
                 self.stop()
                 return report
             self.metrics.observe(report)
-            self.alerts.handle(report)
+            # alerts go out on their own thread, in order, bounded by their own deadline (notify.SEND_BUDGET):
+            # a webhook that hangs or drips never holds the pass lock, so it never delays the next pass
+            self._alert_sender.submit(self.alerts.handle, report)
             self._schedule_wake(report)
             return report
         finally:
@@ -257,12 +261,13 @@ class Daemon:
             self.elector.stop(release=True)
         if self.http is not None:
             self.http.stop()
+        self._alert_sender.shutdown(wait=True)  # the last pass's alerts, within their deadline
         self.metrics.close()
         log.info("rotator stopped")
 
 
 def run_daemon(config: Config, *, clock: Clock = system_clock, only: Iterable[str] | None = None) -> int:
-    with build(config, clock=clock) as app:
+    with build(config, clock=clock, preflight="now") as app:  # a bad role ends start-up (exit 2), not a pass
         elector = None
         if config.leader_election.enabled:
             from rotator.runtime.leader import open_elector

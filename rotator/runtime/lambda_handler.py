@@ -36,7 +36,7 @@ from typing import Any, TextIO
 from rotator.config import Config, load, loads
 from rotator.engine import PassReport
 from rotator.errors import RotatorError
-from rotator.observability import configure_logging, get_logger
+from rotator.observability import configure_logging, get_logger, redact_text, redact_value
 from rotator.runtime.app import App, build
 
 log = get_logger()
@@ -95,11 +95,11 @@ def scheduled_handler(event: dict[str, Any] | None, context: Any) -> dict[str, A
         from rotator.notify import AlertHub
 
         AlertHub(app.config.alerts, clock=app.engine.clock).handle(report)
-    summary = report.to_json()
+    summary: dict[str, Any] = redact_value(report.to_json())  # the Lambda runtime logs what a handler returns
     if not report.ok:
         failed = [p["policy"] for p in summary["policies"] if not p["ok"]]
         raise RotationFailed(
-            f"rotation failed for {', '.join(failed) or 'the pass'}: {report.error or summary['counts']}"
+            redact_text(f"rotation failed for {', '.join(failed) or 'the pass'}: {report.error or summary['counts']}")
         )
     return summary
 
