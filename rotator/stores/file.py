@@ -30,17 +30,28 @@ A process killed between writing a temp file and renaming it leaves a ``.tmp-*``
 a live plaintext key. A temp file older than ``pass_timeout`` (no pass can still be writing it) is removed by
 the next inspect or write of that secret. A metadata file that is not a JSON object is a
 :class:`~rotator.errors.StoreError` naming the file.
+
+Nothing below the root is reached through a symlink. Every operation opens the root (which may itself be a
+symlink, e.g. to a mounted volume) and then each directory below it with ``O_DIRECTORY | O_NOFOLLOW``, and
+names every file relative to the directory it is in (``openat(2)`` and its kin: ``dir_fd``), files included
+(``O_NOFOLLOW``; temporary files ``O_CREAT | O_EXCL``, which never follow a name either). A directory or a
+file under the root that is a symlink (someone planted ``root/momento -> /elsewhere``) is refused with a
+:class:`~rotator.errors.StorePermissionError` naming the secret and the link, and nothing is read, written or
+removed through it; checking a path first and opening it after would leave a window in which it could be
+swapped for a link. The one symlink the store keeps, ``current``, it only ever reads with ``readlink(2)``
+and replaces with ``rename(2)``, neither of which follows it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pwd
 import re
+import secrets
 import stat
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -97,6 +108,11 @@ def private_dir_problem(path: Path, *, require_dir: bool = True) -> str | None:
         return None
     except OSError as exc:
         return f"{path} cannot be checked ({exc.strerror or type(exc).__name__})"
+    return _stat_problem(path, st, require_dir=require_dir)
+
+
+def _stat_problem(path: Path, st: os.stat_result, *, require_dir: bool = True) -> str | None:
+    """:func:`private_dir_problem` of what ``path`` stats as (``st``: of the path, or of an open descriptor)."""
     if not stat.S_ISDIR(st.st_mode):
         return f"{path} is not a directory" if require_dir else None
     uid = os.geteuid()
@@ -194,6 +210,223 @@ def _parse(t: Any) -> datetime | None:
     return datetime.fromisoformat(t) if isinstance(t, str) else None
 
 
+#: how every directory below the root is opened: never through a symlink (open(2): with O_NOFOLLOW "If the
+#: trailing component (i.e., basename) of pathname is a symbolic link, then the open fails"; with O_DIRECTORY
+#: Linux answers ENOTDIR, without it ELOOP)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: a temporary file: a new name, readable by its owner only (open(2), O_EXCL with O_CREAT: "symbolic links are
+#: not followed: if pathname is a symbolic link, then open() fails regardless of where the symbolic link points")
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_ATTEMPTS = 100  # as tempfile.TMP_MAX
+
+
+class SymlinkFound(Exception):
+    """``name`` in the directory being walked is a symbolic link, which is not followed."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _is_symlink(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def open_dir_at(dir_fd: int, name: str) -> int:
+    """Open the directory ``name`` (one path component) in the open directory ``dir_fd`` without following a
+    symlink. Raises :class:`SymlinkFound` when ``name`` is one, ``OSError`` (``FileNotFoundError``,
+    ``NotADirectoryError``...) otherwise."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.ELOOP) and _is_symlink(dir_fd, name):
+            raise SymlinkFound(name) from None
+        raise
+
+
+def create_temp_at(dir_fd: int, prefix: str, suffix: str = "") -> tuple[int, str]:
+    """Create a new file, mode 0600, with a random name in the open directory ``dir_fd`` (what mkstemp(3) does
+    in a directory named by a path). Returns its descriptor (read-write) and its name."""
+    for _ in range(_TEMP_ATTEMPTS):
+        name = f"{prefix}{secrets.token_hex(8)}{suffix}"
+        try:
+            return os.open(name, _TEMP_FLAGS, 0o600, dir_fd=dir_fd), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", prefix)
+
+
+class _Dir:
+    """A directory at or below a file store's root, open for one operation on one secret.
+
+    Every name is resolved in it (``dir_fd``), one component at a time, so nothing is reached through a
+    symlink: a subdirectory or a file that is one raises :class:`StorePermissionError` naming the secret. Each
+    directory is checked with :func:`private_dir_problem` as it is opened. The subdirectories opened with
+    :meth:`sub`, :meth:`need` and :meth:`make` are kept open with it and closed by :meth:`close`.
+    """
+
+    def __init__(self, fd: int, path: Path, store: FileStore, secret: str) -> None:
+        self.fd = fd
+        self.path = path  # for messages only: never opened by name
+        self._store = store
+        self._secret = secret
+        self._subs: dict[str, _Dir] = {}
+
+    def __enter__(self) -> _Dir:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for sub in self._subs.values():
+            sub.close()
+        self._subs.clear()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def refused(self, name: str) -> StoreError:
+        """The error for a symlink found at ``name`` in this directory."""
+        return StorePermissionError(
+            f"refusing to follow a symlink under the store's root: {self.path / name} is a symbolic link, and "
+            f"rotator reads and writes only the directories and files that are really under {self._store.root}; "
+            "remove the link (if the secrets belong on another volume, point the store's path there instead)",
+            store=self._store.name,
+            secret=self._secret,
+        )
+
+    def check(self) -> None:
+        """Refuse a directory another user could read or swap keys in (checked at startup too, but a directory
+        can be made, or chmod-ed, by someone else later)."""
+        problem = _stat_problem(self.path, os.fstat(self.fd), require_dir=False)
+        if problem:
+            raise StorePermissionError(
+                f"refusing to use the store: {problem}", store=self._store.name, secret=self._secret
+            )
+
+    # -- subdirectories
+
+    def child(self, name: str) -> _Dir:
+        """Open the subdirectory ``name`` (not kept: the caller closes it). OSError when it cannot be."""
+        try:
+            fd = open_dir_at(self.fd, name)
+        except SymlinkFound:
+            raise self.refused(name) from None
+        sub = _Dir(fd, self.path / name, self._store, self._secret)
+        try:
+            sub.check()
+        except BaseException:
+            sub.close()
+            raise
+        return sub
+
+    def need(self, name: str) -> _Dir:
+        """The subdirectory ``name``, kept open with this one; OSError when it is missing or not a directory."""
+        if name not in self._subs:
+            self._subs[name] = self.child(name)
+        return self._subs[name]
+
+    def sub(self, name: str) -> _Dir | None:
+        """The subdirectory ``name``, or ``None`` when it is missing or not a directory."""
+        try:
+            return self.need(name)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def descend(self, name: str, *, create: bool = False) -> _Dir | None:
+        """The subdirectory ``name`` (``create``: :meth:`make`, else :meth:`sub`) in place of this directory,
+        which is closed: for walking down without keeping every directory on the way open."""
+        try:
+            sub = self.make(name) if create else self.sub(name)
+            self._subs.pop(name, None)
+            return sub
+        finally:
+            self.close()
+
+    def make(self, name: str) -> _Dir:
+        """The subdirectory ``name``, created 0700 when it is missing. A file in the way is an OSError."""
+        try:
+            return self.need(name)
+        except FileNotFoundError:
+            with contextlib.suppress(FileExistsError):  # made by a concurrent pass
+                os.mkdir(name, 0o700, dir_fd=self.fd)
+            return self.need(name)
+
+    # -- files in this directory
+
+    def exists(self, name: str) -> bool:
+        """Whether ``name`` is here; a symlink by that name is refused."""
+        try:
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            raise self.refused(name)
+        return True
+
+    def lexists(self, name: str) -> bool:
+        """Whether anything, a symlink included, is here by that name (nothing is opened)."""
+        try:
+            os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _open_read(self, name: str) -> int:
+        try:
+            return os.open(name, _READ_FLAGS, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise self.refused(name) from None
+            raise
+
+    def read_bytes(self, name: str) -> bytes:
+        with open(self._open_read(name), "rb") as f:
+            return f.read()
+
+    def read_text(self, name: str) -> str:
+        with open(self._open_read(name)) as f:  # as Path.read_text: the locale's encoding, universal newlines
+            return f.read()
+
+    def names(self) -> list[str]:
+        return os.listdir(self.fd)
+
+    def entries(self) -> list[os.DirEntry[str]]:
+        with os.scandir(self.fd) as it:
+            return list(it)
+
+    def temp(self, prefix: str, suffix: str = "") -> tuple[int, str]:
+        return create_temp_at(self.fd, prefix, suffix)
+
+    def unlink(self, name: str) -> None:
+        os.unlink(name, dir_fd=self.fd)
+
+    def replace(self, src: str, dst: str) -> None:
+        """rename(2) within this directory: ``dst`` is replaced, never followed."""
+        os.replace(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def link(self, src: str, dst: str) -> None:
+        """link(2) within this directory: FileExistsError when ``dst`` exists (it is never replaced)."""
+        os.link(src, dst, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
+
+    def links(self, name: str) -> int:
+        return os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_nlink
+
+    def readlink(self, name: str) -> str:
+        return os.readlink(name, dir_fd=self.fd)
+
+    def symlink(self, target: str, name: str) -> None:
+        os.symlink(target, name, dir_fd=self.fd)
+
+    def fsync(self) -> None:
+        os.fsync(self.fd)
+
+
 class FileStore:
     """A :class:`~rotator.stores.base.SecretStore` on a local directory.
 
@@ -223,27 +456,48 @@ class FileStore:
     def __repr__(self) -> str:
         return f"FileStore(name={self.name!r}, root={str(self.root)!r})"
 
-    # -- paths and atomic writes -----------------------------------------------------------------------
+    # -- directories and atomic writes -----------------------------------------------------------------
 
-    def _dir(self, ref: TargetRef) -> Path:
+    def _walk(self, ref: TargetRef, *, create: bool = False) -> _Dir | None:
+        """The secret's directory, open (the caller closes it), with its ``versions`` and ``promotions``
+        directories when they exist. The root is opened by its path (it may be a symlink), every directory
+        below it without following a symlink, each checked with :func:`private_dir_problem` as it is opened.
+        ``None`` when a directory on the way is missing or not a directory; ``create``: missing ones are
+        created 0700, the root and its missing parents included (mkdir(parents=True) would use the umask)."""
         _check_secret_name(ref.secret)
-        d = self.root / ref.secret
-        # the root and each directory down to the secret's, as far as they exist: checked at startup, but a
-        # directory can be made (or chmod-ed) by someone else later
-        for p in (self.root, *(self.root / part for part in _prefixes(ref.secret)), d / "versions", d / _PROMOTIONS):
-            problem = private_dir_problem(p, require_dir=False)  # a file in the way fails the operation itself
-            if problem:
-                raise StorePermissionError(f"refusing to use the store: {problem}", store=self.name, secret=ref.secret)
+        if create:
+            self._make_root()
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            if create:
+                raise
+            return None  # a root that is a file fails the writes with an error of their own
+        d = _Dir(fd, self.root, self, ref.secret)
+        try:
+            d.check()
+            for part in ref.secret.split("/"):
+                sub = d.descend(part, create=create)  # closes d, on an error too
+                if sub is None:
+                    return None
+                d = sub
+            # checked as every operation always did, though not all of them use both
+            d.sub("versions")
+            d.sub(_PROMOTIONS)
+        except BaseException:
+            d.close()
+            raise
         return d
 
-    def _wrap(self, exc: OSError, ref: TargetRef, what: str) -> StoreError:
-        cls = StorePermissionError if isinstance(exc, PermissionError) else StoreError
-        return cls(f"could not {what}: {exc.strerror or type(exc).__name__}", store=self.name, secret=ref.secret)
+    def _make_dir(self, ref: TargetRef) -> _Dir:
+        d = self._walk(ref, create=True)
+        if d is None:  # not reached: a create either makes each directory or raises
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(self.root / ref.secret))
+        return d
 
-    def _mkdirs(self, path: Path) -> None:
-        # every directory we create is 0700, parents included (mkdir(parents=True) would use the umask)
+    def _make_root(self) -> None:
         missing = []
-        p = path
+        p = self.root
         while not p.exists():
             missing.append(p)
             p = p.parent
@@ -251,18 +505,15 @@ class FileStore:
             with contextlib.suppress(FileExistsError):
                 p.mkdir(mode=0o700)
 
-    @staticmethod
-    def _fsync_dir(path: Path) -> None:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    def _wrap(self, exc: OSError, ref: TargetRef, what: str) -> StoreError:
+        cls = StorePermissionError if isinstance(exc, PermissionError) else StoreError
+        return cls(f"could not {what}: {exc.strerror or type(exc).__name__}", store=self.name, secret=ref.secret)
 
-    def _atomic_write(self, path: Path, data: bytes, *, replace: bool = True) -> None:
-        """Write ``data`` to a temporary file and rename it to ``path`` (``replace=False``: link it, so that a
-        ``path`` someone else created in the meantime is kept, not overwritten)."""
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    def _atomic_write(self, where: _Dir, name: str, data: bytes, *, replace: bool = True) -> None:
+        """Write ``data`` to a temporary file in ``where`` and rename it to ``name`` (``replace=False``: link
+        it, so that a ``name`` someone else created in the meantime is kept, not overwritten)."""
+        where.exists(name)  # a symlink by that name is refused (a rename would replace it, not follow it)
+        fd, tmp = where.temp(".tmp-", Path(name).suffix)
         try:
             os.fchmod(fd, 0o600)
             self._write_all(fd, data)
@@ -270,17 +521,17 @@ class FileStore:
             os.close(fd)
             fd = -1
             if replace:
-                os.replace(tmp, path)
+                where.replace(tmp, name)
             else:
                 with contextlib.suppress(FileExistsError):
-                    os.link(tmp, path)
-                os.unlink(tmp)
-            self._fsync_dir(path.parent)
+                    where.link(tmp, name)
+                where.unlink(tmp)
+            where.fsync()
         except BaseException:
             if fd >= 0:
                 os.close(fd)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                where.unlink(tmp)
             raise
 
     def _write_all(self, fd: int, data: bytes) -> None:
@@ -292,9 +543,10 @@ class FileStore:
                 raise OSError(f"write returned {n}")
             view = view[n:]
 
-    def _read_meta(self, path: Path) -> dict[str, Any]:
+    def _read_meta(self, where: _Dir, name: str) -> dict[str, Any]:
         """A version's metadata. Raises StoreError naming the file when it is not a JSON object."""
-        raw = path.read_bytes()
+        raw = where.read_bytes(name)
+        path = where.path / name
         try:
             data = json.loads(raw.decode("utf-8"))
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
@@ -303,8 +555,8 @@ class FileStore:
             raise self._corrupt(path, f"a JSON {type(data).__name__}, not an object")
         return data
 
-    def _write_meta(self, path: Path, meta: dict[str, Any]) -> None:
-        self._atomic_write(path, json.dumps(meta, indent=1).encode())
+    def _write_meta(self, where: _Dir, name: str, meta: dict[str, Any]) -> None:
+        self._atomic_write(where, name, json.dumps(meta, indent=1).encode())
 
     def _corrupt(self, path: Path, what: str) -> StoreError:
         secret = str(path.parent.parent.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
@@ -315,54 +567,50 @@ class FileStore:
             secret=secret,
         )
 
-    def _sweep_temp_files(self, d: Path) -> None:
+    def _sweep_temp_files(self, d: _Dir) -> None:
         """Remove temporary files in ``d``, ``d/versions`` and ``d/promotions`` older than ``stale_after``: a
         writer killed between creating one and renaming it left it there, possibly with a plaintext key in it.
         Younger ones may belong to a pass still writing, and are left alone. Compared by mtime against the wall
         clock (not the injected clock), since mtimes are wall-clock times."""
         limit = time.time() - self.stale_after.total_seconds()
-        for where in (d, d / "versions", d / _PROMOTIONS):
-            try:
-                entries = list(os.scandir(where))
-            except (FileNotFoundError, NotADirectoryError):
+        for where in (d, d.sub("versions"), d.sub(_PROMOTIONS)):
+            if where is None:
                 continue
-            for entry in entries:
+            for entry in where.entries():
                 if not entry.name.startswith(_TEMP_PREFIXES):
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     if entry.stat(follow_symlinks=False).st_mtime < limit:
-                        os.unlink(entry.path)
+                        where.unlink(entry.name)
 
     @staticmethod
-    def _record_numbers(pdir: Path) -> list[int]:
+    def _record_numbers(pdir: _Dir) -> list[int]:
         """The numbers of the promotion records in ``pdir`` (``<n>.json``), newest first."""
-        names = os.listdir(pdir)
+        names = pdir.names()
         return sorted((int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()), reverse=True)
 
     @staticmethod
-    def _record_path(pdir: Path, number: int) -> Path:
-        return pdir / f"{number:012d}.json"
+    def _record_name(number: int) -> str:
+        return f"{number:012d}.json"
 
-    def _head(self, d: Path) -> tuple[int, dict[str, Any] | None]:
+    def _head(self, d: _Dir) -> tuple[int, dict[str, Any] | None]:
         """The newest promotion record of the secret: its number and content (``0, None`` when there is none,
         as in a store written before records existed, whose ``current`` symlink is then the truth)."""
-        pdir = d / _PROMOTIONS
-        try:
-            numbers = self._record_numbers(pdir)
-        except (FileNotFoundError, NotADirectoryError):
+        pdir = d.sub(_PROMOTIONS)
+        if pdir is None:
             return 0, None
-        for number in numbers:
-            path = self._record_path(pdir, number)
+        for number in self._record_numbers(pdir):
+            name = self._record_name(number)
             try:
-                record = self._read_meta(path)
+                record = self._read_meta(pdir, name)
             except FileNotFoundError:  # pruned by another pass between the listing and the read
                 continue
             if not isinstance(record.get("version"), str) or not _SEGMENT.match(record["version"]):
-                raise self._corrupt(path, "a promotion record without a valid version name")
+                raise self._corrupt(pdir.path / name, "a promotion record without a valid version name")
             return number, record
         return 0, None
 
-    def _commit(self, d: Path, number: int, record: dict[str, Any]) -> bool:
+    def _commit(self, d: _Dir, number: int, record: dict[str, Any]) -> bool:
         """Create promotion record ``number``; ``False`` when another pass created it first (or a newer one).
 
         ``link(2)`` never replaces an existing name, so of the passes that read the same newest record exactly
@@ -370,9 +618,9 @@ class FileStore:
         EEXIST; then the temporary file's link count is 2 (open(2), on O_EXCL: "use link(2) to make a link to
         the lockfile. If link(2) returns 0, the lock is successful. Otherwise, use stat(2) on the unique file
         to check if its link count has increased to 2, in which case the lock is also successful")."""
-        pdir = d / _PROMOTIONS
-        path = self._record_path(pdir, number)
-        fd, tmp = tempfile.mkstemp(dir=pdir, prefix=".tmp-", suffix=".json")
+        pdir = d.need(_PROMOTIONS)
+        name = self._record_name(number)
+        fd, tmp = pdir.temp(".tmp-", ".json")
         try:
             os.fchmod(fd, 0o600)
             self._write_all(fd, json.dumps(record, indent=1).encode())
@@ -380,35 +628,35 @@ class FileStore:
             os.close(fd)
             fd = -1
             try:
-                os.link(tmp, path)
+                pdir.link(tmp, name)
                 won = True
             except FileExistsError:
-                won = os.stat(tmp).st_nlink == 2
+                won = pdir.links(tmp) == 2
         finally:
             if fd >= 0:
                 os.close(fd)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                pdir.unlink(tmp)
         if not won:
             return False
-        self._fsync_dir(pdir)
+        pdir.fsync()
         newest, _ = self._head(d)
         if newest != number:
             # only when this pass read record n, was paused while more than _KEEP_PROMOTIONS promotes ran and
             # record n + 1 was pruned: the number it took is below the newest, so its promote did not happen
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                pdir.unlink(name)
             return False
         return True
 
-    def _prune(self, d: Path, newest: int) -> None:
-        pdir = d / _PROMOTIONS
+    def _prune(self, d: _Dir, newest: int) -> None:
+        pdir = d.need(_PROMOTIONS)
         for number in self._record_numbers(pdir):
             if number <= newest - _KEEP_PROMOTIONS:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._record_path(pdir, number))
+                    pdir.unlink(self._record_name(number))
 
-    def _publish(self, d: Path) -> None:
+    def _publish(self, d: _Dir) -> None:
         """Finish the newest promote: its version's metadata gets the record's ``promoted_at`` (when the
         promoting pass died or paused before writing it), and ``current`` (what consumers read) points at it.
         A pass that read the record, paused, and switches ``current`` late reads the newest record again
@@ -419,32 +667,33 @@ class FileStore:
             _, head = self._head(d)
             if head is None:
                 return
-            meta_path = d / "versions" / f"{head['version']}.json"
-            meta = self._read_meta(meta_path)
+            vdir = d.need("versions")
+            meta_name = f"{head['version']}.json"
+            meta = self._read_meta(vdir, meta_name)
             if meta.get("promoted_at") != head.get("promoted_at") or not meta.get("enabled", True):
                 meta["promoted_at"] = head.get("promoted_at")
                 meta["enabled"] = True
-                self._write_meta(meta_path, meta)
+                self._write_meta(vdir, meta_name, meta)
             want = f"versions/{head['version']}.value"
             try:
-                have: str | None = os.readlink(d / "current")
+                have: str | None = d.readlink("current")
             except FileNotFoundError:
                 have = None
             if have == want:
                 return
-            tmp = d / f".current-{uuid.uuid4().hex}"
-            os.symlink(want, tmp)
-            os.replace(tmp, d / "current")
-            self._fsync_dir(d)
+            tmp = f".current-{uuid.uuid4().hex}"
+            d.symlink(want, tmp)
+            d.replace(tmp, "current")
+            d.fsync()
 
-    def _protected(self, d: Path) -> set[str]:
+    def _protected(self, d: _Dir) -> set[str]:
         """The versions that are current: what ``current`` points at, and the newest promotion record's."""
         _, head = self._head(d)
         return {v for v in (self._current_version(d), head and head["version"]) if v}
 
-    def _current_version(self, d: Path) -> str | None:
+    def _current_version(self, d: _Dir) -> str | None:
         try:
-            target = os.readlink(d / "current")
+            target = d.readlink("current")
         except FileNotFoundError:
             return None
         return Path(target).name.removesuffix(".value")
@@ -452,202 +701,221 @@ class FileStore:
     # -- the protocol ----------------------------------------------------------------------------------
 
     def _inspect(self, ref: TargetRef) -> SecretState:
-        d = self._dir(ref)
         try:
-            if not d.is_dir():
+            opened = self._walk(ref)
+            if opened is None:
                 return SecretState(exists=False)
-            self._sweep_temp_files(d)
-            current = self._current_version(d)
-            _, head = self._head(d)
-            versions: list[StoredVersion] = []
-            current_key: str | None = None
-            current_since: datetime | None = None
-            foreign = False
-            vdir = d / "versions"
-            # a version whose value was destroyed after it was retired is still listed from its metadata
-            names = (
-                sorted({p.stem for p in vdir.iterdir() if p.suffix in (".value", ".json") and p.name[0] != "."})
-                if vdir.is_dir()
-                else []
-            )
-            for name in names:
-                meta_path = vdir / f"{name}.json"
-                meta = self._read_meta(meta_path) if meta_path.exists() else {}
-                is_current = name == current
-                key_id = meta.get("key_id")
-                versions.append(
-                    StoredVersion(
-                        version=name,
-                        key_id=key_id,
-                        created_at=_parse(meta.get("created_at")),
-                        current=is_current,
-                        enabled=bool(meta.get("enabled", True)),
-                    )
-                )
-                if is_current:
-                    current_key = key_id
-                    # the time of the promote that made it current: its record's (also written to the
-                    # version's metadata after the commit; the metadata alone in a store older than records)
-                    source = head if head is not None and head["version"] == name else meta
-                    current_since = _parse(source.get("promoted_at"))
-                    foreign = key_id is None
-            if current is None and (d / "value").exists():
-                foreign = True  # a plain file someone put there by hand
-            versions.sort(key=lambda v: (v.created_at or datetime.min.replace(tzinfo=UTC), v.version))
-            return SecretState(
-                exists=True,
-                versions=tuple(versions),
-                current_key_id=current_key,
-                current_since=current_since,
-                foreign=foreign,
-            )
+            with opened as d:
+                return self._state(d)
         except OSError as exc:
             raise self._wrap(exc, ref, "inspect the secret") from exc
 
+    def _state(self, d: _Dir) -> SecretState:
+        self._sweep_temp_files(d)
+        current = self._current_version(d)
+        _, head = self._head(d)
+        versions: list[StoredVersion] = []
+        current_key: str | None = None
+        current_since: datetime | None = None
+        foreign = False
+        vdir = d.sub("versions")
+        # a version whose value was destroyed after it was retired is still listed from its metadata
+        names = (
+            sorted({Path(n).stem for n in vdir.names() if Path(n).suffix in (".value", ".json") and n[0] != "."})
+            if vdir is not None
+            else []
+        )
+        for name in names:
+            assert vdir is not None
+            meta_name = f"{name}.json"
+            meta = self._read_meta(vdir, meta_name) if vdir.exists(meta_name) else {}
+            is_current = name == current
+            key_id = meta.get("key_id")
+            versions.append(
+                StoredVersion(
+                    version=name,
+                    key_id=key_id,
+                    created_at=_parse(meta.get("created_at")),
+                    current=is_current,
+                    enabled=bool(meta.get("enabled", True)),
+                )
+            )
+            if is_current:
+                current_key = key_id
+                # the time of the promote that made it current: its record's (also written to the
+                # version's metadata after the commit; the metadata alone in a store older than records)
+                source = head if head is not None and head["version"] == name else meta
+                current_since = _parse(source.get("promoted_at"))
+                foreign = key_id is None
+        if current is None and d.lexists("value"):
+            foreign = True  # a plain file someone put there by hand
+        versions.sort(key=lambda v: (v.created_at or datetime.min.replace(tzinfo=UTC), v.version))
+        return SecretState(
+            exists=True,
+            versions=tuple(versions),
+            current_key_id=current_key,
+            current_since=current_since,
+            foreign=foreign,
+        )
+
     def _stage(self, ref: TargetRef, value: SecretText, meta: VersionMeta) -> None:
-        d = self._dir(ref)
         name = version_name(meta.key_id)
         try:
-            self._mkdirs(d / "versions")
-            self._sweep_temp_files(d)
-            value_path = d / "versions" / f"{name}.value"
-            meta_path = d / "versions" / f"{name}.json"
-            if meta_path.exists() and value_path.exists():
-                return  # staged already (by us, or by a concurrent pass): a no-op
-            self._atomic_write(value_path, value.reveal().encode())
-            record = {
-                "key_id": meta.key_id,
-                "policy": meta.policy,
-                "content_type": meta.content_type,
-                "created_at": _iso(self._clock()),
-                "expires_at": _iso(meta.expires_at),
-                "enabled": True,
-                "promoted_at": None,
-            }
-            # create, never replace: a pass that stalled in this stage (SIGSTOP, a frozen VM) and resumes after
-            # another pass staged and promoted the same key must not overwrite that version's metadata (its
-            # promoted_at is the target's current_since, which grace counts from)
-            self._atomic_write(meta_path, json.dumps(record, indent=1).encode(), replace=False)
+            with self._make_dir(ref) as d:
+                vdir = d.make("versions")
+                self._sweep_temp_files(d)
+                value_name, meta_name = f"{name}.value", f"{name}.json"
+                if vdir.exists(meta_name) and vdir.exists(value_name):
+                    return  # staged already (by us, or by a concurrent pass): a no-op
+                self._atomic_write(vdir, value_name, value.reveal().encode())
+                record = {
+                    "key_id": meta.key_id,
+                    "policy": meta.policy,
+                    "content_type": meta.content_type,
+                    "created_at": _iso(self._clock()),
+                    "expires_at": _iso(meta.expires_at),
+                    "enabled": True,
+                    "promoted_at": None,
+                }
+                # create, never replace: a pass that stalled in this stage (SIGSTOP, a frozen VM) and resumes
+                # after another pass staged and promoted the same key must not overwrite that version's
+                # metadata (its promoted_at is the target's current_since, which grace counts from)
+                self._atomic_write(vdir, meta_name, json.dumps(record, indent=1).encode(), replace=False)
         except OSError as exc:
             raise self._wrap(exc, ref, "write the new version") from exc
 
-    def _version_paths(self, ref: TargetRef, key_id: str) -> tuple[Path, Path]:
-        vdir = self._dir(ref) / "versions"
+    def _version(self, ref: TargetRef, key_id: str) -> tuple[_Dir, _Dir, str]:
+        """The secret's directory (open: the caller closes it), its ``versions`` directory and the name of the
+        version holding ``key_id``. StoreNotFound when there is no such version."""
         name = version_name(key_id)
-        value_path, meta_path = vdir / f"{name}.value", vdir / f"{name}.json"
-        if not (value_path.exists() and meta_path.exists()):
-            raise StoreNotFound(f"no version holds key {key_id}", store=self.name, secret=ref.secret)
-        return value_path, meta_path
+        d = self._walk(ref)
+        try:
+            vdir = d.sub("versions") if d is not None else None
+            if vdir is None or not (vdir.exists(f"{name}.value") and vdir.exists(f"{name}.json")):
+                raise StoreNotFound(f"no version holds key {key_id}", store=self.name, secret=ref.secret)
+        except BaseException:
+            if d is not None:
+                d.close()
+            raise
+        assert d is not None
+        return d, vdir, name
 
     def _read(self, ref: TargetRef, key_id: str) -> SecretText:
-        value_path, meta_path = self._version_paths(ref, key_id)
         try:
-            if not self._read_meta(meta_path).get("enabled", True):
-                raise StoreNotFound(f"the version holding key {key_id} is retired", store=self.name, secret=ref.secret)
-            return SecretText(value_path.read_text())
+            d, vdir, name = self._version(ref, key_id)
+            with d:
+                if not self._read_meta(vdir, f"{name}.json").get("enabled", True):
+                    raise StoreNotFound(
+                        f"the version holding key {key_id} is retired", store=self.name, secret=ref.secret
+                    )
+                return SecretText(vdir.read_text(f"{name}.value"))
         except OSError as exc:
             raise self._wrap(exc, ref, "read the version") from exc
 
     def _promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
-        value_path, _ = self._version_paths(ref, key_id)
-        d = self._dir(ref)
-        name = value_path.name.removesuffix(".value")
         try:
-            self._mkdirs(d / _PROMOTIONS)
-            for _ in range(_CAS_ATTEMPTS):
-                self._publish(d)  # a promote another pass committed but did not get to publish (paused, killed)
-                number, head = self._head(d)
-                current = head["version"] if head is not None else self._current_version(d)
-                if current == name:
-                    return
-                if expect_current is not ANY_CURRENT:
-                    held = head.get("key_id") if head is not None else self._key_of(d, current)
-                    if held != expect_current:
-                        raise StorePreconditionFailed(
-                            f"not promoting key {key_id}: the current version holds key {held or 'none'}, "
-                            f"not {expect_current or 'none'} as read before",
-                            store=self.name,
-                            secret=ref.secret,
-                        )
-                record = {"version": name, "key_id": key_id, "promoted_at": _iso(self._clock())}
-                if self._commit(d, number + 1, record):
-                    break
-                if expect_current is not ANY_CURRENT:
-                    raise StorePreconditionFailed(
-                        f"not promoting key {key_id}: another pass promoted a version of this secret at the same "
-                        "moment",
-                        store=self.name,
-                        secret=ref.secret,
-                    )
-            else:
-                raise StoreConflict(
-                    f"not promoting key {key_id}: other passes kept promoting versions of this secret",
-                    store=self.name,
-                    secret=ref.secret,
-                )
-            # committed: the version's metadata says so too (readable without the records), then consumers see it
-            self._publish(d)
-            self._prune(d, number + 1)
+            d, _, name = self._version(ref, key_id)
+            with d:
+                self._promote_in(d, ref, key_id, name, expect_current)
         except OSError as exc:
             raise self._wrap(exc, ref, "make the new version current") from exc
 
-    def _key_of(self, d: Path, version: str | None) -> str | None:
+    def _promote_in(self, d: _Dir, ref: TargetRef, key_id: str, name: str, expect_current: Expect) -> None:
+        d.make(_PROMOTIONS)
+        for _ in range(_CAS_ATTEMPTS):
+            self._publish(d)  # a promote another pass committed but did not get to publish (paused, killed)
+            number, head = self._head(d)
+            current = head["version"] if head is not None else self._current_version(d)
+            if current == name:
+                return
+            if expect_current is not ANY_CURRENT:
+                held = head.get("key_id") if head is not None else self._key_of(d, current)
+                if held != expect_current:
+                    raise StorePreconditionFailed(
+                        f"not promoting key {key_id}: the current version holds key {held or 'none'}, "
+                        f"not {expect_current or 'none'} as read before",
+                        store=self.name,
+                        secret=ref.secret,
+                    )
+            record = {"version": name, "key_id": key_id, "promoted_at": _iso(self._clock())}
+            if self._commit(d, number + 1, record):
+                break
+            if expect_current is not ANY_CURRENT:
+                raise StorePreconditionFailed(
+                    f"not promoting key {key_id}: another pass promoted a version of this secret at the same moment",
+                    store=self.name,
+                    secret=ref.secret,
+                )
+        else:
+            raise StoreConflict(
+                f"not promoting key {key_id}: other passes kept promoting versions of this secret",
+                store=self.name,
+                secret=ref.secret,
+            )
+        # committed: the version's metadata says so too (readable without the records), then consumers see it
+        self._publish(d)
+        self._prune(d, number + 1)
+
+    def _key_of(self, d: _Dir, version: str | None) -> str | None:
         if version is None:
             return None
-        meta_path = d / "versions" / f"{version}.json"
-        return self._read_meta(meta_path).get("key_id") if meta_path.exists() else None
+        vdir = d.sub("versions")
+        meta_name = f"{version}.json"
+        return self._read_meta(vdir, meta_name).get("key_id") if vdir is not None and vdir.exists(meta_name) else None
 
     def _retire(self, ref: TargetRef, key_id: str) -> None:
-        d = self._dir(ref)
         name = version_name(key_id)
-        meta_path = d / "versions" / f"{name}.json"
+        meta_name = f"{name}.json"
         try:
-            if not d.is_dir():
+            opened = self._walk(ref)
+            if opened is None:
                 return
-            self._sweep_temp_files(d)
-            self._publish(d)
-            if meta_path.exists():
-                refuse = StoreConflict(
-                    f"refusing to retire key {key_id}: it is current", store=self.name, secret=ref.secret
-                )
-                if name in self._protected(d):
-                    raise refuse
-                meta = self._read_meta(meta_path)
-                if meta.get("enabled", True):
-                    meta["enabled"] = False
-                    meta["retired_at"] = _iso(self._clock())
-                    self._write_meta(meta_path, meta)
-                    # no lock: a promote of this very version (by a pass that read an older state) may have
-                    # committed in between; it stays enabled then
+            with opened as d:
+                self._sweep_temp_files(d)
+                self._publish(d)
+                vdir = d.sub("versions")
+                if vdir is not None and vdir.exists(meta_name):
+                    refuse = StoreConflict(
+                        f"refusing to retire key {key_id}: it is current", store=self.name, secret=ref.secret
+                    )
                     if name in self._protected(d):
-                        meta["enabled"] = True
-                        meta.pop("retired_at", None)
-                        self._write_meta(meta_path, meta)
                         raise refuse
-            self._destroy_retired(d)
+                    meta = self._read_meta(vdir, meta_name)
+                    if meta.get("enabled", True):
+                        meta["enabled"] = False
+                        meta["retired_at"] = _iso(self._clock())
+                        self._write_meta(vdir, meta_name, meta)
+                        # no lock: a promote of this very version (by a pass that read an older state) may have
+                        # committed in between; it stays enabled then
+                        if name in self._protected(d):
+                            meta["enabled"] = True
+                            meta.pop("retired_at", None)
+                            self._write_meta(vdir, meta_name, meta)
+                            raise refuse
+                self._destroy_retired(d)
         except OSError as exc:
             raise self._wrap(exc, ref, "retire the version") from exc
 
-    def _destroy_retired(self, d: Path) -> None:
+    def _destroy_retired(self, d: _Dir) -> None:
         """Remove the value files of versions retired at least ``destroy_after`` ago (never the current one)."""
-        vdir = d / "versions"
-        if not vdir.is_dir():
+        vdir = d.sub("versions")
+        if vdir is None:
             return
         now = self._clock()
-        for meta_path in sorted(vdir.glob("*.json")):
-            value_path = meta_path.with_suffix(".value")
-            if not value_path.exists():
+        for meta_name in sorted(n for n in vdir.names() if n.endswith(".json")):
+            value_name = Path(meta_name).with_suffix(".value").name
+            if not vdir.exists(value_name):
                 continue
-            meta = self._read_meta(meta_path)
+            meta = self._read_meta(vdir, meta_name)
             retired_at = _parse(meta.get("retired_at"))
             if meta.get("enabled", True) or retired_at is None or retired_at + self.destroy_after > now:
                 continue
-            if meta_path.stem in self._protected(d):  # checked right before the unlink: never the current one
+            if Path(meta_name).stem in self._protected(d):  # checked right before the unlink: never the current one
                 continue
-            os.unlink(value_path)
+            vdir.unlink(value_name)
             meta["destroyed_at"] = _iso(now)
-            self._write_meta(meta_path, meta)
-            self._fsync_dir(vdir)
+            self._write_meta(vdir, meta_name, meta)
+            vdir.fsync()
 
     # every operation is recorded once, like a cloud store's API call (metrics, benchmarks, crash tests)
     def _counted(self, op: str, fn: Callable[..., Any], *args: Any) -> Any:
