@@ -95,6 +95,8 @@ class WebhookReceiver:
     def __init__(self, status: int = 200) -> None:
         #: the HTTP status it answers with
         self.status = status
+        #: seconds it waits before answering (a slow or hung webhook)
+        self.delay = 0.0
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._requests: list[dict[str, Any]] = []
@@ -119,6 +121,8 @@ class WebhookReceiver:
                     )
                     owner._cond.notify_all()
                     status = owner.status
+                if owner.delay:
+                    time.sleep(owner.delay)
                 answer = b'{"ok": true}' if status < 300 else b'{"error": "injected"}'
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
