@@ -204,7 +204,7 @@ RotateBefore = Annotated[timedelta | float, BeforeValidator(_parse_before)]
 #: the longest key description the key API accepts (the emulator models the same limit), marker included
 KEY_DESCRIPTION_MAX = 1024
 
-POLICY_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+POLICY_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 FORMATS = ("json", "env", "key")
 
 
@@ -224,7 +224,7 @@ class SecretSource(BaseModel):
     @field_validator("env", "bootstrap_env")
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
+        if v is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", v):
             raise ValueError(f"{_shown(v)} is not an environment variable name: write one like MOMENTO_API_KEY")
         return v
 
@@ -283,7 +283,7 @@ class IssuerConfig(BaseModel):
         if v is None:
             return v
         # a path prefix is allowed (a private gateway: https://gw.example.com/momento); no query or fragment
-        m = re.match(r"^(https?)://([^/:?#\s]+)(:\d{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?$", v)
+        m = re.match(r"^(https?)://([^/:?#\s]+)(:\d{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?\Z", v)
         if not m:
             raise ValueError(
                 f"{_shown(v)} is not a base URL like https://mga.registry.prod.a.momentohq.com "
@@ -404,8 +404,8 @@ class MetricsConfig(BaseModel):
 
 # ---- leader election (rotator.runtime.leader runs it) --------------------------------------------------------
 
-_LEASE_NAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$")
-_NAMESPACE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_LEASE_NAME_RE = re.compile(r"^(?=.{1,253}\Z)[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\Z")
+_NAMESPACE_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
 def _shorter_than(v: timedelta, other: timedelta | None, other_name: str, example: str, why: str) -> timedelta:
@@ -693,7 +693,7 @@ def _store_specs(raw: RawConfig, issues: list[ConfigIssue]) -> dict[str, StoreSp
     known = ", ".join(sorted(store_base.REGISTRY))
     for name, body in raw.stores.items():
         path = f"stores.{name}"
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$", name):
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z", name):
             issues.append(ConfigIssue(path, "store names use letters, digits, '-' and '_'"))
         kind = body.get("type") if isinstance(body, dict) else None
         if not isinstance(kind, str) or kind not in store_base.REGISTRY:

@@ -21,8 +21,11 @@ KeyKind = Literal["v2", "v1", "legacy", "unknown"]
 PayloadFormat = Literal["json", "env", "key"]
 
 #: public cells: cell-[<n>-]<aws-region>-<n>.<domain>, e.g. cell-4-us-west-2-1.prod.a.momentohq.com
-CELL_RE = re.compile(r"^cell-(?:\d+-)?[a-z]{2}(?:-gov)?-[a-z]+-\d+-\d+(?:\.[a-z0-9-]+)+$")
-_HOST_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+CELL_RE = re.compile(r"^cell-(?:\d+-)?[a-z]{2}(?:-gov)?-[a-z]+-\d+-\d+(?:\.[a-z0-9-]+)+\Z")
+_HOST_RE = re.compile(
+    r"^(?=.{1,253}\Z)"
+    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\Z"
+)
 
 V2_WHERE_V1 = (
     "Received a v2 API key. Are you using the correct key? Or did you mean to use "

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-MARKER_RE = re.compile(r"\[rotator:([a-z0-9][a-z0-9-]{0,62})\]\s*$")
+MARKER_RE = re.compile(r"\[rotator:([a-z0-9][a-z0-9-]{0,62})\]\s*\Z")
 
 
 def marker(policy: str) -> str:

@@ -78,7 +78,7 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, json
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    # libraries (httpx, botocore, azure) log through the stdlib: keep them quiet and redacted
+    # libraries (urllib3, botocore, azure) log through the stdlib: keep them quiet and redacted
     handler = logging.StreamHandler(stream)
     handler.addFilter(_RedactingFilter())
     root = logging.getLogger()

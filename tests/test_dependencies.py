@@ -52,7 +52,7 @@ def test_removing_urllib3_from_the_dependencies_fails(tmp_path: Path) -> None:
         ("rotator/engine.py", "import boto3", "DEP004"),  # an extra's package in the core
         ("rotator/stores/gcp.py", "import boto3", "DEP004"),  # another extra's package in a backend
         ("rotator/stores/aws.py", "from azure.keyvault.secrets import SecretClient", "DEP004"),
-        ("rotator/planner.py", "import idna", "DEP003"),  # installed only because httpx needs it
+        ("rotator/planner.py", "import idna", "DEP003"),  # installed only because httpx and requests need it
         ("rotator/keys.py", "import surely_not_a_module_xyz", "DEP001"),  # provided by nothing
     ],
 )

@@ -282,3 +282,40 @@ def test_logs_are_json_lines_off_a_terminal_and_readable_on_one() -> None:
         json.loads(tty.getvalue())
     assert "hello" in tty.getvalue()
     assert "policy=p" in tty.getvalue()
+
+
+# ---- credentials from the config: pinned for the life of the process (issue 22) ------------------------------
+# (the end-to-end failure scenarios, with real processes, are in tests/test_hostile_peers.py)
+
+
+def test_a_pinned_credential_is_scrubbed_after_its_last_reference_is_gone() -> None:
+    import gc
+
+    from rotator.model import SECRETS as REGISTRY
+
+    token = "pinned-" + "c0ffee" * 4
+    held = SecretText(token)
+    del held
+    gc.collect()
+    assert token in redact_text(f"x {token} y")  # a weakly held plaintext is gone with its SecretText
+    REGISTRY.pin(token)
+    assert redact_text(f"x {token} y") == f"x {REDACTED} y"
+
+
+def test_user_info_and_query_values_of_a_url_are_pinned() -> None:
+    from rotator.model import SECRETS as REGISTRY
+
+    REGISTRY.pin_url("https://svc-user:s3cret-password-42@hooks.example.com/x?token=query-token-1234567&a=b")
+    text = redact_text("failed: svc-user:s3cret-password-42 and query-token-1234567")
+    assert "s3cret-password-42" not in text and "query-token-1234567" not in text
+
+
+def test_everything_the_cli_prints_passes_the_redactor() -> None:
+    from rotator.model import SECRETS as REGISTRY
+    from rotator.runtime.cli import RedactingStream
+
+    REGISTRY.pin("printed-credential-0123456789")
+    stream = io.StringIO()
+    RedactingStream(stream).write('{"summary": "printed-credential-0123456789"}\n')
+    assert "printed-credential" not in stream.getvalue()
+    assert REDACTED in stream.getvalue()

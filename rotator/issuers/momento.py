@@ -402,6 +402,8 @@ class MomentoIssuer:
                 ) from exc
             except (u3.HTTPError, OSError) as exc:
                 record_call(_SERVICE, op, "error")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise self._too_slow(op, progress) from None  # cut at the listing's deadline
                 timed_out = isinstance(exc, u3.TimeoutError) and not isinstance(exc, u3.NewConnectionError)
                 kind = "timeout" if timed_out else "connection error"
                 last, last_status = f"{kind} ({type(exc).__name__})", None

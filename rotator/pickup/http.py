@@ -47,8 +47,8 @@ MAX_WORKERS = 32
 #: a consumer's answer is read up to this many bytes; a longer body is garbage
 MAX_BODY = 64 * 1024
 
-_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_HEADER_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
 log = get_logger()
 

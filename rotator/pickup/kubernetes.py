@@ -55,9 +55,12 @@ PAGE_SIZE = 500
 MAX_PAGES = 200
 RBAC_HINT = "deploy/kubernetes/pickup-rbac.yaml"
 
-_DNS_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$")
-_DATA_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+_DNS_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+_DNS_SUBDOMAIN_RE = re.compile(
+    r"^(?=.{1,253}\Z)"
+    r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\Z"
+)
+_DATA_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]{1,253}\Z")
 
 log = get_logger()
 

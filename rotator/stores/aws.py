@@ -80,11 +80,11 @@ TAG_MANAGED_BY, TAG_POLICY = "managed-by", "rotator-policy"
 
 # ---- names, ARNs, regions ------------------------------------------------------------------------------
 
-REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z]+)+-\d{1,2}$")
-SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}$")
+REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z]+)+-\d{1,2}\Z")
+SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9/_+=.@-]{1,512}\Z")
 SECRET_ARN_RE = re.compile(
     r"^arn:(?P<partition>aws[a-z-]*):secretsmanager:(?P<region>[a-z0-9-]+):(?P<account>\d{12})"
-    r":secret:(?P<name>[A-Za-z0-9/_+=.@-]{1,519})$"
+    r":secret:(?P<name>[A-Za-z0-9/_+=.@-]{1,519})\Z"
 )
 _NAME_HELP = (
     "a Secrets Manager secret name (1-512 characters from A-Z a-z 0-9 / _ + = . @ -) or a secret ARN "
@@ -179,7 +179,7 @@ def key_id_of(version_id: str) -> str | None:
 
 # ---- KMS keys for replicas ---------------------------------------------------------------------------------
 
-KMS_ARN_RE = re.compile(r"^arn:(?P<partition>aws[a-z-]*):kms:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):(?P<rest>.+)$")
+KMS_ARN_RE = re.compile(r"^arn:(?P<partition>aws[a-z-]*):kms:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):(?P<rest>.+)\Z")
 
 
 def replica_kms_key(kms_key_id: str, region: str) -> str:

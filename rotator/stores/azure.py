@@ -89,8 +89,8 @@ MAX_EXTRA_TAGS = MAX_TAGS - len(RESERVED_TAGS)
 
 #: the Key Vault DNS suffixes of the Azure clouds (public, China, US Government, Germany)
 VAULT_DOMAINS = ("vault.azure.net", "vault.azure.cn", "vault.usgovcloudapi.net", "vault.microsoftazure.de")
-_VAULT_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,22}[a-z0-9]$")
-_SECRET_NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}$")
+_VAULT_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{1,22}[a-z0-9]\Z")
+_SECRET_NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}\Z")
 
 #: client options rotator sets itself (the retry and call-accounting policies) or that would log secret values
 _RESERVED_CLIENT_OPTIONS = frozenset(
@@ -465,7 +465,7 @@ def _version_of(props: Any) -> _Version:
     )
 
 
-_TRACK_ITEM_RE = re.compile(r"^([0-9a-fA-F]{32})=([^,=\s]{1,128})$")
+_TRACK_ITEM_RE = re.compile(r"^([0-9a-fA-F]{32})=([^,=\s]{1,128})\Z")
 
 
 def encode_tracks(versions: list[tuple[str, str]]) -> str:

@@ -73,9 +73,9 @@ from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import record_call
 from rotator.stores.base import ANY_CURRENT, Expect, SecretStore, TargetRef, VersionMeta
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
 _VERSION_NS = uuid.UUID("6f1b2a4e-6c1e-4c8e-9d1e-2f6a7c0b9e31")
-_SAFE_KEY_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_SAFE_KEY_ID = re.compile(r"^[A-Za-z0-9-]{1,64}\Z")
 #: names of the temporary files the store creates (values and metadata; the symlink promote swaps in)
 _TEMP_PREFIXES = (".tmp-", ".current-")
 #: how old a temporary file must be before it is taken as left behind by a dead process (``pass_timeout``)

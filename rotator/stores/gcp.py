@@ -82,10 +82,10 @@ from rotator.stores.base import ANY_CURRENT, POOL_CONNECTIONS, Expect, SecretSto
 
 SERVICE = "gcp-secretmanager"
 
-PROJECT_ID_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
-PROJECT_NUMBER_RE = re.compile(r"^[1-9][0-9]{0,19}$")
-SECRET_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,255}$")
-LOCATION_RE = re.compile(r"^[a-z]+(?:-[a-z]+)*[0-9]+$")
+PROJECT_ID_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]\Z")
+PROJECT_NUMBER_RE = re.compile(r"^[1-9][0-9]{0,19}\Z")
+SECRET_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,255}\Z")
+LOCATION_RE = re.compile(r"^[a-z]+(?:-[a-z]+)*[0-9]+\Z")
 
 MANAGED_BY = ("managed-by", "rotator")
 POLICY_LABEL = "rotator-policy"
@@ -270,7 +270,7 @@ def _entry_key(version: int) -> str:
     return f"{ENTRY_PREFIX}{version}"
 
 
-_ENTRY_KEY_RE = re.compile(rf"^{ENTRY_PREFIX}([1-9][0-9]*)$")
+_ENTRY_KEY_RE = re.compile(rf"^{ENTRY_PREFIX}([1-9][0-9]*)\Z")
 
 
 @dataclass(frozen=True)
