@@ -1,8 +1,9 @@
 """Cold start: whole Python processes, timed from outside, with their peak memory (ru_maxrss).
 
 Each case is a fresh interpreter that runs a snippet and prints its peak RSS; the wall time is the median of
-several runs. ``--lambda``: the Lambda's real cold-start path, ``get_app()`` (with its preflight against a local
-emulator) plus the Secrets Manager client, against ``import boto3; boto3.client("secretsmanager")``.
+several runs. ``--lambda``: the Lambda's real cold-start path, ``get_app()`` (against a local emulator; the
+preflight runs later, before a pass's first action) plus the Secrets Manager client, against
+``import boto3; boto3.client("secretsmanager")``.
 Usage: python bench/cold_start.py [--runs 9] [--lambda]
 """
 
@@ -45,12 +46,12 @@ LAMBDA_CONFIG = {
 }
 
 # The real path of a cold start: the handler's get_app() (load the config, open the stores, the Momento client,
-# the preflight's GET /roles, here against a local emulator so that no network time is counted) and the Secrets
-# Manager client the first pass makes.
+# against a local emulator so that no network time is counted; the preflight runs before a pass's first action,
+# not here) and the Secrets Manager client the first pass makes.
 LAMBDA_APP = "import rotator.runtime.lambda_handler as h; app = h.get_app(); app.stores['aws']._client('us-east-1')"
 LAMBDA_CASES: dict[str, str] = {
     "baseline: import boto3; boto3.client('secretsmanager')": "import boto3; boto3.client('secretsmanager')",
-    "lambda: get_app() (config, stores, issuer, preflight) + the SM client": LAMBDA_APP,
+    "lambda: get_app() (config, stores, issuer) + the SM client": LAMBDA_APP,
     # the first invocation also writes the pass's CloudWatch EMF lines (Powertools, imported on first use)
     "lambda + the EMF lines of a pass (Powertools)": (
         LAMBDA_APP + ";import datetime, io; from rotator.engine import PassReport;"
