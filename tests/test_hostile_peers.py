@@ -152,11 +152,7 @@ def test_the_alert_state_is_never_written_through_a_planted_symlink(tmp_path: Pa
 # ---- real processes: credentials never reach an output -------------------------------------------------------
 
 
-def _run(h: Harness, cfg: Path, *args: str, env: dict[str, str] | None = None, now: Any = None) -> Any:
-    return h.run(*args, "--config", str(cfg), now=now) if env is None else _run_env(h, cfg, args, env, now)
-
-
-def _run_env(h: Harness, cfg: Path, args: tuple[str, ...], env: dict[str, str], now: Any) -> Any:
+def _run(h: Harness, cfg: Path, *args: str, env: dict[str, str], now: Any) -> Any:
     from tests.support.e2e import run_rotator
 
     h.clock.set(now)

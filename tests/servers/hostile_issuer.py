@@ -11,6 +11,11 @@ Each *behaviour* is matched by method and path prefix (``("POST", "/api-keys")``
 - :func:`huge_listing`: a 200 whose body is ``size`` bytes of a valid-looking ``key_info`` array, streamed;
 - :func:`deep_nesting`: ``depth`` nested arrays.
 
+What it serves departs from the documented contract on purpose (the contract: ``../shared/reference/momento.md``,
+from Momento's "API keys HTTP API" page: ``POST /api-keys`` answers ``{"api_key", "key_info"}``, ``GET /api-keys``
+pages of at most ``limit`` keys with an optional ``next_token``); everything not matched is the emulator's
+documented behaviour, forwarded unchanged.
+
 ``calls`` records ``(method, path)`` of every request the proxy saw (the query left out), so a test can count
 the calls a pass makes at the server. Nothing is patched in rotator or an SDK: rotator talks HTTP to this.
 """
