@@ -38,7 +38,7 @@ from urllib3 import exceptions as u3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-__all__ = ["MAX_DEPTH", "BodyTooLarge", "DeadlineExceeded", "Response", "fetch", "loads", "pool"]
+__all__ = ["MAX_DEPTH", "BodyTooLarge", "DeadlineExceeded", "Response", "fetch", "loads", "pool", "watch"]
 
 #: JSON deeper than this is refused (the key API's answers are 3 levels deep)
 MAX_DEPTH = 32
@@ -233,6 +233,19 @@ def pool(url: str, *, timeout: float, maxsize: int = 10, verify: bool | str = Tr
         manager = urllib3.PoolManager(**options)
     manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
     return manager
+
+
+def watch(manager: urllib3.PoolManager) -> None:
+    """Make a pool manager built elsewhere (the kubernetes client's, with its TLS and proxy settings) open
+    connections that :func:`fetch` can watch. A manager with pools of other kinds (a SOCKS proxy) is left
+    as it is: its requests keep the per-read timeout and the body cap, not the total deadline."""
+    classes = manager.pool_classes_by_scheme
+    if classes.get("http") in (HTTPConnectionPool, _HTTPPool) and classes.get("https") in (
+        HTTPSConnectionPool,
+        _HTTPSPool,
+    ):
+        manager.clear()  # pools opened before now hold unwatched connections
+        manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 def fetch(

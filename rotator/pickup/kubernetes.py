@@ -35,24 +35,29 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rotator.errors import MissingExtraError, PickupError
+from rotator import httpio
+from rotator.errors import MissingExtraError
 from rotator.keys import key_id_of
+from rotator.kube import KubeApi, KubeStatus, load_api_client
 from rotator.model import PickupVerdict, SecretText
-from rotator.observability import get_logger, record_call, redact_text
+from rotator.observability import get_logger, record_call
 from rotator.pickup.base import Timeout
 
 SERVICE = "kubernetes"
 #: pods asked for per list request
 PAGE_SIZE = 500
 MAX_PAGES = 200
+#: the largest page of pods read (500 pods of ~15 KB are ~7.5 MB); a larger answer makes the check lag
+MAX_PODS_PAGE = 32 * 1024 * 1024
+#: the largest Secret read (the API server's own limit on a Secret's data is 1 MiB, base64 adds a third)
+MAX_SECRET = 4 * 1024 * 1024
 RBAC_HINT = "deploy/kubernetes/pickup-rbac.yaml"
 
 _DNS_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
@@ -143,17 +148,6 @@ def _aware(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
-def _status_reason(exc: Any) -> str:
-    """The ``reason`` of the Status object in an ApiException's body (``NotFound``, ``Forbidden``...)."""
-    body = getattr(exc, "body", None)
-    try:
-        data = json.loads(body) if isinstance(body, str | bytes) else None
-    except ValueError:
-        data = None
-    reason = data.get("reason") if isinstance(data, dict) else None
-    return reason if isinstance(reason, str) else ""
-
-
 def key_id_in(fmt: str, payload: SecretText) -> str | None:
     """The key id a stored payload of format ``fmt`` holds, or ``None``. Never raises, never shows the payload.
 
@@ -192,13 +186,11 @@ class KubernetesCheck:
     """The ``kubernetes`` check of one policy. Thread-safe; :meth:`close` releases a client it created."""
 
     def __init__(self, config: CheckConfig, api_client: Any, *, owns_client: bool) -> None:
-        from kubernetes import client as k8s
-
         self.config = config
-        self._api_client = api_client
         self._owns_client = owns_client
-        self._core = k8s.CoreV1Api(api_client)
-        self._api_exception: type[Exception] = k8s.ApiException
+        self._pods_api = KubeApi(api_client, timeout=config.timeout, max_body=MAX_PODS_PAGE)
+        self._secret_api = KubeApi(api_client, timeout=config.timeout, max_body=MAX_SECRET)
+        self._namespace_path = f"/api/v1/namespaces/{quote(config.namespace, safe='')}"
         ns = config.namespace
         parts = []
         if config.pods is not None:
@@ -233,23 +225,24 @@ class KubernetesCheck:
         items: list[Any] = []
         token: str | None = None
         for _ in range(MAX_PAGES):
-            kwargs: dict[str, Any] = {"label_selector": pods.selector, "limit": PAGE_SIZE}
+            query: dict[str, str | int] = {"labelSelector": pods.selector, "limit": PAGE_SIZE}
             if token:
-                kwargs["_continue"] = token
-            problem, result = self._call("list-pods", "list", "pods", lambda kw=kwargs: self._list_pods(ns, kw))
+                query["continue"] = token
+            problem, result = self._call("list-pods", "list", "pods", lambda q=query: self._list_pods(q))
             if problem is not None:
                 return [f"{group} ({problem})"], f"cannot list pods {pods.selector} in namespace {ns}: {problem}"
-            items.extend(result.items or [])
-            meta = result.metadata
-            token = (getattr(meta, "_continue", None) or getattr(meta, "var_continue", None)) if meta else None
-            if not token:
+            page = result.get("items")
+            items.extend(p for p in (page if isinstance(page, list) else []) if isinstance(p, dict))
+            token = _get(result, "metadata", "continue")
+            if not isinstance(token, str) or not token:
                 break
         ready = [p for p in items if _is_ready(p)]
         if not ready:
             return [f"{group} (no ready pods match)"], f"no ready pods match {pods.selector} in namespace {ns}"
         lagging: list[str] = []
         for pod in ready:
-            name = pod.metadata.name if pod.metadata else "?"
+            name = _get(pod, "metadata", "name")
+            name = name if isinstance(name, str) else "?"
             started = _started(pod, pods.container)
             if isinstance(started, str):
                 lagging.append(f"pod {name} ({started})")
@@ -259,8 +252,8 @@ class KubernetesCheck:
             return lagging, f"{len(lagging)} of {len(ready)} ready pod(s) {pods.selector} predate the key"
         return [], f"all {len(ready)} ready pod(s) {pods.selector} started after the key was published"
 
-    def _list_pods(self, ns: str, kwargs: dict[str, Any]) -> Any:
-        return self._core.list_namespaced_pod(ns, _request_timeout=self.config.timeout, **kwargs)
+    def _list_pods(self, query: dict[str, str | int]) -> dict[str, Any]:
+        return self._pods_api.request("GET", f"{self._namespace_path}/pods", query=query)
 
     # -- secret -----------------------------------------------------------------------------------------
 
@@ -271,11 +264,12 @@ class KubernetesCheck:
             "get-secret",
             "get",
             "secrets",
-            lambda: self._core.read_namespaced_secret(secret.name, ns, _request_timeout=self.config.timeout),
+            lambda: self._secret_api.request("GET", f"{self._namespace_path}/secrets/{quote(secret.name, safe='')}"),
         )
         if problem is not None:
             return [f"{label} ({problem})"], f"cannot read secret {secret.name} in namespace {ns}: {problem}"
-        held, why = self._held_key_id(secret, dict(result.data or {}))
+        data = result.get("data")
+        held, why = self._held_key_id(secret, dict(data) if isinstance(data, dict) else {})
         if held is None:
             return [f"{label} ({why})"], f"secret {secret.name} in namespace {ns}: {why}"
         if held != key_id:
@@ -314,10 +308,15 @@ class KubernetesCheck:
 
         try:
             result = fn()
-        except self._api_exception as exc:
-            status = getattr(exc, "status", 0) or 0
-            record_call(SERVICE, op, status or type(exc).__name__)
-            return self._explain(status, _status_reason(exc), verb, resource), None
+        except KubeStatus as exc:
+            record_call(SERVICE, op, exc.status)
+            return self._explain(exc.status, exc.reason, verb, resource), None
+        except httpio.DeadlineExceeded:
+            record_call(SERVICE, op, "DeadlineExceeded")
+            return f"no answer within {self.config.timeout:g}s", None
+        except httpio.BodyTooLarge as exc:
+            record_call(SERVICE, op, "BodyTooLarge")
+            return f"unreadable answer: {exc}", None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             record_call(SERVICE, op, type(exc).__name__)
             return f"unreachable: {type(exc).__name__}", None
@@ -341,82 +340,56 @@ class KubernetesCheck:
 
     def close(self) -> None:
         if self._owns_client:
-            self._api_client.close()
+            self._pods_api.close()
 
 
-def _is_ready(pod: Any) -> bool:
-    conditions = (pod.status.conditions if pod.status else None) or []
-    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+def _get(obj: Any, *path: str) -> Any:
+    """``obj[path[0]][path[1]]...`` of a JSON object, or None where a step is missing or not an object."""
+    for name in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(name)
+    return obj
 
 
-def _started(pod: Any, container: str | None) -> datetime | str:
+def _list(obj: Any, *path: str) -> list[dict[str, Any]]:
+    value = _get(obj, *path)
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _time(value: Any) -> datetime | None:
+    """A Kubernetes ``Time`` (RFC 3339, ``2026-01-02T03:04:05Z``), or None when absent or not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return _aware(datetime.fromisoformat(value.replace("Z", "+00:00")))
+    except ValueError:
+        return None
+
+
+def _is_ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in _list(pod, "status", "conditions"))
+
+
+def _started(pod: dict[str, Any], container: str | None) -> datetime | str:
     """When ``pod`` (its ``container``) last started, or why that cannot be told."""
-    status = pod.status
     starts: list[datetime] = []
     seen = False
-    for cs in status.container_statuses or []:
-        if container is not None and cs.name != container:
+    for cs in _list(pod, "status", "containerStatuses"):
+        if container is not None and cs.get("name") != container:
             continue
         seen = True
-        running = cs.state.running if cs.state else None
-        if running is not None and running.started_at is not None:
-            starts.append(_aware(running.started_at))
+        started = _time(_get(cs, "state", "running", "startedAt"))
+        if started is not None:
+            starts.append(started)
     if container is not None and not seen:
         return f"no container {container}"
     if starts:
         return min(starts)
-    if status.start_time is not None:
-        return _aware(status.start_time)
+    start_time = _time(_get(pod, "status", "startTime"))
+    if start_time is not None:
+        return start_time
     return "no start time"
-
-
-def load_api_client(
-    *,
-    in_cluster: bool | None,
-    kubeconfig: str | None,
-    context: str | None,
-    service_account_dir: str | None = None,
-    what: str = "pickup kubernetes",
-    error: Callable[[str], Exception] = PickupError,
-) -> Any:
-    """A ``kubernetes.client.ApiClient`` from the in-cluster service account or a kubeconfig file.
-
-    ``in_cluster`` None: in-cluster when ``KUBERNETES_SERVICE_HOST`` is set. In-cluster reads the token and
-    ``ca.crt`` under ``service_account_dir`` (default: the client library's
-    ``/var/run/secrets/kubernetes.io/serviceaccount``) and re-reads the token as the kubelet rotates it.
-    Shared by the pickup check and leader election (:mod:`rotator.runtime.leader`).
-
-    Raises: ``error(message)`` (PickupError by default) naming ``what`` and where credentials were looked for.
-    """
-    from kubernetes import client as k8s
-    from kubernetes import config as k8s_config
-    from kubernetes.config import incluster_config
-
-    in_cluster = in_cluster if in_cluster is not None else bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
-    configuration = k8s.Configuration()
-    # untyped in the client library: called through Any
-    load_kubeconfig: Any = k8s_config.load_kube_config
-    try:
-        if in_cluster:
-            token_file, cert_file = incluster_config.SERVICE_TOKEN_FILENAME, incluster_config.SERVICE_CERT_FILENAME
-            if service_account_dir is not None:
-                token_file = os.path.join(service_account_dir, "token")
-                cert_file = os.path.join(service_account_dir, "ca.crt")
-            loader_class: Any = incluster_config.InClusterConfigLoader
-            loader_class(token_filename=token_file, cert_filename=cert_file).load_and_set(configuration)
-        else:
-            load_kubeconfig(
-                config_file=kubeconfig,
-                context=context,
-                client_configuration=configuration,
-                persist_config=False,
-            )
-    except (k8s_config.ConfigException, OSError, ValueError) as exc:
-        where = "the in-cluster service account" if in_cluster else f"kubeconfig {kubeconfig or '(default)'}"
-        in_context = f" (context {context})" if context else ""
-        why = redact_text(str(exc))[:300] or type(exc).__name__
-        raise error(f"{what}: cannot load {where}{in_context}: {why}") from exc
-    return k8s.ApiClient(configuration)
 
 
 def _load_client(cfg: CheckConfig) -> Any:

@@ -25,14 +25,15 @@ renews), ``renewTime``, ``leaseTransitions`` (+1 whenever the holder changes). T
 with exactly six fractional digits, which the API server requires (see :func:`lease_time`).
 
 The API is reached through the ``kubernetes`` client library (extra ``rotator[k8s]``), with the credentials of
-:func:`rotator.pickup.kubernetes.load_api_client` (the in-cluster service account, or a kubeconfig).
+:func:`rotator.kube.load_api_client` (the in-cluster service account, or a kubeconfig), and each request
+is bounded by :class:`rotator.kube.KubeApi`: a total deadline of half the ``renew_deadline`` (at least 0.5 s)
+and an answer of at most 64 KiB.
 Requests are recorded with ``record_call("kubernetes", "get-lease" | "create-lease" | "update-lease", status)``.
 Nothing here raises for an API failure: an election that cannot reach the API server just does not lead.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -42,7 +43,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
+from rotator import httpio
 from rotator.config import LeaderElectionConfig
 from rotator.errors import ConfigError, ConfigIssue, MissingExtraError
 from rotator.observability import get_logger, record_call
@@ -51,6 +54,8 @@ log = get_logger()
 
 SERVICE = "kubernetes"
 RBAC_HINT = "deploy/kubernetes/components/leader-election"
+#: a Lease is a few hundred bytes; an answer larger than this is not one
+MAX_BODY = 64 * 1024
 
 
 def lease_time(t: datetime) -> datetime:
@@ -99,32 +104,27 @@ class LeaseApiFailure(Exception):
 
 
 class LeaseClient:
-    """``GET``/``POST``/``PUT`` of one Lease as plain JSON objects, through a ``kubernetes.client.ApiClient``.
+    """``GET``/``POST``/``PUT`` of one Lease as plain JSON objects, through a ``kubernetes.client.ApiClient``'s
+    credentials and connection pool, each request bounded by :class:`rotator.kube.KubeApi` (``timeout``
+    seconds in total, an answer of at most :data:`MAX_BODY` bytes).
 
     Raises: LeaseConflict (409), LeaseApiFailure (anything else but success and, for :meth:`get`, 404).
     """
 
     def __init__(self, api_client: Any, namespace: str, name: str, *, timeout: float) -> None:
-        from kubernetes import client as k8s
+        from rotator.kube import KubeApi
 
         self.namespace = namespace
         self.name = name
         self.timeout = timeout
-        self._api_client = api_client
-        # bodies go in as plain JSON objects (the typed models would add nothing but a conversion)
-        self._api: Any = k8s.CoordinationV1Api(api_client)
-        self._api_exception: type[Exception] = k8s.ApiException
+        self._api = KubeApi(api_client, timeout=timeout, max_body=MAX_BODY)
+        self._collection = f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace, safe='')}/leases"
+        self._path = f"{self._collection}/{quote(name, safe='')}"
 
     def get(self) -> dict[str, Any] | None:
         """The Lease, or None when there is none."""
         try:
-            return self._call(
-                "get-lease",
-                "get",
-                lambda: self._api.read_namespaced_lease(
-                    self.name, self.namespace, _preload_content=False, _request_timeout=self.timeout
-                ),
-            )
+            return self._call("get-lease", "get", lambda: self._api.request("GET", self._path))
         except _NotFound:
             return None
 
@@ -135,13 +135,7 @@ class LeaseClient:
             "metadata": {"name": self.name, "namespace": self.namespace},
             "spec": spec,
         }
-        return self._call(
-            "create-lease",
-            "create",
-            lambda: self._api.create_namespaced_lease(
-                self.namespace, body, _preload_content=False, _request_timeout=self.timeout
-            ),
-        )
+        return self._call("create-lease", "create", lambda: self._api.request("POST", self._collection, body=body))
 
     def replace(self, lease: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
         """``PUT`` ``lease`` (as read: its ``metadata.resourceVersion`` is the precondition) with ``spec``."""
@@ -151,28 +145,28 @@ class LeaseClient:
             "metadata": dict(lease.get("metadata") or {}),
             "spec": spec,
         }
-        return self._call(
-            "update-lease",
-            "update",
-            lambda: self._api.replace_namespaced_lease(
-                self.name, self.namespace, body, _preload_content=False, _request_timeout=self.timeout
-            ),
-        )
+        return self._call("update-lease", "update", lambda: self._api.request("PUT", self._path, body=body))
 
-    def _call(self, op: str, verb: str, fn: Callable[[], Any]) -> dict[str, Any]:
+    def _call(self, op: str, verb: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         import urllib3
 
+        from rotator.kube import KubeStatus
+
         try:
-            response = fn()
-            data = json.loads(response.data)
-        except self._api_exception as exc:
-            status = getattr(exc, "status", 0) or 0
-            record_call(SERVICE, op, status or type(exc).__name__)
-            if status == 404 and verb == "get":
+            data = fn()
+        except KubeStatus as exc:
+            record_call(SERVICE, op, exc.status)
+            if exc.status == 404 and verb == "get":
                 raise _NotFound from None
-            if status == 409 or (status == 404 and verb == "update"):
+            if exc.status == 409 or (exc.status == 404 and verb == "update"):
                 raise LeaseConflict(op) from None  # changed, or deleted, since it was read: read it again
-            raise LeaseApiFailure(self._explain(status, verb)) from None
+            raise LeaseApiFailure(self._explain(exc.status, verb)) from None
+        except httpio.DeadlineExceeded:
+            record_call(SERVICE, op, "DeadlineExceeded")
+            raise LeaseApiFailure(f"no answer within {self.timeout:g}s") from None
+        except httpio.BodyTooLarge as exc:
+            record_call(SERVICE, op, "BodyTooLarge")
+            raise LeaseApiFailure(f"unreadable answer: {exc}") from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             record_call(SERVICE, op, type(exc).__name__)
             raise LeaseApiFailure(f"unreachable: {type(exc).__name__}") from None
@@ -180,8 +174,6 @@ class LeaseClient:
             record_call(SERVICE, op, type(exc).__name__)
             raise LeaseApiFailure(f"unreadable answer: {type(exc).__name__}") from None
         record_call(SERVICE, op, 200)
-        if not isinstance(data, dict):
-            raise LeaseApiFailure("unreadable answer: not a Lease")
         return data
 
     def _explain(self, status: int, verb: str) -> str:
@@ -197,7 +189,7 @@ class LeaseClient:
         return f"status {status}"
 
     def close(self) -> None:
-        self._api_client.close()
+        self._api.close()
 
 
 class _NotFound(Exception):
@@ -500,7 +492,7 @@ def open_elector(
         import kubernetes  # noqa: F401
     except ImportError as exc:
         raise MissingExtraError("k8s", exc.name or "kubernetes") from exc
-    from rotator.pickup.kubernetes import load_api_client
+    from rotator.kube import load_api_client
 
     namespace = lease_namespace(cfg)
     if api_client is None:

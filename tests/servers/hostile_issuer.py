@@ -16,6 +16,10 @@ from Momento's "API keys HTTP API" page: ``POST /api-keys`` answers ``{"api_key"
 pages of at most ``limit`` keys with an optional ``next_token``); everything not matched is the emulator's
 documented behaviour, forwarded unchanged.
 
+The proxy forwards to any plain-HTTP upstream, so ``tests/test_hostile_kube.py`` puts it in front of
+``tests/servers/kube_api.py`` too (the departures there are from the Kubernetes API's: an API server answers
+promptly, with a ``Status`` object of a few hundred bytes for an error).
+
 ``calls`` records ``(method, path)`` of every request the proxy saw (the query left out), so a test can count
 the calls a pass makes at the server. Nothing is patched in rotator or an SDK: rotator talks HTTP to this.
 """
@@ -243,7 +247,7 @@ class HostileIssuer:
                     behaviour(req, lambda: proxy._forward(req), self)
                     self.close_connection = True
 
-            do_GET = do_POST = do_DELETE = _handle
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
