@@ -15,66 +15,29 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from rotator.durations import MAX_DURATION as MAX_DURATION
+from rotator.durations import Duration as Duration
+from rotator.durations import RotateBefore as RotateBefore
+from rotator.durations import format_duration as format_duration
+from rotator.durations import parse_duration as parse_duration
 from rotator.errors import ConfigError, ConfigIssue, KeyFormatError
-from rotator.keys import check_endpoint
+from rotator.keys import SECRET_HINT, check_endpoint, momento_keys_in, shown  # noqa: F401
+from rotator.keys import describe_secrets as redact_secrets
+from rotator.model import KEY_DESCRIPTION_MAX
 from rotator.stores import base as store_base
 
-# ---- values quoted in messages -----------------------------------------------------------------------------
-
-# key-shaped text: a JWT (v2 keys, legacy tokens), base64 JSON (v1 keys), or a long mixed base64 run
-_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
-_B64_RUN_RE = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
-# a run without '/': for "a long base64 string", so that paths and webhook URLs are not taken for secrets
-_B64_PLAIN_RE = re.compile(r"[A-Za-z0-9+_=-]{32,}")
-SECRET_HINT = "a key does not belong in this field (read secrets with {env: VAR} or {file: PATH})"  # noqa: S105
+# re-exported for the import paths that predate rotator.durations and rotator.keys.describe_secrets
+__all__ = ["MAX_DURATION", "Duration", "RotateBefore", "format_duration", "parse_duration", "redact_secrets"]
 
 
-def _key_shape(token: str) -> str | None:
-    from rotator.keys import key_kind
-
-    kind = key_kind(token)
-    if kind == "v2":
-        return "a Momento API key (v2)"
-    if kind == "v1":
-        return "a Momento API key (v1)"
-    if kind == "legacy":
-        return "a Momento legacy token"
-    if _JWT_RE.fullmatch(token):
-        return "a JWT"
-    if token.startswith("eyJ") or (
-        any(c.isdigit() for c in token) and any(c.isupper() for c in token) and any(c.islower() for c in token)
-    ):
-        return "a long base64 string (a secret?)"
-    return None
-
-
-def redact_secrets(text: str) -> str:
-    """``text`` with every key-shaped token replaced by a short description of it and a hint."""
-    if len(text) < 32:
-        return text
-
-    def sub(m: re.Match[str]) -> str:
-        what = _key_shape(m.group(0))
-        return m.group(0) if what is None else f"<{what}: {SECRET_HINT}>"
-
-    text = _JWT_RE.sub(sub, text)
-    text = _B64_RUN_RE.sub(lambda m: sub(m) if m.group(0).startswith("eyJ") else m.group(0), text)
-    return _B64_PLAIN_RE.sub(sub, text)
-
-
-def _momento_keys_in(text: str) -> list[str]:
-    """Descriptions of the Momento keys (v1, v2, legacy) found in ``text``."""
-    if len(text) < 32:
-        return []
-    from rotator.keys import key_kind
-
-    found = []
-    for m in (*_JWT_RE.finditer(text), *_B64_RUN_RE.finditer(text)):
-        if key_kind(m.group(0)) in ("v1", "v2", "legacy"):
-            found.append(_key_shape(m.group(0)) or "a Momento API key")
-    return found
+def _key_here(what: str) -> str:
+    return (
+        f"holds {what}, and a key does not belong in a config file: put it in an environment variable or a "
+        "file and point to it with {env: VAR} or {file: PATH} (issuer.management_key), then revoke it if "
+        "this file was shared"
+    )
 
 
 def _keys_in_config(data: Any, issues: list[ConfigIssue]) -> None:
@@ -95,114 +58,20 @@ def _keys_in_config(data: Any, issues: list[ConfigIssue]) -> None:
                     children.append((f"{path}[{k}]", v))
                     continue
                 name = str(k)
-                found = _momento_keys_in(name)
+                found = momento_keys_in(name)
                 if found:
                     name = f"<{found[0]}>"
                     issues.append(ConfigIssue(f"{path}.{name}" if path else name, _key_here(found[0])))
                 children.append((f"{path}.{name}" if path else name, v))
             stack.extend(reversed(children))
         elif isinstance(value, str):
-            found = _momento_keys_in(value)
+            found = momento_keys_in(value)
             if found:
                 issues.append(ConfigIssue(path or "(top level)", _key_here(found[0])))
 
 
-def _key_here(what: str) -> str:
-    return (
-        f"holds {what}, and a key does not belong in a config file: put it in an environment variable or a "
-        "file and point to it with {env: VAR} or {file: PATH} (issuer.management_key), then revoke it if "
-        "this file was shared"
-    )
-
-
-def _shown(value: Any) -> str:
-    """``repr(value)`` for a message, unless it is shaped like a key: then a description of it."""
-    text = repr(value)
-    shown = redact_secrets(text)
-    if shown != text:  # described, not shown: never cut a key in two (a part could slip through)
-        return shown
-    return text if len(text) <= 120 else text[:100] + "...'"
-
-
-# ---- durations and fractions ------------------------------------------------------------------------------
-
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|w|d|h|m|s)")
-_UNITS = {"w": 604800.0, "d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-
-
-#: the longest duration accepted anywhere (a datetime plus it must stay representable)
-MAX_DURATION = timedelta(days=36500)
-_RANGE_HINT = "write one like 30d, 6h, 15m or 90s (at most 36500d, 100 years)"
-
-
-def parse_duration(value: Any) -> timedelta:
-    """``"30d"``, ``"6h"``, ``"90s"``, ``"1h30m"``, ``"2w"`` or a number of seconds, as a timedelta.
-
-    Raises ValueError (with what to write instead) for anything else, a negative, NaN or infinite value,
-    or one longer than :data:`MAX_DURATION`."""
-    if isinstance(value, timedelta):
-        total = value.total_seconds()
-    elif isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"expected a duration: {_RANGE_HINT}")
-    elif isinstance(value, int | float):
-        total = float(value)
-    else:
-        text = value.strip().lower().replace(" ", "")
-        pos, total = 0, 0.0
-        for m in _DURATION_RE.finditer(text):
-            if m.start() != pos:
-                break
-            total += float(m.group(1)) * _UNITS[m.group(2)]
-            pos = m.end()
-        if not text or pos != len(text):
-            raise ValueError(f"{_shown(value)} is not a duration: write it like 30d, 6h, 15m, 90s or 1h30m")
-    if total != total:  # NaN
-        raise ValueError(f"not a number (NaN) is not a duration: {_RANGE_HINT}")
-    if total < 0:
-        raise ValueError(f"a duration cannot be negative: {_RANGE_HINT}")
-    if total > MAX_DURATION.total_seconds():
-        raise ValueError("too long: a duration may be at most 36500d (100 years); write one like 30d or 6h")
-    return value if isinstance(value, timedelta) else timedelta(seconds=total)
-
-
-def format_duration(td: timedelta) -> str:
-    """The shortest human form of a duration: ``30d``, ``1h2m``, ``90s`` -> ``1m30s``."""
-    secs = int(td.total_seconds())
-    if secs == 0:
-        return "0s"
-    sign = "-" if secs < 0 else ""
-    secs = abs(secs)
-    out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if secs >= size:
-            n, secs = divmod(secs, size)
-            out.append(f"{n}{unit}")
-    return sign + "".join(out)
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-
-
-def _parse_before(value: Any) -> timedelta | float:
-    if isinstance(value, str) and value.strip().endswith("%"):
-        try:
-            pct = float(value.strip()[:-1])
-        except ValueError:
-            raise ValueError(f"{_shown(value)} is not a percentage: write it like 25%") from None
-        if not 0 < pct < 100:
-            raise ValueError("a percentage of the lifetime must be between 0% and 100%, e.g. 25%")
-        return pct / 100
-    if isinstance(value, float) and 0 < value < 1:
-        return value
-    return parse_duration(value)
-
-
-RotateBefore = Annotated[timedelta | float, BeforeValidator(_parse_before)]
-
 # ---- the raw shape ------------------------------------------------------------------------------------------
 
-#: the longest key description the key API accepts (the emulator models the same limit), marker included
-KEY_DESCRIPTION_MAX = 1024
 
 POLICY_NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 FORMATS = ("json", "env", "key")
@@ -225,7 +94,7 @@ class SecretSource(BaseModel):
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*\Z", v):
-            raise ValueError(f"{_shown(v)} is not an environment variable name: write one like MOMENTO_API_KEY")
+            raise ValueError(f"{shown(v)} is not an environment variable name: write one like MOMENTO_API_KEY")
         return v
 
     def model_post_init(self, __context: Any) -> None:
@@ -286,7 +155,7 @@ class IssuerConfig(BaseModel):
         m = re.match(r"^(https?)://([^/:?#\s]+)(:\d{1,5})?(/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?\Z", v)
         if not m:
             raise ValueError(
-                f"{_shown(v)} is not a base URL like https://mga.registry.prod.a.momentohq.com "
+                f"{shown(v)} is not a base URL like https://mga.registry.prod.a.momentohq.com "
                 "(a path prefix such as https://gateway.example.com/momento is allowed; no query or fragment)"
             )
         if m.group(1) == "http" and m.group(2) not in ("127.0.0.1", "localhost", "::1"):
@@ -300,7 +169,7 @@ class IssuerConfig(BaseModel):
             try:
                 re.compile(p)
             except re.error as exc:
-                raise ValueError(f"{_shown(p)} is not a regular expression: {exc}") from None
+                raise ValueError(f"{shown(p)} is not a regular expression: {exc}") from None
         return v
 
     @property
@@ -354,7 +223,7 @@ class RawPolicy(BaseModel):
             if redact_secrets(v) != v:  # never echo a pasted key, not even lowercased
                 suggestion = "my-policy"
             raise ValueError(
-                f"{_shown(v)} is not a valid policy name: use 1-63 lowercase letters, digits and '-', "
+                f"{shown(v)} is not a valid policy name: use 1-63 lowercase letters, digits and '-', "
                 f"e.g. {suggestion!r}"
             )
         return v
@@ -389,7 +258,7 @@ class HttpConfig(BaseModel):
             return v
         host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host:
-            raise ValueError(f"{_shown(v)} is not host:port, e.g. 127.0.0.1:9464 or 0.0.0.0:9464 (or null to disable)")
+            raise ValueError(f"{shown(v)} is not host:port, e.g. 127.0.0.1:9464 or 0.0.0.0:9464 (or null to disable)")
         return v
 
 
@@ -649,7 +518,7 @@ class Config:
         found = index.get(name)
         if found is not None:
             return found
-        raise ConfigError([ConfigIssue("policy", f"no policy named {_shown(name)}; known: {', '.join(self.names())}")])
+        raise ConfigError([ConfigIssue("policy", f"no policy named {shown(name)}; known: {', '.join(self.names())}")])
 
     def names(self) -> list[str]:
         return [p.name for p in self.policies]
@@ -697,7 +566,7 @@ def _store_specs(raw: RawConfig, issues: list[ConfigIssue]) -> dict[str, StoreSp
             issues.append(ConfigIssue(path, "store names use letters, digits, '-' and '_'"))
         kind = body.get("type") if isinstance(body, dict) else None
         if not isinstance(kind, str) or kind not in store_base.REGISTRY:
-            issues.append(ConfigIssue(f"{path}.type", f"unknown store type {_shown(kind)}; use one of: {known}"))
+            issues.append(ConfigIssue(f"{path}.type", f"unknown store type {shown(kind)}; use one of: {known}"))
             continue
         try:
             cfg = store_base.backend(kind).StoreConfig.model_validate(body)
@@ -852,7 +721,7 @@ def _resolve_pickup(path: str, raw_checks: list[dict[str, Any]], issues: list[Co
             issues.append(ConfigIssue(f"{cpath}.type", "grace always applies: set `grace:` on the policy instead"))
             continue
         if kind not in pickup_base.REGISTRY:
-            issues.append(ConfigIssue(f"{cpath}.type", f"unknown pickup check {_shown(kind)}; use one of: {known}"))
+            issues.append(ConfigIssue(f"{cpath}.type", f"unknown pickup check {shown(kind)}; use one of: {known}"))
             continue
         try:
             out.append(pickup_base.backend(kind).CheckConfig.model_validate(c))
@@ -914,7 +783,7 @@ def _resolve_targets(
         if store not in specs:
             if store not in raw.stores:
                 known = ", ".join(raw.stores) or "none defined"
-                issues.append(ConfigIssue(f"{tpath}.store", f"no store named {_shown(store)} (stores: {known})"))
+                issues.append(ConfigIssue(f"{tpath}.store", f"no store named {shown(store)} (stores: {known})"))
             continue
         spec = specs[store]
         body = dict(t)
@@ -927,7 +796,7 @@ def _resolve_targets(
         tfmt = str(getattr(opts, "format", fmt))
         endpoint_secret = getattr(opts, "endpoint_secret", None)
         if tfmt not in FORMATS:
-            issues.append(ConfigIssue(f"{tpath}.format", f"unknown format {_shown(tfmt)}; use json, env or key"))
+            issues.append(ConfigIssue(f"{tpath}.format", f"unknown format {shown(tfmt)}; use json, env or key"))
         if tfmt == "key" and not endpoint_secret:
             issues.append(
                 ConfigIssue(
@@ -1025,7 +894,7 @@ def _check_issuer(raw: RawConfig, issues: list[ConfigIssue]) -> None:
         issues.append(ConfigIssue("issuer.endpoint", "Missing required property: endpoint"))
     mk = raw.issuer.management_key
     if mk is not None and mk.store is not None and mk.store not in raw.stores:
-        issues.append(ConfigIssue("issuer.management_key.store", f"no store named {_shown(mk.store)}"))
+        issues.append(ConfigIssue("issuer.management_key.store", f"no store named {shown(mk.store)}"))
 
 
 def _resolve_policies(raw: RawConfig, specs: dict[str, StoreSpec], issues: list[ConfigIssue]) -> list[Policy]:
@@ -1042,7 +911,7 @@ def _resolve_policies(raw: RawConfig, specs: dict[str, StoreSpec], issues: list[
             issues.append(
                 ConfigIssue(
                     f"policies[{i}].name",
-                    f"{_shown(policy.name)} is already used by policies[{seen_names[policy.name]}]",
+                    f"{shown(policy.name)} is already used by policies[{seen_names[policy.name]}]",
                 )
             )
         seen_names.setdefault(policy.name, i)
@@ -1054,7 +923,7 @@ def _resolve_policies(raw: RawConfig, specs: dict[str, StoreSpec], issues: list[
                     issues.append(
                         ConfigIssue(
                             owner,
-                            f"secret {_shown(sid)} in store {_shown(t.store)} is already written by "
+                            f"secret {shown(sid)} in store {shown(t.store)} is already written by "
                             + seen_targets[tid],
                         )
                     )

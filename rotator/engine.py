@@ -17,14 +17,13 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from rotator import keys as keyfmt
-from rotator.config import Config, Policy, Target, format_duration
+from rotator.config import Config, Policy, Target
 from rotator.errors import (
     ConfigError,
     ConfigIssue,
@@ -39,6 +38,7 @@ from rotator.errors import (
     StoreIntegrityError,
     StorePreconditionFailed,
 )
+from rotator.guards import Deadline, deadline_issuer, deadline_store, read_only_issuer, read_only_store
 from rotator.issuers.base import KeyIssuer
 from rotator.model import (
     Action,
@@ -56,7 +56,12 @@ from rotator.model import (
     TargetObservation,
 )
 from rotator.planner import Options, expired, plan
-from rotator.stores.base import ANY_CURRENT, Expect, SecretStore, TargetRef, VersionMeta
+from rotator.report import UNSERVED as UNSERVED
+from rotator.report import ActionResult as ActionResult
+from rotator.report import PassReport as PassReport
+from rotator.report import PolicyReport as PolicyReport
+from rotator.report import mark_unserved as mark_unserved
+from rotator.stores.base import SecretStore, TargetRef, VersionMeta
 
 Clock = Callable[[], datetime]
 PickupRunner = Callable[[Policy, str, dict[str, SecretState]], tuple[PickupVerdict, ...]]
@@ -68,250 +73,6 @@ log = structlog.get_logger("rotator")
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class ActionResult:
-    action: Action
-    ok: bool
-    error: str | None = None
-    key_id: str | None = None  # for create: the new key's id
-    detail: dict[str, str] = field(default_factory=dict)
-    #: why the action was not carried out although nothing failed: its precondition no longer held when it
-    #: was re-checked against fresh state (compare-and-set), so the next pass decides again
-    skipped: str | None = None
-    deadline: bool = False  # not started (or stopped) because the pass ran past pass_timeout
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"action": self.action.kind, "ok": self.ok}
-        if self.skipped:
-            out["skipped"] = self.skipped
-        for name in ("key_id", "target", "source", "reason"):
-            v = getattr(self.action, name, None)
-            if v is not None:
-                out[name] = v
-        if self.key_id:
-            out["new_key_id"] = self.key_id
-        if self.error:
-            out["error"] = self.error
-        if self.detail:
-            out["targets"] = self.detail
-        return out
-
-
-@dataclass
-class PolicyReport:
-    policy: str
-    plan: Plan | None
-    results: list[ActionResult] = field(default_factory=list)
-    error: str | None = None
-    targets: dict[str, SecretState | None] | None = None
-    target_errors: dict[str, str] = field(default_factory=dict)
-    keys: tuple[KeyInfo, ...] = ()
-    target_ids: tuple[str, ...] = ()
-    #: what the plan was made from, so that an action can re-plan against fresh state right before it acts
-    opts: Options | None = field(default=None, repr=False)
-    verdicts: tuple[PickupVerdict, ...] | None = field(default=None, repr=False)
-    observed_targets: dict[str, TargetObservation] | None = field(default=None, repr=False)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and all(r.ok for r in self.results)
-
-    def held_keys(self) -> dict[str, KeyInfo | None]:
-        """The key each target holds as current, as far as this pass knows (target id -> key, or None).
-
-        Targets that were not read hold the policy's one live key (that is what steady state means).
-        """
-        by_id = {k.key_id: k for k in self.keys}
-        out: dict[str, KeyInfo | None] = {}
-        if self.targets is not None:
-            for tid, state in self.targets.items():
-                out[tid] = by_id.get(state.current_key_id) if state and state.current_key_id else None
-        elif self.plan is not None and self.plan.phase == "steady" and self.plan.current_key:
-            out = {tid: by_id.get(self.plan.current_key) for tid in self.target_ids}
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        p = self.plan
-        out: dict[str, Any] = {
-            "policy": self.policy,
-            "ok": self.ok,
-            "phase": p.phase if p else "error",
-            "current_key": p.current_key if p else None,
-            "planned": [_action_json(a) for a in p.actions] if p else [],
-            "results": [r.to_json() for r in self.results],
-            "notes": list(p.notes) if p else [],
-            "wake_at": p.wake_at.isoformat() if p and p.wake_at else None,
-        }
-        if self.error:
-            out["error"] = self.error
-        return out
-
-
-def _action_json(a: Action) -> dict[str, Any]:
-    out: dict[str, Any] = {"action": a.kind}
-    for name in ("key_id", "target", "source", "reason"):
-        v = getattr(a, name, None)
-        if v is not None:
-            out[name] = v
-    if isinstance(a, Revoke) and a.retire_in:
-        out["retire_in"] = list(a.retire_in)
-    return out
-
-
-@dataclass
-class PassReport:
-    started: datetime
-    finished: datetime
-    dry_run: bool
-    policies: list[PolicyReport]
-    error: str | None = None
-    issuer_ok: bool = True
-    issuer_auth_error: bool = False  # the management key was refused (401/403): bad input, exit code 2
-    deadline_passed: bool = False  # the pass ran past pass_timeout: the mutations left were not started
-    #: policies whose targets hold no live key after this pass, with none published by it (never ok)
-    unserved: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and not self.deadline_passed and all(p.ok for p in self.policies)
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.ok else 1
-
-    def counts(self) -> dict[str, int]:
-        c = {"created": 0, "published": 0, "retired": 0, "revoked": 0, "skipped": 0, "failed": 0}
-        for p in self.policies:
-            for r in p.results:
-                if not r.ok:
-                    c["failed"] += 1
-                elif r.skipped:
-                    c["skipped"] += 1
-                elif isinstance(r.action, CreateKey):
-                    c["created"] += 1
-                elif isinstance(r.action, Publish):
-                    c["published"] += 1
-                elif isinstance(r.action, Retire):
-                    c["retired"] += 1
-                elif isinstance(r.action, Revoke):
-                    c["revoked"] += 1
-            if p.error:
-                c["failed"] += 1
-        return c
-
-    def wake_at(self) -> datetime | None:
-        times = [p.plan.wake_at for p in self.policies if p.plan and p.plan.wake_at]
-        return min(times) if times else None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "dry_run": self.dry_run,
-            "started": self.started.isoformat(),
-            "duration_s": round((self.finished - self.started).total_seconds(), 3),
-            "counts": self.counts(),
-            "error": self.error,
-            "deadline_passed": self.deadline_passed,
-            "policies": [p.to_json() for p in self.policies],
-        }
-
-
-UNSERVED = "no target holds a live key, and this pass published none"
-
-
-def mark_unserved(report: PassReport) -> list[str]:
-    """Policies whose targets were read and hold no live key, with nothing published by this pass either.
-
-    Such a policy is never reported as ok (e.g. every target failed, and its key waits out orphan_after):
-    its report gets an error, so the summary, the metrics and the alerts all see a failure."""
-    out = []
-    for pr in report.policies:
-        if pr.error or pr.targets is None:
-            continue
-        live = {k.key_id for k in pr.keys if k.expires_at is None or k.expires_at > report.finished}
-        held = any(s is not None and s.current_key_id in live for s in pr.targets.values())
-        published = any(
-            (r.ok and r.action.kind == "publish") or any(v == "ok" for v in r.detail.values()) for r in pr.results
-        )
-        if not held and not published:
-            pr.error = UNSERVED
-            out.append(pr.policy)
-    return out
-
-
-class ReadOnlyIssuer:
-    """The issuer seen by a dry run: listing works, anything that changes state raises."""
-
-    def __init__(self, inner: KeyIssuer) -> None:
-        self._inner = inner
-
-    def list_keys(self) -> list[KeyInfo]:
-        return self._inner.list_keys()
-
-    def list_roles(self) -> list[Any]:
-        return self._inner.list_roles()
-
-    def create_key(self, *a: Any, **k: Any) -> IssuedKey:
-        raise AssertionError("dry run: create_key must not be called")
-
-    def revoke_key(self, *a: Any, **k: Any) -> None:
-        raise AssertionError("dry run: revoke_key must not be called")
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class ReadOnlyStore:
-    """A store seen by a dry run: inspect and read work, anything that changes state raises."""
-
-    def __init__(self, inner: SecretStore) -> None:
-        self._inner = inner
-        self.name = inner.name
-
-    def inspect(self, ref: TargetRef) -> SecretState:
-        return self._inner.inspect(ref)
-
-    def read(self, ref: TargetRef, key_id: str) -> SecretText:
-        return self._inner.read(ref, key_id)
-
-    def stage(self, *a: Any, **k: Any) -> None:
-        raise AssertionError("dry run: stage must not be called")
-
-    def promote(self, *a: Any, **k: Any) -> None:
-        raise AssertionError("dry run: promote must not be called")
-
-    def retire(self, *a: Any, **k: Any) -> None:
-        raise AssertionError("dry run: retire must not be called")
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class _Deadline:
-    """The pass deadline on the monotonic clock: after it, no further mutation may start (``pass_timeout``).
-
-    A wall clock can jump (NTP, a resumed VM); the monotonic clock counts the time the process really had, and
-    a process paused by SIGSTOP, a long GC or a frozen VM finds its deadline passed when it resumes.
-    """
-
-    def __init__(self, timeout: float | None, monotonic: Callable[[], float]) -> None:
-        self.timeout = timeout
-        self._monotonic = monotonic
-        self.at = None if timeout is None else monotonic() + timeout
-
-    def remaining(self) -> float | None:
-        return None if self.at is None else self.at - self._monotonic()
-
-    def passed(self) -> bool:
-        r = self.remaining()
-        return r is not None and r <= 0
-
-    def check(self, what: str) -> None:
-        if self.passed():
-            limit = format_duration(timedelta(seconds=self.timeout or 0))
-            raise DeadlinePassed(f"deadline passed: pass_timeout ({limit}) ran out before {what}")
 
 
 class _RolesFrom:
@@ -334,60 +95,6 @@ class _RolesFrom:
 
     def close(self) -> None:
         return None
-
-
-class GuardedIssuer:
-    """The issuer seen by a pass with a deadline: every mutation first checks that the deadline has not passed."""
-
-    def __init__(self, inner: KeyIssuer, deadline: _Deadline) -> None:
-        self._inner, self._deadline = inner, deadline
-
-    def list_keys(self) -> list[KeyInfo]:
-        return self._inner.list_keys()
-
-    def list_roles(self) -> list[Any]:
-        return self._inner.list_roles()
-
-    def create_key(self, *a: Any, **k: Any) -> IssuedKey:
-        self._deadline.check("creating a key")
-        return self._inner.create_key(*a, **k)
-
-    def revoke_key(self, key_id: str) -> None:
-        self._deadline.check(f"revoking key {key_id}")
-        self._inner.revoke_key(key_id)
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class GuardedStore:
-    """A store seen by a pass with a deadline: reads work, every write first checks the deadline."""
-
-    def __init__(self, inner: SecretStore, deadline: _Deadline) -> None:
-        self._inner, self._deadline = inner, deadline
-        self.name = inner.name
-        self.stage_makes_current = getattr(inner, "stage_makes_current", False)
-
-    def inspect(self, ref: TargetRef) -> SecretState:
-        return self._inner.inspect(ref)
-
-    def read(self, ref: TargetRef, key_id: str) -> SecretText:
-        return self._inner.read(ref, key_id)
-
-    def stage(self, ref: TargetRef, value: SecretText, meta: VersionMeta) -> None:
-        self._deadline.check(f"staging key {meta.key_id} in {ref.id}")
-        self._inner.stage(ref, value, meta)
-
-    def promote(self, ref: TargetRef, key_id: str, expect_current: Expect = ANY_CURRENT) -> None:
-        self._deadline.check(f"promoting key {key_id} in {ref.id}")
-        self._inner.promote(ref, key_id, expect_current)
-
-    def retire(self, ref: TargetRef, key_id: str) -> None:
-        self._deadline.check(f"retiring key {key_id} in {ref.id}")
-        self._inner.retire(ref, key_id)
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 class _Fresh:
@@ -570,7 +277,7 @@ class Engine:
         created, wait a random time up to this many seconds (the runtimes pass ``jitter``), then list the keys
         again, so that passes that started together do not both create a key for the same policy.
         """
-        deadline = _Deadline(self.config.pass_timeout.total_seconds(), self.monotonic)
+        deadline = Deadline(self.config.pass_timeout.total_seconds(), self.monotonic)
         report = self.observe(
             dry_run=dry_run, only=only, force=force, emergency=emergency, read_targets=read_targets, progress=progress
         )
@@ -594,7 +301,7 @@ class Engine:
 
     def _views(self, dry_run: bool) -> tuple[KeyIssuer, dict[str, Any]]:
         if dry_run:
-            return ReadOnlyIssuer(self.issuer), {n: ReadOnlyStore(s) for n, s in self.stores.items()}
+            return read_only_issuer(self.issuer), {n: read_only_store(s) for n, s in self.stores.items()}
         return self.issuer, dict(self.stores)
 
     def _each(self, items: list[Any], fn: Callable[[Any], PolicyReport]) -> list[PolicyReport]:
@@ -693,7 +400,7 @@ class Engine:
         *,
         stop: threading.Event | None = None,
         progress: Progress | None = None,
-        deadline: _Deadline | None = None,
+        deadline: Deadline | None = None,
         pre_create_delay: float = 0.0,
     ) -> PassReport:
         """The act half of a pass: carry out each policy's planned actions, recording the results.
@@ -703,10 +410,10 @@ class Engine:
         """
         issuer, stores = self._views(report.dry_run)
         if deadline is None:
-            deadline = _Deadline(None, self.monotonic)
+            deadline = Deadline(None, self.monotonic)
         if not report.dry_run:
-            issuer = GuardedIssuer(issuer, deadline)
-            stores = {n: GuardedStore(s, deadline) for n, s in stores.items()}
+            issuer = deadline_issuer(issuer, deadline)
+            stores = {n: deadline_store(s, deadline) for n, s in stores.items()}
         counter = _Counter(progress, "act", len(report.policies))
         plans = [pr.plan for pr in report.policies if pr.plan is not None]
         creates = any(isinstance(a, CreateKey) for p in plans for a in p.actions)
@@ -752,7 +459,7 @@ class Engine:
         self._each(busy, one)
         return report
 
-    def _start_delay(self, most: float, deadline: _Deadline, stop: threading.Event | None) -> None:
+    def _start_delay(self, most: float, deadline: Deadline, stop: threading.Event | None) -> None:
         """Wait a random time up to ``most`` seconds (and never past half the time the pass has left)."""
         delay = self._rng.uniform(0, most)
         left = deadline.remaining()

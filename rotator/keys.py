@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from rotator.errors import KeyFormatError
 from rotator.model import SecretText
+from rotator.redaction import JWT_RE
 
 KeyKind = Literal["v2", "v1", "legacy", "unknown"]
 PayloadFormat = Literal["json", "env", "key"]
@@ -235,22 +236,54 @@ def render(fmt: str, api_key: SecretText, *, endpoint: str, key_id: str, expires
     return Payload(SecretText(body), CONTENT_TYPES[fmt])
 
 
-def payload_key_id(payload: SecretText) -> str | None:
-    """The key id a stored payload names, whatever its format: the JSON ``keyId``, the ``MOMENTO_KEY_ID=``
-    line, or a raw v2 key's ``jti``. ``None`` when it names none (a value rotator did not write)."""
-    text = payload.reveal().strip()
-    if text.startswith("{"):
+def _env_fields(text: str) -> dict[str, str]:
+    """``NAME=value`` lines (an ``export`` prefix and quotes around the value allowed), later lines winning."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.strip().removeprefix("export ").partition("=")
+        if sep:
+            fields[name.strip()] = value.strip().strip("\"'")
+    return fields
+
+
+def payload_key_id(payload: SecretText | str, fmt: str | None = None) -> str | None:
+    """The key id a stored payload names: the one rule for the engine, every store and the pickup checks.
+
+    - ``json``: its ``keyId``, else the ``jti`` of its ``apiKey``;
+    - ``env``: the ``MOMENTO_KEY_ID=`` line (``export`` and quotes allowed), else the ``jti`` of
+      ``MOMENTO_API_KEY=``;
+    - ``key``: the raw key's id (a v2 key's ``jti``).
+
+    ``fmt`` None: told from the text (``{`` starts JSON; a ``MOMENTO_*=`` line makes it env; else a raw key).
+    ``None`` when it names none (a value rotator did not write). Never raises, never shows the payload.
+    """
+    text = (payload.reveal() if isinstance(payload, SecretText) else payload).strip()
+    if fmt is None:
+        if text.startswith("{"):
+            fmt = "json"
+        elif any(name.startswith("MOMENTO_") for name in _env_fields(text)):
+            fmt = "env"
+        else:
+            fmt = "key"
+    api_key: object
+    if fmt == "json":
         try:
             data = json.loads(text)
         except ValueError:
             return None
-        kid = data.get("keyId") if isinstance(data, dict) else None
-        return kid if isinstance(kid, str) else None
-    for line in text.splitlines():
-        name, sep, value = line.partition("=")
-        if sep and name.strip() == "MOMENTO_KEY_ID":
-            return value.strip() or None
-    return key_id_of(SecretText(text)) if "\n" not in text else None
+        if not isinstance(data, dict):
+            return None
+        kid, api_key = data.get("keyId"), data.get("apiKey")
+    elif fmt == "env":
+        fields = _env_fields(text)
+        kid, api_key = fields.get("MOMENTO_KEY_ID"), fields.get("MOMENTO_API_KEY")
+    elif fmt == "key":
+        kid, api_key = None, text if "\n" not in text else None
+    else:
+        return None
+    if isinstance(kid, str) and kid.strip():
+        return kid.strip()
+    return (key_id_of(SecretText(api_key)) or None) if isinstance(api_key, str) and api_key else None
 
 
 def parse_api_key(fmt: str, payload: SecretText) -> SecretText:
@@ -273,3 +306,63 @@ def parse_api_key(fmt: str, payload: SecretText) -> SecretText:
     if fmt == "key":
         return SecretText(text.strip())
     raise KeyFormatError(f"unknown payload format {fmt!r}: use json, env or key")
+
+
+# ---- values quoted in messages -----------------------------------------------------------------------------
+
+# key-shaped text: a JWT (v2 keys, legacy tokens), base64 JSON (v1 keys), or a long mixed base64 run
+_B64_RUN_RE = re.compile(r"[A-Za-z0-9+/_=-]{32,}")
+# a run without '/': for "a long base64 string", so that paths and webhook URLs are not taken for secrets
+_B64_PLAIN_RE = re.compile(r"[A-Za-z0-9+_=-]{32,}")
+SECRET_HINT = "a key does not belong in this field (read secrets with {env: VAR} or {file: PATH})"  # noqa: S105
+
+
+def key_shape(token: str) -> str | None:
+    kind = key_kind(token)
+    if kind == "v2":
+        return "a Momento API key (v2)"
+    if kind == "v1":
+        return "a Momento API key (v1)"
+    if kind == "legacy":
+        return "a Momento legacy token"
+    if JWT_RE.fullmatch(token):
+        return "a JWT"
+    if token.startswith("eyJ") or (
+        any(c.isdigit() for c in token) and any(c.isupper() for c in token) and any(c.islower() for c in token)
+    ):
+        return "a long base64 string (a secret?)"
+    return None
+
+
+def describe_secrets(text: str) -> str:
+    """``text`` with every key-shaped token replaced by a short description of it and a hint."""
+    if len(text) < 32:
+        return text
+
+    def sub(m: re.Match[str]) -> str:
+        what = key_shape(m.group(0))
+        return m.group(0) if what is None else f"<{what}: {SECRET_HINT}>"
+
+    text = JWT_RE.sub(sub, text)
+    text = _B64_RUN_RE.sub(lambda m: sub(m) if m.group(0).startswith("eyJ") else m.group(0), text)
+    return _B64_PLAIN_RE.sub(sub, text)
+
+
+def momento_keys_in(text: str) -> list[str]:
+    """Descriptions of the Momento keys (v1, v2, legacy) found in ``text``."""
+    if len(text) < 32:
+        return []
+    found = []
+    for m in (*JWT_RE.finditer(text), *_B64_RUN_RE.finditer(text)):
+        if key_kind(m.group(0)) in ("v1", "v2", "legacy"):
+            found.append(key_shape(m.group(0)) or "a Momento API key")
+    return found
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` for a message, unless it is shaped like a key: then a description of it."""
+    text = repr(value)
+    described = describe_secrets(text)
+    if described != text:  # described, not shown: never cut a key in two (a part could slip through)
+        return described
+    return text if len(text) <= 120 else text[:100] + "...'"

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import functools
 import re
-import threading
-import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
+
+from rotator.redaction import SECRETS, SecretText
+
+__all__ = ["SECRETS", "SecretText"]  # re-exported: they live in rotator.redaction
+
+#: the longest key description the key API accepts (the emulator models the same limit), marker included
+KEY_DESCRIPTION_MAX = 1024
 
 MARKER_RE = re.compile(r"\[rotator:([a-z0-9][a-z0-9-]{0,62})\]\s*\Z")
 
@@ -28,96 +33,6 @@ def policy_of(description: str | None) -> str | None:
         return None
     m = MARKER_RE.search(description)
     return m.group(1) if m else None
-
-
-class _SecretRegistry:
-    """What the redactor scrubs from every log line, error, summary, alert and page: the plaintexts alive in
-    this process (held weakly: an issued key is dropped with its last reference), and every credential rotator
-    was configured with (pinned for the life of the process: the management key, notifier URLs and headers,
-    pickup tokens, user info and query values in any URL)."""
-
-    #: shorter values are not scrubbed (they would blank ordinary words)
-    MIN_LENGTH = 8
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._values: weakref.WeakSet[SecretText] = weakref.WeakSet()
-        self._pinned: set[str] = set()
-
-    def add(self, s: SecretText) -> None:
-        with self._lock:
-            self._values.add(s)
-
-    def pin(self, value: str) -> None:
-        """Scrub ``value`` (and its stripped form) for the life of the process."""
-        for v in {value, value.strip()}:
-            if len(v) >= self.MIN_LENGTH:
-                with self._lock:
-                    self._pinned.add(v)
-
-    def pin_url(self, url: str) -> None:
-        """Pin the credentials a URL may carry: its user info, and each query value."""
-        from urllib.parse import parse_qsl, urlsplit
-
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            return
-        if "@" in parts.netloc:
-            userinfo = parts.netloc.rpartition("@")[0]
-            self.pin(userinfo)
-            for piece in userinfo.split(":"):
-                self.pin(piece)
-        for _, value in parse_qsl(parts.query, keep_blank_values=False):
-            self.pin(value)
-
-    def values(self) -> list[str]:
-        """Every value to scrub, longest first (a URL that holds a token is replaced whole)."""
-        with self._lock:
-            found = {s.reveal() for s in list(self._values)} | self._pinned
-        return sorted(found, key=len, reverse=True)
-
-
-SECRETS = _SecretRegistry()
-
-
-class SecretText:
-    """A plaintext secret (an API key or a payload holding one). Never shown by ``repr``, ``str`` or ``format``.
-
-    Call :meth:`reveal` at the one place that must hand the value to a client library.
-    """
-
-    __slots__ = ("__value", "__weakref__")
-
-    def __init__(self, value: str) -> None:
-        if not isinstance(value, str):
-            raise TypeError("SecretText wraps a str")
-        self.__value = value
-        if len(value) >= 8:
-            SECRETS.add(self)
-
-    def reveal(self) -> str:
-        return self.__value
-
-    def __repr__(self) -> str:
-        return "SecretText('***')"
-
-    __str__ = __repr__
-
-    def __format__(self, spec: str) -> str:
-        return "***"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SecretText) and other.__value == self.__value
-
-    def __hash__(self) -> int:
-        return hash(self.__value)
-
-    def __len__(self) -> int:
-        return len(self.__value)
-
-    def __reduce__(self) -> tuple[object, ...]:
-        raise TypeError("SecretText cannot be pickled")
 
 
 @dataclass(frozen=True)

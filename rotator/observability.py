@@ -9,7 +9,6 @@ like a JWT or a v1 key, wherever it appears in an event.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 from collections import Counter
@@ -18,39 +17,9 @@ from typing import Any, TextIO
 
 import structlog
 
-from rotator.model import SECRETS
+from rotator.redaction import REDACTED, _redact, redact_text, redact_value
 
-REDACTED = "[REDACTED]"
-_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
-# a v1 key is base64 of '{"endpoint"...' or '{"api_key"...': it starts with eyJ too, without dots
-_B64_JSON_RE = re.compile(r"eyJ[A-Za-z0-9+/]{40,}={0,2}")
-
-
-def redact_text(text: str) -> str:
-    """``text`` with every known plaintext and every key-shaped token replaced by ``[REDACTED]``."""
-    for value in SECRETS.values():
-        if value and value in text:
-            text = text.replace(value, REDACTED)
-    text = _JWT_RE.sub(REDACTED, text)
-    return _B64_JSON_RE.sub(REDACTED, text)
-
-
-def redact_value(value: Any) -> Any:
-    """``value`` (JSON-like: dicts, lists, strings, numbers) with every string redacted."""
-    return _redact(value)
-
-
-def _redact(value: Any) -> Any:
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, dict):
-        return {k: _redact(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_redact(v) for v in value)
-    if isinstance(value, int | float | bool) or value is None:
-        return value
-    return redact_text(str(value))
-
+__all__ = ["REDACTED", "redact_text", "redact_value"]  # re-exported: they live in rotator.redaction
 
 def redaction_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: scrub key material from every value, including rendered exceptions."""

@@ -56,9 +56,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import jwt
 
-from rotator.config import KEY_DESCRIPTION_MAX
 from rotator.errors import ConfigError, IssuerNotFound
-from rotator.model import IssuedKey, KeyInfo, Role, SecretText
+from rotator.model import KEY_DESCRIPTION_MAX, IssuedKey, KeyInfo, Role, SecretText
 
 __all__ = [
     "BOOTSTRAP_DESCRIPTION",

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, BeforeValidator, Field
 
-from rotator.config import parse_duration
+from rotator.durations import parse_duration
 from rotator.model import PickupVerdict
 
 

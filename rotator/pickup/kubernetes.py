@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -44,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from rotator import httpio
 from rotator.errors import MissingExtraError
-from rotator.keys import key_id_of
+from rotator.keys import payload_key_id
 from rotator.kube import KubeApi, KubeStatus, load_api_client
 from rotator.model import PickupVerdict, SecretText
 from rotator.observability import get_logger, record_call
@@ -149,37 +148,9 @@ def _aware(t: datetime) -> datetime:
 
 
 def key_id_in(fmt: str, payload: SecretText) -> str | None:
-    """The key id a stored payload of format ``fmt`` holds, or ``None``. Never raises, never shows the payload.
-
-    ``json``: ``keyId`` (else the ``jti`` of ``apiKey``); ``env``: ``MOMENTO_KEY_ID=`` (else the ``jti`` of
-    ``MOMENTO_API_KEY=``); ``key``: the ``jti`` of the raw key.
-    """
-    text = payload.reveal()
-    if fmt == "json":
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return None
-        if not isinstance(data, dict):
-            return None
-        kid = data.get("keyId")
-        if isinstance(kid, str) and kid.strip():
-            return kid.strip()
-        api_key = data.get("apiKey")
-        return key_id_of(SecretText(api_key)) if isinstance(api_key, str) else None
-    if fmt == "env":
-        values: dict[str, str] = {}
-        for line in text.splitlines():
-            name, sep, value = line.strip().removeprefix("export ").partition("=")
-            if sep:
-                values[name.strip()] = value.strip().strip("\"'")
-        if values.get("MOMENTO_KEY_ID"):
-            return values["MOMENTO_KEY_ID"]
-        api_key = values.get("MOMENTO_API_KEY")
-        return key_id_of(SecretText(api_key)) if api_key else None
-    if fmt == "key":
-        return key_id_of(payload)
-    return None
+    """The key id a stored payload of format ``fmt`` holds (:func:`rotator.keys.payload_key_id`, the one
+    rule), or ``None``. Never raises, never shows the payload."""
+    return payload_key_id(payload, fmt)
 
 
 class KubernetesCheck:

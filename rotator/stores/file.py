@@ -61,7 +61,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from rotator.config import Duration
+from rotator.durations import Duration
 from rotator.errors import (
     StoreConflict,
     StoreError,

@@ -64,7 +64,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from rotator.config import Duration
+from rotator.durations import Duration
 from rotator.errors import (
     MissingExtraError,
     StoreConflict,
@@ -75,7 +75,7 @@ from rotator.errors import (
     StorePreconditionFailed,
     StoreUnavailable,
 )
-from rotator.keys import jwt_claims
+from rotator.keys import payload_key_id
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call
 from rotator.stores.base import ANY_CURRENT, POOL_CONNECTIONS, Expect, SecretStore, TargetRef, VersionMeta
@@ -362,27 +362,8 @@ class _Change:
 
 
 def key_id_in(payload: str) -> str | None:
-    """The key id a stored payload names, without checking it: a JSON payload's ``keyId``, an env payload's
-    ``MOMENTO_KEY_ID`` (else the ``jti`` of its ``MOMENTO_API_KEY``), or a raw v2 key's ``jti`` claim."""
-    text = payload.strip()
-    if text.startswith("{"):
-        try:
-            data = json.loads(text)
-        except ValueError:
-            return None
-        kid = data.get("keyId") if isinstance(data, dict) else None
-        return kid if isinstance(kid, str) and kid else None
-    if "=" in text.split("\n", 1)[0] and text.startswith("MOMENTO_"):
-        fields = {}
-        for line in text.splitlines():
-            name, _, value = line.partition("=")
-            fields[name.strip()] = value.strip()
-        if fields.get("MOMENTO_KEY_ID"):
-            return fields["MOMENTO_KEY_ID"]
-        text = fields.get("MOMENTO_API_KEY", "")
-    claims = jwt_claims(text)
-    jti = claims.get("jti") if claims else None
-    return jti if isinstance(jti, str) and jti else None
+    """The key id a stored payload names (:func:`rotator.keys.payload_key_id`, the one rule)."""
+    return payload_key_id(payload)
 
 
 def _holds(data: bytes, value: SecretText, key_id: str) -> bool:
