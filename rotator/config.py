@@ -23,10 +23,12 @@ from rotator.durations import RotateBefore as RotateBefore
 from rotator.durations import format_duration as format_duration
 from rotator.durations import parse_duration as parse_duration
 from rotator.errors import ConfigError, ConfigIssue, KeyFormatError
-from rotator.keys import SECRET_HINT, check_endpoint, momento_keys_in, shown  # noqa: F401
+from rotator.keys import SECRET_HINT, PayloadFormat, check_endpoint, momento_keys_in, shown  # noqa: F401
 from rotator.keys import describe_secrets as redact_secrets
 from rotator.model import KEY_DESCRIPTION_MAX
-from rotator.stores import base as store_base
+from rotator.stores import registry as store_registry
+from rotator.stores.base import BaseTargetOptions
+from rotator.stores.base import StoreSpec as StoreSpec
 
 # re-exported for the import paths that predate rotator.durations and rotator.keys.describe_secrets
 __all__ = ["MAX_DURATION", "Duration", "RotateBefore", "format_duration", "parse_duration", "redact_secrets"]
@@ -448,9 +450,9 @@ class Target:
 
     store: str
     secret: str
-    format: str
+    format: PayloadFormat
     endpoint_secret: str | None
-    options: BaseModel
+    options: BaseTargetOptions
 
     @property
     def id(self) -> str:
@@ -481,13 +483,6 @@ class Policy:
         from rotator.model import marker
 
         return f"{self.description} {marker(self.name)}".strip()
-
-
-@dataclass(frozen=True)
-class StoreSpec:
-    name: str
-    type: str
-    config: BaseModel
 
 
 @dataclass(frozen=True)
@@ -559,17 +554,22 @@ _UNION_TAGS = {"timedelta", "float", "literal['never']", "union[timedelta,float]
 
 def _store_specs(raw: RawConfig, issues: list[ConfigIssue]) -> dict[str, StoreSpec]:
     specs: dict[str, StoreSpec] = {}
-    known = ", ".join(sorted(store_base.REGISTRY))
     for name, body in raw.stores.items():
         path = f"stores.{name}"
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z", name):
             issues.append(ConfigIssue(path, "store names use letters, digits, '-' and '_'"))
         kind = body.get("type") if isinstance(body, dict) else None
-        if not isinstance(kind, str) or kind not in store_base.REGISTRY:
+        if not isinstance(kind, str):
+            known = ", ".join(sorted(store_registry.known()))
             issues.append(ConfigIssue(f"{path}.type", f"unknown store type {shown(kind)}; use one of: {known}"))
             continue
         try:
-            cfg = store_base.backend(kind).StoreConfig.model_validate(body)
+            store_type = store_registry.store_type(kind)
+        except store_registry.StoreTypeError as exc:
+            issues.extend(ConfigIssue(f"{path}.{i.path}", i.message) for i in exc.issues)
+            continue
+        try:
+            cfg = store_type.config.model_validate(body)
         except ValidationError as exc:
             issues.extend(_issues(exc, path))
             continue
@@ -789,14 +789,11 @@ def _resolve_targets(
         body = dict(t)
         body.setdefault("format", fmt)
         try:
-            opts = store_base.backend(spec.type).TargetOptions.model_validate(body)
+            opts = store_registry.store_type(spec.type).target.model_validate(body)
         except ValidationError as exc:
             issues.extend(_issues(exc, tpath))
             continue
-        tfmt = str(getattr(opts, "format", fmt))
-        endpoint_secret = getattr(opts, "endpoint_secret", None)
-        if tfmt not in FORMATS:
-            issues.append(ConfigIssue(f"{tpath}.format", f"unknown format {shown(tfmt)}; use json, env or key"))
+        tfmt, endpoint_secret = opts.format, opts.endpoint_secret
         if tfmt == "key" and not endpoint_secret:
             issues.append(
                 ConfigIssue(
@@ -805,7 +802,7 @@ def _resolve_targets(
                     "e.g. endpoint_secret: momento-endpoint",
                 )
             )
-        targets.append(Target(store, str(getattr(opts, "secret", "")), tfmt, endpoint_secret, opts))
+        targets.append(Target(store, opts.secret, tfmt, endpoint_secret, opts))
     return targets
 
 

@@ -93,6 +93,9 @@ class _RolesFrom:
     def revoke_key(self, *a: Any, **k: Any) -> None:
         raise AssertionError("the preflight must not revoke keys")
 
+    def set_management_key(self, key: SecretText) -> None:
+        raise AssertionError("the preflight must not switch keys")
+
     def close(self) -> None:
         return None
 
@@ -242,7 +245,7 @@ class Engine:
             raise ConfigError([ConfigIssue(where, f"unknown role {role!r}; the issuer knows: {', '.join(names)}")])
         return found
 
-    def observe_targets(self, policy: Policy, stores: dict[str, Any]) -> dict[str, TargetObservation]:
+    def observe_targets(self, policy: Policy, stores: dict[str, SecretStore]) -> dict[str, TargetObservation]:
         out: dict[str, TargetObservation] = {}
         for t in policy.targets:
             try:
@@ -299,7 +302,7 @@ class Engine:
         )
         return report
 
-    def _views(self, dry_run: bool) -> tuple[KeyIssuer, dict[str, Any]]:
+    def _views(self, dry_run: bool) -> tuple[KeyIssuer, dict[str, SecretStore]]:
         if dry_run:
             return read_only_issuer(self.issuer), {n: read_only_store(s) for n, s in self.stores.items()}
         return self.issuer, dict(self.stores)
@@ -507,7 +510,7 @@ class Engine:
         self,
         policy: Policy,
         mine_keys: Iterable[KeyInfo],
-        stores: dict[str, Any],
+        stores: dict[str, SecretStore],
         p: Plan,
         opts: Options,
         now: datetime,
@@ -544,7 +547,7 @@ class Engine:
         known: dict[str, KeyInfo],
         fresh: _Fresh,
         issuer: KeyIssuer,
-        stores: dict[str, Any],
+        stores: dict[str, SecretStore],
     ) -> ActionResult:
         bound: dict[str, str] = {"action": action.kind}
         if not isinstance(action, CreateKey):
@@ -593,7 +596,7 @@ class Engine:
         known: dict[str, KeyInfo],
         fresh: _Fresh,
         issuer: KeyIssuer,
-        stores: dict[str, Any],
+        stores: dict[str, SecretStore],
     ) -> ActionResult:
         listed = fresh.policy_keys(policy.name)
         if listed is not None:
@@ -710,7 +713,7 @@ class Engine:
         pr: PolicyReport,
         known: dict[str, KeyInfo],
         fresh: _Fresh,
-        stores: dict[str, Any],
+        stores: dict[str, SecretStore],
     ) -> ActionResult:
         """Copy a key a target holds to a target that lacks it (never a key the issuer dropped or that expired)."""
         key = known[action.key_id]
@@ -731,7 +734,7 @@ class Engine:
         target: Target,
         key: KeyInfo,
         api_key: SecretText,
-        stores: dict[str, Any],
+        stores: dict[str, SecretStore],
         observed: SecretState | None,
         known: dict[str, KeyInfo],
         *,
@@ -753,7 +756,7 @@ class Engine:
             # a key this pass just created: no other pass can hold it, so the promote's own compare-and-set
             # against what this pass observed is the whole check (no extra read), unless the store has no
             # staging and its stage is the switch (Key Vault): then the target is read again right before it
-            if fresh_key and observed is not None and not getattr(store, "stage_makes_current", False):
+            if fresh_key and observed is not None and not store.capabilities.stage_makes_current:
                 held = observed.current_key_id
             else:
                 held = store.inspect(ref).current_key_id
@@ -767,7 +770,7 @@ class Engine:
                 if newer is not None and newer.issued_at > key.issued_at:
                     return f"target {target.id} holds key {held}, which is newer than key {key.key_id}"
             if target.endpoint_secret:
-                self._ensure_endpoint(policy, target, store)
+                self.ensure_endpoint(policy, target, store)
             store.stage(ref, payload.value, meta)
             if store.read(ref, key.key_id) != payload.value:
                 raise StoreIntegrityError(
@@ -787,14 +790,17 @@ class Engine:
             mk = self.config.issuer.management_key
             if policy.manages_self and mk is not None and (mk.store, mk.secret) == (target.store, target.secret):
                 # rotator's own key: from now on this process uses the new key (the store has it for restarts)
-                switch = getattr(self.issuer, "set_management_key", None)
-                if switch is not None:
-                    switch(api_key)
-                    log.info("switched to the new management key", new_key_id=key.key_id)
+                self.issuer.set_management_key(api_key)
+                log.info("switched to the new management key", new_key_id=key.key_id)
         return None
 
     def _retire(
-        self, policy: Policy, action: Retire, pr: PolicyReport, known: dict[str, KeyInfo], stores: dict[str, Any]
+        self,
+        policy: Policy,
+        action: Retire,
+        pr: PolicyReport,
+        known: dict[str, KeyInfo],
+        stores: dict[str, SecretStore],
     ) -> ActionResult:
         t = self._target(policy, action.target)
         store: SecretStore = stores[t.store]
@@ -814,7 +820,7 @@ class Engine:
         pr: PolicyReport,
         known: dict[str, KeyInfo],
         issuer: KeyIssuer,
-        stores: dict[str, Any],
+        stores: dict[str, SecretStore],
     ) -> ActionResult:
         """Re-read every target, re-plan, and revoke only if the rules still revoke this key now: no target holds
         it as current or (for an orphan) at all, and the last switch away from it is at least ``grace`` ago."""
@@ -842,7 +848,7 @@ class Engine:
         log.info("revoked key", reason=action.reason, retired_in=list(match.retire_in))
         return ActionResult(action, True)
 
-    def _ensure_endpoint(self, policy: Policy, target: Target, store: SecretStore) -> None:
+    def ensure_endpoint(self, policy: Policy, target: Target, store: SecretStore) -> None:
         """For format ``key``: the endpoint lives in a second secret, versioned by a hash of its value."""
         assert target.endpoint_secret is not None
         ref = self.ref(policy, target).with_secret(target.endpoint_secret)

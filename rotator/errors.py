@@ -60,10 +60,12 @@ class ConfigError(RotatorError):
 class MissingExtraError(RotatorError):
     """A backend needs an optional dependency that is not installed."""
 
-    def __init__(self, extra: str, module: str) -> None:
+    def __init__(self, extra: str, module: str, *, package: str = "rotator") -> None:
         self.extra = extra
+        self.package = package
+        install = f"rotator[{extra}]" if package == "rotator" else package
         super().__init__(
-            f"the {extra!r} backend needs {module!r}, which is not installed: run  pip install 'rotator[{extra}]'"
+            f"the {extra!r} backend needs {module!r}, which is not installed: run  pip install '{install}'"
         )
 
 

@@ -21,10 +21,11 @@ from pathlib import Path
 
 #: extra -> the modules (paths from the project root) that may import its packages
 USERS: dict[str, tuple[str, ...]] = {
-    "aws": ("rotator/stores/aws.py", "rotator/notify.py"),  # notify.py: the SNS notifier
+    "aws": ("rotator/stores/aws.py", "rotator/notify.py", "rotator/botohttp.py"),  # notify.py: the SNS notifier
     "azure": ("rotator/stores/azure.py",),
     "gcp": ("rotator/stores/gcp.py",),
-    "k8s": ("rotator/pickup/kubernetes.py", "rotator/runtime/leader.py"),
+    "k8s": ("rotator/kube.py", "rotator/pickup/kubernetes.py", "rotator/runtime/leader.py"),
+    "testing": ("rotator/testing/stores.py",),  # the store contract kit: a pytest class
     "lambda": ("rotator/metrics.py",),  # the CloudWatch EMF provider (Powertools)
 }
 #: optional groups that are never a runtime extra of their own

@@ -39,6 +39,7 @@ FLOORS: list[set[str]] = [
         "rotator.kube",
         "rotator.stores",
         "rotator.stores.base",
+        "rotator.stores.registry",
         "rotator.issuers",
         "rotator.issuers.base",
         "rotator.pickup",

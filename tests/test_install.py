@@ -322,3 +322,64 @@ def test_make_run_from_a_clean_clone_completes_a_pass(tmp_path: Path) -> None:
     assert "rotator stopped" in rest and "Error" not in rest, (out + rest)[-4000:]
     current = json.loads((clone / ".rotator" / "secrets" / "demo" / "checkout" / "current").read_text())
     assert current["keyId"], sorted(current)
+
+
+def test_a_store_type_from_an_installed_package_runs_a_pass(work: Path, wheel: Path, tmp_path: Path) -> None:
+    """A third-party store, as its author ships it (examples/store-plugin: a wheel with a ``rotator.stores``
+    entry point), installed beside rotator: its own tests pass rotator.testing's store contract in that venv,
+    and ``rotator once`` rotates into it, without a line of rotator changed."""
+    venv = _venv(work, wheel, "")
+    python = str(venv / "bin" / "python")
+    env = _clean_env()
+    dist = tmp_path / "dist"
+    r = _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--wheel-dir",
+            str(dist),
+            str(ROOT / "examples" / "store-plugin"),
+        ]
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    (plugin,) = dist.glob("rotator_jsondir-*.whl")
+    # as its users install it: the wheel and its test extra (rotator[testing]: pytest), rotator already there
+    r = _run([python, "-m", "pip", "install", "-q", "--no-compile", f"{plugin}[test]"], env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    # the plugin's own test module, run where a plugin author runs it: against the installed rotator
+    shutil.copytree(ROOT / "examples" / "store-plugin" / "tests", tmp_path / "plugin-tests")
+    r = _run(
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path / "plugin-tests")], env=env, cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout and "failed" not in r.stdout, r.stdout[-2000:]
+
+    cfg = _demo_config(tmp_path)
+    text = cfg.read_text().replace(
+        "type: file\n    path: " + str(tmp_path / ".rotator" / "secrets"),
+        "type: jsondir\n    path: " + str(tmp_path / "jsondir"),
+    )
+    assert "type: jsondir" in text
+    cfg.write_text(text)
+    rotator = str(venv / "bin" / "rotator")
+    r = _run([rotator, "validate", "-c", str(cfg)], env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = _run([rotator, "once", "-c", str(cfg)], env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])["summary"]
+    assert summary["ok"] is True and summary["counts"]["created"] == 2, summary
+    doc = json.loads((tmp_path / "jsondir" / "demo" / "checkout.json").read_text())
+    (current,) = [v for v in doc["versions"] if v["version"] == doc["current"]]
+    assert json.loads(current["value"])["keyId"] == current["key_id"]
+
+    # a type nothing provides: exit 2, naming it and what to install
+    cfg.write_text(text.replace("type: jsondir", "type: vault"))
+    r = _run([rotator, "validate", "-c", str(cfg)], env=env, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "stores.local.type: unknown store type 'vault'" in r.stderr and "entry point named 'vault'" in r.stderr
+    assert "jsondir" in r.stderr  # the installed plugin's type is among the known ones

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from rotator.model import IssuedKey, KeyInfo, Role
+from rotator.model import IssuedKey, KeyInfo, Role, SecretText
 
 
 @runtime_checkable
@@ -26,6 +26,11 @@ class KeyIssuer(Protocol):
 
     def list_roles(self) -> list[Role]:
         """Every role (system and custom), all pages."""
+        ...
+
+    def set_management_key(self, key: SecretText) -> None:
+        """Use ``key`` for every later request: rotator's own key was rotated (a policy with ``self: true``).
+        Local: makes no call. An issuer that needs no key (a test double) ignores it."""
         ...
 
     def close(self) -> None:

@@ -22,7 +22,8 @@ from rotator.engine import Clock, Engine, system_clock
 from rotator.errors import ConfigError, ConfigIssue, KeyFormatError, RotatorError
 from rotator.issuers.base import KeyIssuer
 from rotator.model import SECRETS, SecretText
-from rotator.stores.base import SecretStore, TargetRef, open_store
+from rotator.stores.base import SecretStore, StoreContext, TargetRef
+from rotator.stores.registry import open_store
 
 
 @dataclass
@@ -127,13 +128,8 @@ def open_stores(config: Config, *, clock: Clock = system_clock, **injected: Any)
         used.add(mk.store)
     stores: dict[str, SecretStore] = {}
     for name in sorted(used):
-        spec = config.stores[name]
-        extra = dict(injected.get(name, {}))
-        if spec.type in ("file", "gcp"):
-            extra.setdefault("clock", clock)
-        if spec.type == "file":
-            extra.setdefault("pass_timeout", config.pass_timeout)  # the age of an abandoned temp file
-        stores[name] = open_store(spec.type, name, spec.config, **extra)
+        context = StoreContext(clock=clock, pass_timeout=config.pass_timeout, options=dict(injected.get(name, {})))
+        stores[name] = open_store(config.stores[name], context)
     return stores
 
 

@@ -551,7 +551,7 @@ def _once(app: Any, only: list[str] | None, clock: Clock, *, shard: Any = None) 
 
 
 def _validate(config: Config, path: str) -> int:
-    from rotator.stores.base import require_extra
+    from rotator.stores.registry import require_extra
 
     warnings = []
     for spec in config.stores.values():

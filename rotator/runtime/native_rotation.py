@@ -21,14 +21,14 @@ rotation.
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from rotator import keys as keyfmt
 from rotator.config import Policy, Target
 from rotator.errors import ConfigError, ConfigIssue, RotatorError
 from rotator.observability import get_logger
 from rotator.runtime.app import App
-from rotator.stores.base import VersionMeta
+from rotator.stores.base import NativeRotation, VersionMeta
 
 log = get_logger()
 
@@ -48,11 +48,13 @@ def _name_of(secret_id: str) -> str:
 
 
 def find_target(app: App, secret_id: str) -> tuple[Policy, Target]:
-    """The policy and aws target that own ``secret_id``. Raises ConfigError when no policy writes it."""
+    """The policy and target that own ``secret_id``, in a store that declares native rotation (AWS Secrets
+    Manager). Raises ConfigError when no policy writes it."""
     wanted = {secret_id, _name_of(secret_id)}
     for policy in app.config.policies:
         for t in policy.targets:
-            if app.config.stores[t.store].type == "aws" and ({t.secret, _name_of(t.secret)} & wanted):
+            store = app.stores.get(t.store)
+            if store is not None and store.capabilities.native_rotation and ({t.secret, _name_of(t.secret)} & wanted):
                 return policy, t
     raise ConfigError(
         [
@@ -73,7 +75,7 @@ def run_step(app: App, event: dict[str, Any]) -> dict[str, Any]:
             f"{', '.join(STEPS)}, SecretId and ClientRequestToken"
         )
     policy, target = find_target(app, secret_id)
-    store: Any = app.stores[target.store]
+    store = cast(NativeRotation, app.stores[target.store])  # find_target took a store that declares it
     ref = app.engine.ref(policy, target)
     stages, enabled, _ = store.rotation_state(ref)
     log.info("native rotation step", step=step, policy=policy.name, target=target.id, version=token)
@@ -111,7 +113,7 @@ def run_step(app: App, event: dict[str, Any]) -> dict[str, Any]:
         )
         meta = VersionMeta(issued.info.key_id, policy.name, issued.info.expires_at, payload.content_type, policy.role)
         if target.endpoint_secret:
-            engine._ensure_endpoint(policy, target, store)
+            engine.ensure_endpoint(policy, target, app.stores[target.store])
         # RotationToken: AWS requires it on PutSecretValue for cross-account rotation and rotation under an
         # assumed role (PutSecretValue API reference); sensitive, so never logged
         rotation_token = event.get("RotationToken")

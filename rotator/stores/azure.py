@@ -71,7 +71,20 @@ from rotator.errors import (
 )
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call
-from rotator.stores.base import ANY_CURRENT, POOL_CONNECTIONS, Expect, TargetRef, VersionMeta
+from rotator.stores.base import (
+    ANY_CURRENT,
+    POOL_CONNECTIONS,
+    BaseTargetOptions,
+    Expect,
+    SecretStore,
+    StoreBase,
+    StoreCapabilities,
+    StoreContext,
+    StoreSpec,
+    StoreType,
+    TargetRef,
+    VersionMeta,
+)
 
 SERVICE = "azure-keyvault"
 KEY_ID_TAG = "rotator-key-id"
@@ -231,7 +244,7 @@ class StoreConfig(BaseModel):
         return self
 
 
-class TargetOptions(BaseModel):
+class TargetOptions(BaseTargetOptions):
     """What a target pointing at an Azure store may set.
 
     ``secret`` and ``endpoint_secret`` must be Key Vault secret names. ``tags`` are added to every version
@@ -239,12 +252,6 @@ class TargetOptions(BaseModel):
     new version over a current value it did not write (otherwise staging refuses with StoreConflict).
     """
 
-    model_config = ConfigDict(extra="forbid")
-
-    store: str
-    secret: str
-    format: str | None = None
-    endpoint_secret: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     adopt: bool = False
 
@@ -519,7 +526,7 @@ def _inner_code(exc: Any) -> str:
         return ""
 
 
-class AzureKeyVaultStore:
+class AzureKeyVaultStore(StoreBase):
     """A :class:`~rotator.stores.base.SecretStore` over one Azure Key Vault. Thread-safe.
 
     Open it with :func:`open_store`. Every method raises only :class:`~rotator.errors.StoreError`
@@ -528,7 +535,9 @@ class AzureKeyVaultStore:
 
     #: Key Vault has no staging: the version stage() writes is current at once, so the engine reads the target
     #: again right before it (the compare-and-set promote has nothing left to switch)
-    stage_makes_current = True
+    #: no staging: a Set Secret is the switch; no etag or If-Match on it, so the current version is read right
+    #: before the write (docs/design-notes.md: the window that leaves)
+    capabilities = StoreCapabilities(stage_makes_current=True, compare_and_set="read-then-write")
 
     def __init__(self, name: str, config: StoreConfig, *, credential: Any = None, **client_options: Any) -> None:
         try:
@@ -1141,3 +1150,20 @@ def open_store(name: str, config: StoreConfig, *, credential: Any = None, **clie
     Raises MissingExtraError without ``rotator[azure]``, ConfigError for an unusable credential setting.
     """
     return AzureKeyVaultStore(name, config, credential=credential, **client_options)
+
+
+def _open(spec: StoreSpec, context: StoreContext) -> SecretStore:
+    assert isinstance(spec.config, StoreConfig)
+    return open_store(spec.name, spec.config, **context.options)
+
+
+#: the ``azure`` store type, registered under the entry point group ``rotator.stores``
+STORE_TYPE = StoreType(
+    name="azure",
+    config=StoreConfig,
+    target=TargetOptions,
+    open=_open,
+    capabilities=AzureKeyVaultStore.capabilities,
+    extra="azure",
+    sdk="azure.keyvault.secrets",
+)

@@ -1,16 +1,24 @@
-"""The secret-store contract every backend implements, and the registry that finds backends by name.
+"""The plug-in surface of a secret store: the contract every backend implements, what it declares about
+itself, and how rotator finds and opens it. ``docs/stores/README.md`` walks through adding one.
 
-A backend is one module under ``rotator.stores`` named after the service. It defines, with no cloud SDK
-imported at module level (the SDK is imported inside :func:`open_store` or the store's constructor, so a
-config can be validated without the extra installed and a Lambda for AWS never loads Azure or Google code):
+A backend is a module (in rotator, ``rotator.stores.<service>``; outside, any package) that exports a
+:class:`StoreType`, registered under the entry-point group ``rotator.stores`` (the built-in ones are
+registered the same way, in rotator's own ``pyproject.toml``). The :class:`StoreType` names:
 
-- ``StoreConfig``: a pydantic model of the store's own settings (``stores.<name>`` in the config), with a
+- ``config``: a pydantic model of the store's own settings (``stores.<name>`` in the config), with a
   ``type: Literal["<kind>"]`` field;
-- ``TargetOptions``: a pydantic model of what a target pointing at this store may set. It sees the whole
-  target mapping (``store``, ``secret``, ``format``, ``endpoint_secret`` and any store-specific fields) and
-  validates ``secret`` against the service's naming rules; unknown fields are errors;
-- ``open_store(name, config, **injected) -> SecretStore``.
+- ``target``: a :class:`BaseTargetOptions` subclass for what a target pointing at this store may set. It
+  sees the whole target mapping (``store``, ``secret``, ``format``, ``endpoint_secret`` and the store's own
+  fields) and validates ``secret`` against the service's naming rules; unknown fields are errors;
+- ``open``: ``(StoreSpec, StoreContext) -> SecretStore``. The context carries what the runtime provides
+  (the clock, ``pass_timeout``); a backend takes what it needs from it, so neither the engine nor the
+  runtime ever names a backend;
+- the extra and SDK module that provide its client library, for the exact ``pip install`` when it is
+  missing. No SDK is imported at module level: a config is validated without the extra installed, and a
+  Lambda for AWS never loads Azure or Google code.
 
+The store itself satisfies :class:`SecretStore`, declaring its optional behaviour in ``capabilities``
+(:class:`StoreCapabilities`); the engine and the runtime read the declaration, never probe the type.
 Every method names its target with a :class:`TargetRef` and raises only :class:`rotator.errors.StoreError`
 subclasses, whose messages name the store and the secret and never carry secret material.
 """
@@ -19,40 +27,20 @@ from __future__ import annotations
 
 import enum
 import importlib
-from dataclasses import dataclass
-from datetime import datetime
-from types import ModuleType
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from rotator.errors import MissingExtraError
+from rotator.keys import PayloadFormat, shown
 from rotator.model import SecretState, SecretText
 
-#: store type -> (module, extra that provides its SDK, the SDK module whose absence means the extra is missing)
-REGISTRY: dict[str, tuple[str, str | None, str | None]] = {
-    "file": ("rotator.stores.file", None, None),
-    "aws": ("rotator.stores.aws", "aws", "boto3"),
-    "azure": ("rotator.stores.azure", "azure", "azure.keyvault.secrets"),
-    "gcp": ("rotator.stores.gcp", "gcp", "google.cloud.secretmanager"),
-}
-
-
-def backend(kind: str) -> ModuleType:
-    """The backend module for a store type. Raises ``KeyError`` for an unknown type."""
-    module, _, _ = REGISTRY[kind]
-    return importlib.import_module(module)
-
-
-def require_extra(kind: str) -> None:
-    """Raise :class:`MissingExtraError` with the exact ``pip install`` when a backend's SDK is missing."""
-    _, extra, sdk = REGISTRY[kind]
-    if sdk is None or extra is None:
-        return
-    try:
-        importlib.import_module(sdk)
-    except ImportError as exc:
-        raise MissingExtraError(extra, sdk) from exc
+#: the payload formats a target may store (``rotator.keys.render`` writes them)
+FORMATS: tuple[PayloadFormat, ...] = ("json", "env", "key")
 
 
 class _Unchecked(enum.Enum):
@@ -69,6 +57,122 @@ POOL_CONNECTIONS = 64
 #: what ``promote`` expects the target's current version to hold: a key id, ``None`` (nothing current, or a
 #: value rotator did not write), or ``ANY_CURRENT``
 Expect = str | None | Literal[_Unchecked.ANY]
+
+
+class BaseTargetOptions(BaseModel):
+    """The fields every target has, whatever its store; a backend's ``target`` model subclasses it and adds
+    its own (``region``, ``adopt``, ...) and the service's naming rules for ``secret``/``endpoint_secret``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: the name of the store under ``stores:``
+    store: str
+    #: the secret's name (or id, ARN, path: what the service calls it)
+    secret: str
+    #: what is written: ``json`` (default), ``env`` lines, or the raw ``key`` (then ``endpoint_secret``)
+    format: PayloadFormat = "json"
+    #: with ``format: key``, a second secret that receives the endpoint
+    endpoint_secret: str | None = None
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format(cls, v: Any) -> Any:
+        if v not in FORMATS:
+            raise ValueError(f"unknown format {shown(v)}; use json, env or key")
+        return v
+
+
+@dataclass(frozen=True)
+class StoreCapabilities:
+    """What a store declares about itself; the engine, the preflight and the runtime read it.
+
+    - ``stage_makes_current``: the store has no staging (Key Vault): ``stage`` is the switch, so the engine
+      reads the target again right before staging (the compare-and-set of ``promote`` would come too late);
+    - ``compare_and_set``: what ``promote(..., expect_current=...)`` guarantees. ``"conditional"``: the switch
+      is the store's own conditional write (a link that never replaces, a label move AWS refuses when it
+      moved, an etag, a ``resourceVersion``), so a concurrent promote makes one of them fail with
+      StorePreconditionFailed; ``"read-then-write"``: the store has no conditional write, the current
+      version is read right before the write and a writer in between is not seen (docs/design-notes.md);
+    - ``preflight``: :meth:`SecretStore.preflight` proves something before a pass may mutate (the file store
+      writes a probe file); ``False``: it finds nothing, and the pass checks the store target by target;
+    - ``native_rotation``: the store also implements :class:`NativeRotation` (AWS Secrets Manager's own
+      rotation calls a Lambda that rotator serves).
+    """
+
+    stage_makes_current: bool = False
+    compare_and_set: Literal["conditional", "read-then-write"] = "conditional"
+    preflight: bool = False
+    native_rotation: bool = False
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """One entry of ``stores:``: its name, its type and its validated settings (the type's ``config``)."""
+
+    name: str
+    type: str
+    config: BaseModel
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class StoreContext:
+    """What the runtime gives every store it opens; a backend takes what it needs.
+
+    ``clock`` is the wall clock (UTC datetimes: the engine's, so a test or ``--now`` moves every store with
+    it), ``monotonic`` measures durations, ``sleep`` waits (a backoff), ``pass_timeout`` is the longest a
+    pass may take (e.g. the age after which a temp file of a killed pass is stale), and ``options`` holds
+    per-store keyword arguments a caller injects (a test's client, an endpoint), passed to the backend as
+    they are.
+    """
+
+    clock: Callable[[], datetime] = _utc_now
+    monotonic: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    pass_timeout: timedelta = timedelta(minutes=5)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoreType:
+    """A store backend as it registers itself (the object its ``rotator.stores`` entry point names).
+
+    ``capabilities``: what every store of the type declares (its stores' ``capabilities`` are these), so that
+    a caller can tell before opening one (the preflight opens only stores that have one). ``extra``/``sdk``:
+    the extra that provides the client library and the module whose absence means it is missing
+    (``"aws"``, ``"boto3"``); ``package`` the distribution to install for a third-party store.
+    """
+
+    name: str
+    config: type[BaseModel]
+    target: type[BaseTargetOptions]
+    open: Callable[[StoreSpec, StoreContext], SecretStore]
+    capabilities: StoreCapabilities = StoreCapabilities()
+    extra: str | None = None
+    sdk: str | None = None
+    package: str = "rotator"
+
+    def require_sdk(self) -> None:
+        """Raise :class:`MissingExtraError` with the exact ``pip install`` when the client library is missing."""
+        if self.sdk is None:
+            return
+        try:
+            importlib.import_module(self.sdk)
+        except ImportError as exc:
+            raise MissingExtraError(self.extra or self.package, self.sdk, package=self.package) from exc
+
+
+@dataclass(frozen=True)
+class PreflightProblem:
+    """A problem a store's preflight found: about ``targets[index]`` (``index`` None: the store itself), in
+    the field ``field`` (``secret``; for the store, its own setting such as ``path``)."""
+
+    index: int | None
+    field: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -108,9 +212,8 @@ class SecretStore(Protocol):
     """
 
     name: str
-    # A store with no staging (Key Vault) also sets ``stage_makes_current = True``: its ``stage`` is the switch,
-    # so the engine reads the target again right before staging (the compare-and-set of ``promote`` comes
-    # too late there). Optional: the engine reads it with ``getattr(store, "stage_makes_current", False)``.
+    #: what this store declares about itself (read by the engine, the preflight and the runtime)
+    capabilities: StoreCapabilities
 
     def inspect(self, ref: TargetRef) -> SecretState:
         """What the target holds now: its versions with the key id each holds, which is current and since when.
@@ -158,13 +261,53 @@ class SecretStore(Protocol):
         """
         ...
 
+    def preflight(self, targets: Sequence[TargetRef]) -> list[PreflightProblem]:
+        """Before a pass may change anything: what would make writing to ``targets`` fail, proven the way the
+        pass will write where the store can (``capabilities.preflight``); ``[]`` when it cannot tell.
+
+        Changes nothing a pass would see (a probe written is removed at once). Never raises for a problem:
+        it returns it.
+        """
+        ...
+
     def close(self) -> None:
         """Release connections. Idempotent."""
         ...
 
 
-def open_store(kind: str, name: str, config: BaseModel, **injected: Any) -> SecretStore:
-    """Open the store ``name`` of type ``kind``; raises MissingExtraError when its SDK is not installed."""
-    require_extra(kind)
-    store: SecretStore = backend(kind).open_store(name, config, **injected)
-    return store
+@runtime_checkable
+class NativeRotation(Protocol):
+    """The calls of a store whose service rotates secrets itself by calling a function rotator serves (AWS
+    Secrets Manager's rotation Lambda). Implemented by stores whose ``capabilities.native_rotation`` is true;
+    see :mod:`rotator.runtime.native_rotation`."""
+
+    def rotation_state(self, ref: TargetRef) -> tuple[dict[str, list[str]], bool, str | None]:
+        """A fresh look at the secret: (version id -> its stage labels, rotation enabled, the secret's ARN).
+
+        Raises: StoreNotFound (no such secret), StoreUnavailable, StorePermissionError.
+        """
+        ...
+
+    def put_pending(
+        self, ref: TargetRef, value: SecretText, meta: VersionMeta, version_id: str, rotation_token: str | None = None
+    ) -> None:
+        """Write ``value`` as the rotation's pending version ``version_id`` (idempotent)."""
+        ...
+
+    def read_version(self, ref: TargetRef, version_id: str) -> SecretText | None:
+        """The value of one version, or ``None`` when it has no value yet."""
+        ...
+
+    def finish(self, ref: TargetRef, version_id: str) -> None:
+        """Make the rotation's version ``version_id`` current (a no-op when it is already)."""
+        ...
+
+
+class StoreBase:
+    """Defaults a backend may inherit: capabilities with nothing optional, and a preflight that finds
+    nothing (the pass checks the store target by target)."""
+
+    capabilities: StoreCapabilities = StoreCapabilities()
+
+    def preflight(self, targets: Sequence[TargetRef]) -> list[PreflightProblem]:
+        return []

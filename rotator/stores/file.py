@@ -54,7 +54,7 @@ import secrets
 import stat
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -71,7 +71,20 @@ from rotator.errors import (
 )
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import record_call
-from rotator.stores.base import ANY_CURRENT, Expect, SecretStore, TargetRef, VersionMeta
+from rotator.stores.base import (
+    ANY_CURRENT,
+    BaseTargetOptions,
+    Expect,
+    PreflightProblem,
+    SecretStore,
+    StoreBase,
+    StoreCapabilities,
+    StoreContext,
+    StoreSpec,
+    StoreType,
+    TargetRef,
+    VersionMeta,
+)
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,128}\Z")
 _VERSION_NS = uuid.UUID("6f1b2a4e-6c1e-4c8e-9d1e-2f6a7c0b9e31")
@@ -179,15 +192,8 @@ def _check_secret_name(value: str) -> str:
     return value
 
 
-class TargetOptions(BaseModel):
+class TargetOptions(BaseTargetOptions):
     """What a target on a file store may set: only the common fields."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    store: str
-    secret: str
-    format: str = "json"
-    endpoint_secret: str | None = None
 
     _secret = field_validator("secret")(classmethod(lambda cls, v: _check_secret_name(v)))
 
@@ -427,14 +433,19 @@ class _Dir:
         os.fsync(self.fd)
 
 
-class FileStore:
+class FileStore(StoreBase):
     """A :class:`~rotator.stores.base.SecretStore` on a local directory.
+
+    Capabilities: a preflight (a probe file proves each target writable); promote is a conditional write (a
+    promotion record made with ``link(2)``, which never replaces a name).
 
     ``destroy_after``: how long a retired version's value file is kept (0: removed when it is retired).
     ``stale_after``: the age (by mtime, wall clock) at which a temporary file is taken as abandoned by a dead
     writer and removed; the engine passes ``pass_timeout``. ``write`` is ``os.write`` (tests pass a writer
     that writes a few bytes per call, or one that pauses the process at a chosen write).
     """
+
+    capabilities = StoreCapabilities(preflight=True)
 
     def __init__(
         self,
@@ -455,6 +466,29 @@ class FileStore:
 
     def __repr__(self) -> str:
         return f"FileStore(name={self.name!r}, root={str(self.root)!r})"
+
+    def preflight(self, targets: Sequence[TargetRef]) -> list[PreflightProblem]:
+        """Prove, by writing, that the pass can write where it will (see :mod:`rotator.preflight`): the root
+        (its owner and mode, and a probe file created, written and removed in it, or in the nearest directory
+        it would be created under), then each target's first write place (``<secret>/versions``, or the
+        deepest of its directories that exists), opened from the root down without following a symlink.
+        Creates no directory and leaves no probe behind."""
+        problems: list[PreflightProblem] = []
+        root_checked = False
+        for i, ref in enumerate(targets):
+            if not root_checked:
+                root_checked = True
+                problem = _root_problem(self.root)
+                if problem:
+                    problems.append(PreflightProblem(None, "path", problem))
+                    continue
+            opts = ref.options
+            endpoint = opts.endpoint_secret if isinstance(opts, BaseTargetOptions) else None
+            for secret in filter(None, (ref.secret, endpoint)):
+                problem = _writable_problem(self.root / secret) or _target_problem(self.root, secret)
+                if problem:
+                    problems.append(PreflightProblem(i, "secret", f"{secret}: {problem}"))
+        return problems
 
     # -- directories and atomic writes -----------------------------------------------------------------
 
@@ -958,6 +992,147 @@ def _position(exc: ValueError) -> int:
     return int(getattr(exc, "pos", None) or getattr(exc, "start", 0) or 0)
 
 
+# ---- preflight: prove the store writable the way a pass will write ----------------------------------------
+
+def _nearest_existing(p: Path) -> Path:
+    while not os.path.lexists(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+#: the probe's name: the store's own temporary-file prefix, so that one left by a killed process (between its
+#: create and its unlink) in a store directory is removed by the store's sweep of stale temporary files
+_PROBE_PREFIX = ".tmp-preflight-"
+_PROBE_DATA = b"rotator preflight: can a file be written here?\n"
+
+
+def _writable_problem(p: Path) -> str | None:
+    """Why the directory ``p`` could not be created: a regular file, not a directory, is where it or one of
+    its parents belongs (None: nothing is in the way; whether it can be written is :func:`_probe`'s)."""
+    existing = _nearest_existing(p)
+    try:
+        st = existing.stat()
+    except OSError as exc:
+        return f"cannot check {existing}: {exc.strerror or type(exc).__name__}"
+    if not stat.S_ISDIR(st.st_mode):
+        return (
+            f"{existing} is a regular file, not a directory, so {p} cannot be created there: "
+            "point the store's path somewhere else, or move that file"
+        )
+    return None
+
+
+def _cannot_write(where: Path, p: Path, exc: OSError) -> str:
+    why = exc.strerror or type(exc).__name__
+    if exc.errno == errno.EROFS:
+        return f"{where} is on a read-only filesystem ({why}): give the store a path on a writable volume"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"{where} is not writable by this user (uid {os.geteuid()}): creating a file in it failed ({why}); "
+            "fix its owner or mode, or use another path"
+        )
+    return (
+        f"files cannot be created in {where} (creating a test file there failed: {why}), so rotator could not "
+        f"write {p}: give the store a path on a writable volume"
+    )
+
+
+def _probe(dir_fd: int, where: Path, p: Path) -> str | None:
+    """Create, write and remove a probe file in the open directory ``where``, where the store will write
+    ``p`` (or create it). Why that failed, or None. Nothing is left behind either way."""
+    try:
+        fd, name = create_temp_at(dir_fd, _PROBE_PREFIX)
+    except OSError as exc:
+        return _cannot_write(where, p, exc)
+    problem = None
+    try:
+        try:
+            view = memoryview(_PROBE_DATA)
+            while view:  # write(2) may write fewer bytes than asked
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        problem = _cannot_write(where, p, exc)
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        problem = f"could not remove the preflight's probe file {where / name}: {exc.strerror}; remove it by hand"
+    return problem
+
+
+def _root_probe(root: Path) -> str | None:
+    """:func:`_probe` in the root, or in the nearest existing directory the store would create it under."""
+    where = root if root.is_dir() else _nearest_existing(root)
+    try:
+        fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the root, and above it, may be links
+    except OSError as exc:
+        return _cannot_write(where, root, exc)
+    try:
+        return _probe(fd, where, root)
+    finally:
+        os.close(fd)
+
+
+def _target_problem(root: Path, secret: str) -> str | None:
+    """:func:`_probe` where the store's first write for ``secret`` goes: ``<secret>/versions``, or, as the store
+    creates what is missing, the deepest of its directories that exists (the root's own probe stands for the
+    root). The directories are opened from the root down as the store opens them: a symlink is refused."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # the root's probe was made where the store would create it
+    except OSError as exc:
+        return _cannot_write(root, root / secret, exc)
+    where = root
+    try:
+        for part in [*secret.split("/"), "versions"]:
+            try:
+                sub = open_dir_at(fd, part)
+            except (FileNotFoundError, NotADirectoryError):
+                # missing: the store creates it here. (A file named versions fails the pass's own write, with
+                # the store's error naming it; a file higher up is reported by _writable_problem.)
+                break
+            except SymlinkFound:
+                return (
+                    f"{where / part} is a symlink under the store's root, and the store refuses to follow one "
+                    f"(it reads and writes only what is really under {root}): remove the link, or point the "
+                    "store's path at the real directory"
+                )
+            except OSError as exc:
+                return _cannot_write(where / part, root / secret, exc)
+            os.close(fd)
+            fd, where = sub, where / part
+        if where == root:
+            return None  # proven by the root's probe
+        return _probe(fd, where, root / secret)
+    finally:
+        os.close(fd)
+
+
+def _root_problem(root: Path) -> str | None:
+    """Why a file store's directory is unusable or unsafe (None: it is fine, or can be created 0700). Written
+    to (a probe file) only once it is known to be rotator's user's own and private."""
+    problem = _writable_problem(root)
+    if problem:
+        return problem
+    if root.exists():
+        st = root.stat()
+        if st.st_uid != os.geteuid():
+            return (
+                f"{root} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}): keys must live in a "
+                f"directory only rotator's user can read; chown it, or use another path"
+            )
+        if st.st_mode & 0o077:
+            return (
+                f"{root} is group/world accessible (mode {stat.S_IMODE(st.st_mode):04o}): keys must not be "
+                f"readable by others; run  chmod 700 {root}"
+            )
+    return _root_probe(root)
+
+
 def open_store(
     name: str,
     config: StoreConfig,
@@ -977,3 +1152,15 @@ def open_store(
         destroy_after=config.destroy_after,
         stale_after=DEFAULT_STALE_AFTER if pass_timeout is None else pass_timeout,
     )
+
+
+def _open(spec: StoreSpec, context: StoreContext) -> SecretStore:
+    assert isinstance(spec.config, StoreConfig)
+    options = {"clock": context.clock, "pass_timeout": context.pass_timeout, **context.options}
+    return open_store(spec.name, spec.config, **options)
+
+
+#: the ``file`` store type, registered under the entry point group ``rotator.stores``
+STORE_TYPE = StoreType(
+    name="file", config=StoreConfig, target=TargetOptions, open=_open, capabilities=FileStore.capabilities
+)

@@ -78,7 +78,19 @@ from rotator.errors import (
 from rotator.keys import payload_key_id
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call
-from rotator.stores.base import ANY_CURRENT, POOL_CONNECTIONS, Expect, SecretStore, TargetRef, VersionMeta
+from rotator.stores.base import (
+    ANY_CURRENT,
+    POOL_CONNECTIONS,
+    BaseTargetOptions,
+    Expect,
+    SecretStore,
+    StoreBase,
+    StoreContext,
+    StoreSpec,
+    StoreType,
+    TargetRef,
+    VersionMeta,
+)
 
 SERVICE = "gcp-secretmanager"
 
@@ -220,15 +232,9 @@ class StoreConfig(BaseModel):
         return v
 
 
-class TargetOptions(BaseModel):
+class TargetOptions(BaseTargetOptions):
     """A target on a GCP store: ``{store, secret, format?, endpoint_secret?, project?, replication?, adopt?}``."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    store: str
-    secret: str
-    format: str = "json"
-    endpoint_secret: str | None = None
     #: the project holding this secret, when not the store's
     project: str | None = None
     #: replication for this secret when rotator creates it, when not the store's
@@ -402,7 +408,7 @@ def _short(message: str) -> str:
 # ---- the store --------------------------------------------------------------------------------------------
 
 
-class GcpSecretManagerStore:
+class GcpSecretManagerStore(StoreBase):
     """A :class:`~rotator.stores.base.SecretStore` on GCP Secret Manager (see the module docstring)."""
 
     def __init__(
@@ -1415,3 +1421,18 @@ def _widen_rest_pool(client: Any) -> None:
                 ),
             )
             old.close()
+
+
+def _open(spec: StoreSpec, context: StoreContext) -> SecretStore:
+    return open_store(spec.name, spec.config, **{"clock": context.clock, **context.options})
+
+
+#: the ``gcp`` store type, registered under the entry point group ``rotator.stores``
+STORE_TYPE = StoreType(
+    name="gcp",
+    config=StoreConfig,
+    target=TargetOptions,
+    open=_open,
+    extra="gcp",
+    sdk="google.cloud.secretmanager",
+)

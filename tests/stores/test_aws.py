@@ -127,6 +127,14 @@ def _labels(raw: Any, secret: str) -> dict[str, list[str]]:
 class TestAwsContract(StoreContract):
     """The shared store contract, against moto."""
 
+    @pytest.fixture
+    def other_store(self, open_aws: Callable[..., AwsSecretsManagerStore]) -> AwsSecretsManagerStore:
+        return open_aws()
+
+    @pytest.fixture
+    def plant_foreign(self, raw: Any) -> Callable[[TargetRef, str], None]:
+        return lambda ref, text: raw.create_secret(Name=ref.secret, SecretString=text)
+
 
 # ---- rotations -------------------------------------------------------------------------------------------
 
@@ -426,6 +434,16 @@ class TestAwsContractWithAwsSemantics(StoreContract):
     @pytest.fixture
     def store(self, open_aws: Callable[..., AwsSecretsManagerStore], aws_proxy: FaultProxy) -> AwsSecretsManagerStore:
         return open_aws(aws_proxy.url)
+
+    @pytest.fixture
+    def other_store(
+        self, open_aws: Callable[..., AwsSecretsManagerStore], aws_proxy: FaultProxy
+    ) -> AwsSecretsManagerStore:
+        return open_aws(aws_proxy.url)
+
+    @pytest.fixture
+    def plant_foreign(self, raw: Any) -> Callable[[TargetRef, str], None]:
+        return lambda ref, text: raw.create_secret(Name=ref.secret, SecretString=text)
 
 
 def test_aws_semantics_leave_deprecated_versions_out(

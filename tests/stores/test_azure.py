@@ -156,6 +156,14 @@ def kv_calls(calls: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
 class TestAzureContract(StoreContract):
     """The shared store contract, against the local Key Vault (list pages of two versions)."""
 
+    @pytest.fixture
+    def other_store(self, fresh_store: Callable[[], AzureKeyVaultStore]) -> AzureKeyVaultStore:
+        return fresh_store()
+
+    @pytest.fixture
+    def plant_foreign(self, raw_client: Any) -> Callable[[TargetRef, str], None]:
+        return lambda ref, text: raw_client.set_secret(ref.secret, text)
+
 
 # ---- config validation -------------------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ import boto3
 import pytest
 
 from rotator.errors import StoreNotFound
-from rotator.stores.base import POOL_CONNECTIONS, SecretStore, TargetRef, open_store
+from rotator.stores.base import POOL_CONNECTIONS, SecretStore, StoreContext, StoreSpec, TargetRef
+from rotator.stores.registry import open_store
 from tests.servers.azure_keyvault import StaticTokenCredential, running_keyvault
 from tests.servers.gcp_secretmanager import running_secretmanager
 from tests.servers.moto_server import running_moto
@@ -31,10 +32,8 @@ def _aws() -> Iterator[tuple[SecretStore, Callable[[str], TargetRef]]]:
 
     with running_moto() as moto:
         s = open_store(
-            "aws",
-            "aws-test",
-            StoreConfig(type="aws", region="us-east-1", endpoint_url=moto.url),
-            session=boto3.session.Session(),
+            StoreSpec("aws-test", "aws", StoreConfig(type="aws", region="us-east-1", endpoint_url=moto.url)),
+            StoreContext(options={"session": boto3.session.Session()}),
         )
         yield s, lambda n: TargetRef("aws-test", n, "p", TargetOptions(store="aws-test", secret=n))
         s.close()
@@ -53,7 +52,8 @@ def _azure() -> Iterator[tuple[SecretStore, Callable[[str], TargetRef]]]:
             }
         )
         s = open_store(
-            "azure", "kv-test", cfg, credential=StaticTokenCredential(kv.token), connection_verify=kv.ca_path
+            StoreSpec("kv-test", "azure", cfg),
+            StoreContext(options={"credential": StaticTokenCredential(kv.token), "connection_verify": kv.ca_path}),
         )
         yield s, lambda n: TargetRef("kv-test", n, "p", TargetOptions(store="kv-test", secret=n))
         s.close()
@@ -67,7 +67,10 @@ def _gcp() -> Iterator[tuple[SecretStore, Callable[[str], TargetRef]]]:
     with running_secretmanager() as server:
         cfg = StoreConfig.model_validate({"type": "gcp", "project": "test-project", "transport": "rest"})
         s = open_store(
-            "gcp", "sm-test", cfg, credentials=AnonymousCredentials(), client_options={"api_endpoint": server.endpoint}
+            StoreSpec("sm-test", "gcp", cfg),
+            StoreContext(
+                options={"credentials": AnonymousCredentials(), "client_options": {"api_endpoint": server.endpoint}}
+            ),
         )
         yield s, lambda n: TargetRef("sm-test", n, "p", TargetOptions(store="sm-test", secret=n))
         s.close()

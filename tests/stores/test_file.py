@@ -11,6 +11,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -19,7 +20,7 @@ from rotator.errors import StoreError, StoreNotFound, StorePermissionError, Stor
 from rotator.model import SecretText
 from rotator.stores.base import TargetRef
 from rotator.stores.file import FileStore, StoreConfig, TargetOptions, open_store
-from tests.stores.contract import MakeRef, StoreContract, _meta
+from tests.stores.contract import MakeRef, PlantForeign, StoreContract, _meta
 
 
 @pytest.fixture
@@ -30,8 +31,29 @@ def store(tmp_path: Path) -> FileStore:
 
 
 @pytest.fixture
+def other_store(tmp_path: Path) -> FileStore:
+    """A second file store on the same directory: another process's view."""
+    s = open_store("local", StoreConfig(type="file", path=str(tmp_path / "secrets")))
+    assert isinstance(s, FileStore)
+    return s
+
+
+@pytest.fixture
 def make_ref() -> MakeRef:
     return lambda secret: TargetRef(store="local", secret=secret, policy="contract")
+
+
+@pytest.fixture
+def plant_foreign(tmp_path: Path) -> PlantForeign:
+    """A value written by hand where the file store keeps a secret (``<root>/<secret>/value``)."""
+
+    def plant(ref: TargetRef, text: str) -> None:
+        d = tmp_path / "secrets" / ref.secret
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(tmp_path / "secrets", 0o700)
+        (d / "value").write_text(text)
+
+    return plant
 
 
 class TestFileContract(StoreContract):
@@ -85,6 +107,18 @@ class TestMemoryStoreContract(StoreContract):
         from tests.support.memory import MemoryStore
 
         return MemoryStore("mem", lambda: datetime.now(UTC))
+
+    @pytest.fixture
+    def other_store(self, store: Any) -> object:
+        from tests.support.memory import MemoryStore
+
+        other = MemoryStore("mem", store.clock)
+        other.secrets = store.secrets  # the same secrets, another client
+        return other
+
+    @pytest.fixture
+    def plant_foreign(self, store: Any) -> PlantForeign:
+        return store.plant_foreign  # type: ignore[no-any-return]
 
 
 # ---- issue 11 item 10: short writes, corrupt metadata, destroy_after, stale temporary files -----------------

@@ -99,7 +99,13 @@ def make_ref() -> MakeRef:
 
 
 class TestGcpContract(StoreContract):
-    pass
+    @pytest.fixture
+    def other_store(self, make_store: StoreFactory) -> GcpSecretManagerStore:
+        return make_store()
+
+    @pytest.fixture
+    def plant_foreign(self, server: SecretManagerServer) -> Callable[[TargetRef, str], None]:
+        return lambda ref, text: server.put_version(PROJECT, ref.secret, text.encode())
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------

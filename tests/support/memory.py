@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from rotator.errors import IssuerNotFound, StoreConflict, StoreNotFound, StorePreconditionFailed, StoreUnavailable
 from rotator.model import IssuedKey, KeyInfo, Role, SecretState, SecretText, StoredVersion
 from rotator.observability import record_call
-from rotator.stores.base import ANY_CURRENT, Expect, TargetRef, VersionMeta
+from rotator.stores.base import ANY_CURRENT, Expect, StoreBase, TargetRef, VersionMeta
 
 ROLES = [Role("r-owner", "owner"), Role("r-operator", "operator"), Role("r-viewer", "viewer")]
 
@@ -95,6 +95,9 @@ class MemoryIssuer:
         record_call("memory-issuer", "list_roles", 200)
         return list(ROLES)
 
+    def set_management_key(self, key: SecretText) -> None:
+        """The in-memory issuer checks no key: nothing to switch."""
+
     def close(self) -> None:
         return None
 
@@ -117,7 +120,9 @@ class _Secret:
     history: list[tuple[str, datetime, datetime | None]] = field(default_factory=list)
 
 
-class MemoryStore:
+class MemoryStore(StoreBase):
+    """A SecretStore in memory: promote is a compare-and-set under the process (nothing else writes it)."""
+
     def __init__(self, name: str, clock: Callable[[], datetime]) -> None:
         self.name = name
         self.clock = clock
@@ -150,6 +155,7 @@ class MemoryStore:
             ),
             current_key_id=cur.key_id if cur else None,
             current_since=s.current_since,
+            foreign=cur is not None and cur.key_id is None,
         )
 
     def stage(self, ref: TargetRef, value: SecretText, meta: VersionMeta) -> None:
@@ -206,6 +212,13 @@ class MemoryStore:
 
     def close(self) -> None:
         return None
+
+    def plant_foreign(self, ref: TargetRef, text: str) -> None:
+        """Make ``text`` the current value as someone else would: a version that names no key."""
+        s = self.secrets.setdefault(ref.secret, _Secret())
+        v = _Version(f"v{len(s.versions) + 1}", None, SecretText(text), self.clock())  # type: ignore[arg-type]
+        s.versions.append(v)
+        s.current, s.current_since = v.version, self.clock()
 
     # -- for the invariants --------------------------------------------------------------------------
 
