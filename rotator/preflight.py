@@ -8,18 +8,11 @@ changes nothing (the file stores' probe files it writes are removed at once). Wh
 
 - every policy's role resolves at the issuer (one ``GET /roles``), named as ``policies[i].role`` with the
   roles the issuer knows and the closest one;
-- every file store is writable where rotator will write, proven by writing: a probe file (a random
-  ``.tmp-preflight-*`` name, ``O_CREAT | O_EXCL``, 0600) is created, written and removed in the store's root
-  (or, when the store would create the root, in the nearest existing directory it would create it under) and
-  in the directory each target's first write goes to (``<secret>/versions``, or the deepest of its parents
-  that exists: the store creates the rest). A filesystem that calls itself writable but takes no new file
-  (``/proc``), a directory whose mode or mount denies creation, a full disk: each is found before a key is
-  made. The directories below the root are opened as the store opens them, never through a symlink, so a
-  link the store would refuse fails here too. No directory is created and no probe is left behind. A regular
-  file where a directory belongs, and an existing store directory that is not the current user's own or is
-  group/world accessible, are reported without writing anything;
-- a store backend that offers ``preflight(refs) -> list[str]`` is asked about its targets (none of the
-  cloud stores does yet: their writes are checked by the pass itself, target by target).
+- every store whose type declares a preflight (``StoreCapabilities.preflight``) is asked about its targets
+  (:meth:`rotator.stores.base.SecretStore.preflight`), and what it finds is reported at the targets' paths
+  (``policies[i].targets[j].secret``) or the store's own (``stores.<name>.path``). The file store proves
+  each target writable by writing: see :meth:`rotator.stores.file.FileStore.preflight`. The cloud stores
+  declare none: their writes are checked by the pass itself, target by target.
 
 What needs no network (``interval`` > 0, the description's length, durations in range, unset variables)
 is checked by :mod:`rotator.config` at load time. A failure here is a :class:`ConfigError` (exit code 2),

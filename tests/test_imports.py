@@ -37,6 +37,7 @@ FLOORS: list[set[str]] = [
     {
         "rotator.observability",
         "rotator.kube",
+        "rotator.botohttp",
         "rotator.stores",
         "rotator.stores.base",
         "rotator.stores.registry",

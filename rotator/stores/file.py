@@ -472,7 +472,13 @@ class FileStore(StoreBase):
         (its owner and mode, and a probe file created, written and removed in it, or in the nearest directory
         it would be created under), then each target's first write place (``<secret>/versions``, or the
         deepest of its directories that exists), opened from the root down without following a symlink.
-        Creates no directory and leaves no probe behind."""
+        Creates no directory and leaves no probe behind.
+
+        The probe is a random ``.tmp-preflight-*`` name, ``O_CREAT | O_EXCL``, 0600. A filesystem that calls
+        itself writable but takes no new file (``/proc``), a directory whose mode or mount denies creation, a
+        full disk: each is found before a key is made. A regular file where a directory belongs, and an
+        existing root that is not the current user's own or is group/world accessible, are reported without
+        writing anything."""
         problems: list[PreflightProblem] = []
         root_checked = False
         for i, ref in enumerate(targets):
