@@ -241,15 +241,35 @@ class SlackNotifier(WebhookNotifier):
 
 
 class SnsNotifier:
-    def __init__(self, cfg: SnsConfig) -> None:
-        from rotator.stores.base import require_extra
+    """Publishes the alert to an SNS topic. Each HTTP attempt is bounded (:func:`rotator.botohttp.bound`: ``timeout``
+    seconds in total, the answer capped at :data:`MAX_ANSWER`) and botocore's standard retries make at most
+    :attr:`ATTEMPTS`, so one publish ends well within :data:`SEND_BUDGET`. Raises botocore's errors."""
+
+    #: seconds one HTTP attempt to SNS may take in total
+    TIMEOUT = 10.0
+    #: HTTP attempts per publish, the first included (botocore's ``total_max_attempts``)
+    ATTEMPTS = 3
+
+    def __init__(self, cfg: SnsConfig, *, timeout: float = TIMEOUT) -> None:
+        from rotator.stores.registry import require_extra
 
         require_extra("aws")
         import boto3
+        from botocore.config import Config
+
+        from rotator import botohttp
 
         self.name = "sns"
         self.cfg = cfg
-        self._client = boto3.client("sns", region_name=cfg.region, endpoint_url=cfg.endpoint_url)
+        self._client = boto3.client(
+            "sns",
+            region_name=cfg.region,
+            endpoint_url=cfg.endpoint_url,
+            config=Config(
+                retries={"mode": "standard", "total_max_attempts": self.ATTEMPTS}, user_agent_extra="rotator"
+            ),
+        )
+        self._send = botohttp.bound(self._client, timeout=timeout, max_body=MAX_ANSWER)
 
     def send(self, alert: Alert, now: datetime) -> None:
         body = redact_text(json.dumps(_payload(alert, now), default=str))

@@ -38,9 +38,14 @@ API-call accounting: a botocore ``needs-retry.secrets-manager`` event handler ca
 :func:`rotator.observability.record_call` after every HTTP attempt, so one call retried twice counts three
 times; the status is the HTTP status, the AWS error code, or the connection error's class name.
 
-Errors: botocore's ``adaptive`` retry mode (``max_attempts``, default 8) retries throttling, 5xx and dropped
-connections with backoff; what still fails becomes a :class:`rotator.errors.StoreError` naming the store, the
-secret, and for access denied the IAM action (``secretsmanager:<Operation>``).
+HTTP: every attempt is sent through :func:`rotator.botohttp.bound` (:func:`rotator.httpio.fetch`): it ends within
+``REQUEST_TIMEOUT`` seconds in total (botocore's own timeouts are per socket read, so an endpoint dripping a byte a
+second held a call for ever) and reads at most ``MAX_ANSWER`` bytes of answer, error answers included.
+
+Errors: botocore's ``adaptive`` retry mode (``max_attempts``, default 8) retries throttling, 5xx, dropped
+connections, passed deadlines and oversized answers with backoff; what still fails becomes a
+:class:`rotator.errors.StoreError` naming the store, the secret, and for access denied the IAM action
+(``secretsmanager:<Operation>``).
 """
 
 from __future__ import annotations
@@ -72,6 +77,12 @@ from rotator.observability import get_logger, record_call, redact_text
 from rotator.stores.base import ANY_CURRENT, POOL_CONNECTIONS, Expect, TargetRef, VersionMeta
 
 SERVICE = "aws-secretsmanager"
+
+#: seconds one HTTP attempt may take in total (connect, TLS, headers and body); botocore retries after it
+REQUEST_TIMEOUT = 30.0
+#: bytes of answer read at most: a secret value is at most 64 KiB (up to 6x that JSON-escaped), a DescribeSecret
+#: of 100 versions and 50 tags or a ListSecretVersionIds page of 100 a few tens of KiB
+MAX_ANSWER = 1024 * 1024
 
 CURRENT, PENDING, PREVIOUS = "AWSCURRENT", "AWSPENDING", "AWSPREVIOUS"
 
@@ -428,6 +439,7 @@ class AwsSecretsManagerStore:
         describe_ttl: float = 60.0,
         botocore_config: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         from botocore import exceptions as bex  # the extra is known to be installed here
         from botocore.config import Config
@@ -447,8 +459,10 @@ class AwsSecretsManagerStore:
         self._botocore_config = base.merge(botocore_config) if botocore_config is not None else base
         self._describe_ttl = describe_ttl
         self._clock = clock
+        self._request_timeout = request_timeout
         self._lock = threading.Lock()
         self._clients: dict[str | None, Any] = {}
+        self._sends: list[Any] = []  # the clients' bounded HTTP sends (rotator.botohttp), closed with them
         self._cache: dict[tuple[str | None, str], _Described] = {}
         # versions written under a token Secrets Manager chose (native rotation): (secret key, version) -> key id
         self._native: dict[tuple[tuple[str | None, str], str], str | None] = {}
@@ -485,6 +499,9 @@ class AwsSecretsManagerStore:
                     kwargs["endpoint_url"] = self.config.endpoint_url
                 kwargs.update(self._client_kwargs)
                 client = self._session.client("secretsmanager", **kwargs)
+                from rotator import botohttp  # imports botocore: installed whenever a client is made
+
+                self._sends.append(botohttp.bound(client, timeout=self._request_timeout, max_body=MAX_ANSWER))
                 client.meta.events.register(
                     "needs-retry.secrets-manager", self._on_attempt, unique_id=f"rotator-calls-{id(self)}"
                 )
@@ -1182,10 +1199,13 @@ class AwsSecretsManagerStore:
         """Close the HTTP connection pools. Idempotent."""
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
+            sends, self._sends = self._sends, []
             self._cache.clear()
             self._empty.clear()
         for client in clients:
             client.close()
+        for send in sends:
+            send.close()
 
 
 def open_store(
@@ -1195,12 +1215,14 @@ def open_store(
     session: Any = None,
     describe_ttl: float = 60.0,
     botocore_config: Any = None,
+    request_timeout: float = REQUEST_TIMEOUT,
     **client_kwargs: Any,
 ) -> AwsSecretsManagerStore:
     """Open the AWS store ``name``.
 
     ``session`` is a ``boto3.session.Session`` (default: a new one with the configured profile);
     ``botocore_config`` (a ``botocore.config.Config``) is merged over rotator's retry settings;
+    ``request_timeout``: seconds one HTTP attempt may take in total;
     ``client_kwargs`` go to ``session.client("secretsmanager", ...)``. Raises MissingExtraError without boto3.
     """
     try:
@@ -1218,4 +1240,5 @@ def open_store(
         client_kwargs=client_kwargs,
         describe_ttl=describe_ttl,
         botocore_config=botocore_config,
+        request_timeout=request_timeout,
     )
