@@ -24,7 +24,12 @@ USERS: dict[str, tuple[str, ...]] = {
     "aws": ("rotator/stores/aws.py", "rotator/notify.py", "rotator/botohttp.py"),  # notify.py: the SNS notifier
     "azure": ("rotator/stores/azure.py",),
     "gcp": ("rotator/stores/gcp.py",),
-    "k8s": ("rotator/kube.py", "rotator/pickup/kubernetes.py", "rotator/runtime/leader.py"),
+    "k8s": (
+        "rotator/kube.py",
+        "rotator/pickup/kubernetes.py",
+        "rotator/runtime/leader.py",
+        "rotator/stores/kubernetes.py",
+    ),
     "testing": ("rotator/testing/stores.py",),  # the store contract kit: a pytest class
     "lambda": ("rotator/metrics.py",),  # the CloudWatch EMF provider (Powertools)
 }

@@ -626,6 +626,44 @@ def test_leader_election_component_runs_two_replicas_with_the_lease_rbac(
     assert {("get", "leases", election.lease_name), ("update", "leases", election.lease_name)} <= granted
 
 
+@pytest.mark.parametrize("resources", [("base",), ("overlays/aws",)])
+def test_secret_store_component_grants_get_and_update_on_the_named_secrets_only(
+    tmp_path: Path, resources: tuple[str, ...]
+) -> None:
+    objs = render(_with_components(tmp_path, "secret-store", resources=resources))
+    for version in K8S_VERSIONS:
+        for o in objs:
+            kubernetes_validate.validate(o, version, strict=True)
+    # the Role and its binding stay in the Secrets' namespace (the placeholder rbac.yaml names), not rotator's
+    wanted = {
+        (d["kind"], d["metadata"]["name"]): d
+        for d in yaml.safe_load_all((K8S / "components" / "secret-store" / "rbac.yaml").read_text())
+        if d
+    }
+    role, binding = only(objs, "Role"), only(objs, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "payments"
+    assert role["metadata"]["namespace"] == wanted[("Role", "rotator-secret-store")]["metadata"]["namespace"]
+    # get and update, limited by resourceNames, on core secrets; no create, list, watch or delete
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["momento-checkout-api"],
+            "verbs": ["get", "update"],
+        }
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "rotator-secret-store",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rotator", "namespace": "rotator"}]
+    # both workloads run passes, so both get the token the store's client reads
+    assert only(objs, "ServiceAccount")["automountServiceAccountToken"] is True
+    for kind, spec in pod_specs(objs):
+        assert spec["automountServiceAccountToken"] is True, kind
+
+
 # ---- the image's install, built in a venv and run as the image's user ---------------------------------------------
 
 

@@ -51,6 +51,7 @@ FLOORS: list[set[str]] = [
         "rotator.stores.aws",
         "rotator.stores.azure",
         "rotator.stores.gcp",
+        "rotator.stores.kubernetes",
         "rotator.issuers.momento",
         "rotator.issuers.emulator",
         "rotator.pickup.http",

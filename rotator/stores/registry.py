@@ -34,6 +34,7 @@ BUILTIN: dict[str, str] = {
     "aws": "rotator.stores.aws:STORE_TYPE",
     "azure": "rotator.stores.azure:STORE_TYPE",
     "gcp": "rotator.stores.gcp:STORE_TYPE",
+    "kubernetes": "rotator.stores.kubernetes:STORE_TYPE",
 }
 
 

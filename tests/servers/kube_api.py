@@ -7,6 +7,38 @@ It serves what the ``kubernetes`` pickup check reads, in the shapes the API serv
   ``a notin (x,y)``, existence ``a`` / ``!a``, comma-separated and ANDed; a bad selector is a 400
   ``BadRequest``), paged with ``metadata.continue`` when ``limit`` is given;
 - ``GET /api/v1/namespaces/{ns}/pods/{name}`` and ``GET /api/v1/namespaces/{ns}/secrets/{name}``;
+- Secret writes (what the ``kubernetes`` store does), with the API server's optimistic concurrency from the API
+  conventions, "Concurrency Control and Consistency": "When a record is about to be updated, its version is
+  checked against a pre-saved value, and if it doesn't match, the update fails with a StatusConflict (HTTP
+  status code 409)", and the resourceVersion "is changed by the server every time an object is modified":
+
+  - ``PUT /api/v1/namespaces/{ns}/secrets/{name}`` replaces the Secret. A stale ``metadata.resourceVersion`` is
+    409 ``Conflict`` ("the object has been modified; please apply your changes to the latest version and try
+    again"). Without one the update is made unconditionally: the Secret strategy's
+    ``AllowUnconditionalUpdate()`` returns true (kubernetes/kubernetes ``pkg/registry/core/secret/strategy.go``;
+    the Lease strategy's returns false, hence the 422 above), so only a client that sends the version it read
+    is protected. ``AllowCreateOnUpdate()`` is false there too: a ``PUT`` of a missing Secret is 404
+    ``NotFound``. A Secret's ``type`` cannot change, nor its data once ``immutable: true`` (422 ``Invalid``);
+  - ``POST /api/v1/namespaces/{ns}/secrets`` creates one (201); an existing name is 409 ``AlreadyExists``
+    (API conventions, "HTTP Status codes"), a ``resourceVersion`` in the body is a 400;
+  - every write bumps ``metadata.resourceVersion`` and keeps ``uid`` and ``creationTimestamp``; ``stringData``
+    is merged into ``data`` and never stored ("All keys and values are merged into the data field on write,
+    overwriting any existing values. The stringData field is never output when reading from the API": the
+    Secret reference, https://kubernetes.io/docs/reference/kubernetes-api/config-and-storage-resources/secret-v1/);
+  - validation as ``ValidateSecret`` (kubernetes/kubernetes ``pkg/apis/core/validation/validation.go``): each
+    data key must be ``IsConfigMapKey`` (``[-._a-zA-Z0-9]+``, at most 253 characters, not ``.``, ``..`` or
+    starting with ``..``: k8s.io/apimachinery ``pkg/util/validation``) and the values must total at most
+    ``MaxSecretSize`` (1 MiB; the reference: "The total bytes of the values in the Data field must be less
+    than MaxSecretSize bytes"), else 422 ``Invalid``; annotations total at most 256 KiB (422). A ``data`` value
+    that is not base64 is a 400 ``BadRequest`` (the body cannot be decoded: ``data`` is ``[]byte``, base64 in
+    JSON);
+  - RBAC: ``update`` and ``create`` on ``secrets``, evaluated with the same rules as reads. ``create`` never
+    names an object in its URL, so a rule with ``resourceNames`` never allows it ("you cannot restrict create
+    or deletecollection requests by their resource name", Using RBAC Authorization);
+- ``POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews``: "SelfSubjectAccessReview checks whether or
+  the current user can perform an action ... users should always be able to check whether they can perform an
+  action" (authorization.k8s.io/v1): any known token may ask; ``status.allowed`` is the token's rules applied
+  to ``spec.resourceAttributes`` (``kubectl auth can-i``);
 - Leases (``coordination.k8s.io/v1``, what leader election uses): ``GET``/``PUT``
   ``/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}`` and ``POST .../leases``, with the API server's
   optimistic concurrency: every write bumps ``metadata.resourceVersion``; a ``PUT`` must carry the current one
@@ -29,8 +61,11 @@ Tokens and RBAC: the token ``test`` may do anything. :meth:`KubeApiServer.add_to
 RBAC rules (the ``rules`` of a Role, evaluated like the API server: apiGroups, verbs, resources and
 resourceNames within the Role's namespace); :meth:`KubeApiServer.grant_role` reads them from a Role manifest.
 
-Test helpers: :meth:`add_pod` (labels, ``startTime``, containers' ``startedAt``, the ``Ready`` condition) adds or
-replaces a pod, :meth:`put_secret` adds or replaces a Secret (values base64-encoded as the API does),
+Test helpers: :meth:`on_request` runs a function before each request is handled (a concurrent writer between
+a client's read and its write), :meth:`secret` and :meth:`secret_data` read a Secret (its data decoded),
+:meth:`touch_secret` changes a Secret as another writer would (a new resourceVersion), :meth:`add_pod`
+(labels, ``startTime``, containers' ``startedAt``, the ``Ready`` condition) adds or replaces a pod,
+:meth:`put_secret` adds or replaces a Secret (values base64-encoded as the API does),
 :meth:`lease` reads a Lease, :meth:`lease_writes` lists every accepted Lease write (``(method, holder)``),
 :meth:`fail_next` queues error statuses. :meth:`api_client` gives a ``kubernetes.client.ApiClient`` pointed
 at the server (``Configuration(host=url, api_key={"authorization": "Bearer <token>"})``). Every request is in
@@ -48,7 +83,7 @@ import re
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,6 +98,12 @@ DEFAULT_TOKEN = "test"
 DEFAULT_USER = "system:serviceaccount:rotator:rotator"
 
 _PATH_RE = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/(?P<resource>pods|secrets)(?:/(?P<name>[^/]+))?$")
+_ACCESS_REVIEW_PATH = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+#: ``core.MaxSecretSize`` and ``TotalAnnotationSizeLimitB``
+MAX_SECRET_SIZE = 1024 * 1024
+MAX_ANNOTATIONS_SIZE = 256 * 1024
+_CONFIG_MAP_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+\Z")
+_LABEL_VALUE_RE = re.compile(r"^(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?\Z")
 _LEASE_RE = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases(?:/(?P<name>[^/]+))?$")
 #: metav1.RFC3339Micro, the layout MicroTime is parsed with: exactly six fractional digits
 _MICRO_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}(?:Z|[+-]\d{2}:\d{2})$")
@@ -223,6 +264,7 @@ class KubeApiServer:
         self.tokens: dict[str, tuple[str, list[Rule] | None]] = {DEFAULT_TOKEN: (DEFAULT_USER, None)}
         self.requests: list[tuple[str, str, int]] = []
         self._faults: deque[int] = deque()
+        self._hook: Callable[[str, str], None] | None = None
         self._rv = 1000
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -286,6 +328,7 @@ class KubeApiServer:
             self.tokens = {DEFAULT_TOKEN: (DEFAULT_USER, None)}
             self.requests.clear()
             self._faults.clear()
+            self._hook = None
 
     # -- clients --------------------------------------------------------------------------------------------
 
@@ -394,6 +437,32 @@ class KubeApiServer:
         with self._lock:
             self.secrets[(namespace, name)]["data"] = dict(data)
 
+    def secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A copy of the Secret as the API serves it (``data`` base64), or None."""
+        with self._lock:
+            obj = self.secrets.get((namespace, name))
+            return json.loads(json.dumps(obj)) if obj is not None else None
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's data entries, decoded (UTF-8), or None when there is no such Secret."""
+        obj = self.secret(namespace, name)
+        if obj is None:
+            return None
+        return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
+
+    def touch_secret(self, namespace: str, name: str, *, labels: Mapping[str, str] | None = None) -> str:
+        """Change the Secret as another writer would (``labels`` merged in): a new resourceVersion, returned."""
+        with self._lock:
+            obj = self.secrets[(namespace, name)]
+            obj["metadata"].setdefault("labels", {}).update(labels or {"touched": "yes"})
+            obj["metadata"]["resourceVersion"] = self._next_rv()
+            return str(obj["metadata"]["resourceVersion"])
+
+    def on_request(self, hook: Callable[[str, str], None] | None) -> None:
+        """Call ``hook(method, path)`` before each request is handled (None: stop)."""
+        with self._lock:
+            self._hook = hook
+
     def delete_secret(self, namespace: str, name: str) -> None:
         with self._lock:
             self.secrets.pop((namespace, name), None)
@@ -434,6 +503,10 @@ class KubeApiServer:
     ) -> tuple[int, dict[str, Any]]:
         parts = urlsplit(raw_path)
         path = unquote(parts.path)
+        with self._lock:
+            hook = self._hook
+        if hook is not None:
+            hook(method, path)
         try:
             status, body_out = 200, self._dispatch(method, path, parse_qs(parts.query), authorization, body)
             if method == "POST":
@@ -459,7 +532,11 @@ class KubeApiServer:
         lease_path = _LEASE_RE.match(path)
         if lease_path is not None:
             return self._lease(method, lease_path.group("ns"), lease_path.group("name"), grant, body)
+        if path == _ACCESS_REVIEW_PATH and method == "POST":
+            return self._access_review(grant, body)
         m = _PATH_RE.match(path)
+        if m is not None and m.group("resource") == "secrets" and method in ("PUT", "POST"):
+            return self._secret_write(method, m.group("ns"), m.group("name"), grant, body)
         if method != "GET" or m is None:
             raise _Reply(404, status_object(404, "NotFound", "the server could not find the requested resource"))
         ns, resource, name = m.group("ns"), m.group("resource"), m.group("name")
@@ -489,6 +566,226 @@ class KubeApiServer:
             copied: dict[str, Any] = json.loads(json.dumps(obj))
             return copied
         return self._list(ns, resource, query)
+
+    # -- secret writes --------------------------------------------------------------------------------------
+
+    def _secret_write(
+        self, method: str, ns: str, name: str | None, grant: tuple[str, list[Rule] | None], body: bytes
+    ) -> dict[str, Any]:
+        verb = {("PUT", True): "update", ("POST", False): "create"}.get((method, name is not None))
+        if verb is None:
+            raise _Reply(405, status_object(405, "MethodNotAllowed", f"{method} is not supported here"))
+        user, rules = grant
+        if rules is not None and not any(r.allows(verb, "secrets", ns, name) for r in rules):
+            what = f'secrets "{name}"' if name else "secrets"
+            raise _Reply(
+                403,
+                status_object(
+                    403,
+                    "Forbidden",
+                    f'{what} is forbidden: User "{user}" cannot {verb} resource "secrets" in API group "" '
+                    f'in the namespace "{ns}"',
+                    {"name": name, "kind": "secrets"} if name else {"kind": "secrets"},
+                ),
+            )
+        secret = self._secret_body(body, ns)
+        meta = secret["metadata"]
+        body_name = meta.get("name")
+        if verb == "create":
+            if not body_name:
+                raise self._secret_invalid("", "metadata.name", "Required value: name or generateName is required")
+            if meta.get("resourceVersion"):
+                raise _Reply(
+                    400, status_object(400, "BadRequest", "resourceVersion should not be set on objects to be created")
+                )
+            self._validate_secret(body_name, secret)
+            with self._lock:
+                if (ns, body_name) in self.secrets:
+                    raise _Reply(
+                        409,
+                        status_object(
+                            409,
+                            "AlreadyExists",
+                            f'secrets "{body_name}" already exists',
+                            {"name": body_name, "kind": "secrets"},
+                        ),
+                    )
+                return self._store_secret(ns, body_name, secret, created=None)
+        assert name is not None
+        if body_name != name:
+            raise _Reply(
+                400, status_object(400, "BadRequest", "the name of the object does not match the name on the URL")
+            )
+        rv = meta.get("resourceVersion")
+        with self._lock:
+            current = self.secrets.get((ns, name))
+            if current is None:
+                # the Secret strategy's AllowCreateOnUpdate is false: a PUT never creates
+                raise _Reply(
+                    404,
+                    status_object(404, "NotFound", f'secrets "{name}" not found', {"name": name, "kind": "secrets"}),
+                )
+            if rv and rv != current["metadata"]["resourceVersion"]:
+                raise _Reply(
+                    409,
+                    status_object(
+                        409,
+                        "Conflict",
+                        f'Operation cannot be fulfilled on secrets "{name}": the object has been modified; please '
+                        "apply your changes to the latest version and try again",
+                        {"name": name, "kind": "secrets"},
+                    ),
+                )
+            # no resourceVersion: the Secret strategy's AllowUnconditionalUpdate is true, the update is made
+            self._validate_secret(name, secret)
+            if secret.get("type", "Opaque") != current.get("type", "Opaque"):
+                raise self._secret_invalid(name, "type", f'Invalid value: "{secret.get("type")}": field is immutable')
+            if current.get("immutable") is True and (
+                secret.get("data", {}) != current.get("data", {}) or secret.get("immutable") is not True
+            ):
+                raise self._secret_invalid(name, "data", "Forbidden: field is immutable when `immutable` is set")
+            return self._store_secret(ns, name, secret, created=current)
+
+    def _secret_body(self, body: bytes, ns: str) -> dict[str, Any]:
+        try:
+            secret = json.loads(body or b"null")
+        except ValueError:
+            raise _Reply(400, status_object(400, "BadRequest", "the body is not JSON")) from None
+        if not isinstance(secret, dict) or secret.get("kind", "Secret") != "Secret":
+            raise _Reply(400, status_object(400, "BadRequest", "the body is not a Secret"))
+        meta = secret.setdefault("metadata", {})
+        if not isinstance(meta, dict):
+            raise _Reply(400, status_object(400, "BadRequest", "metadata must be an object"))
+        if meta.get("namespace") not in (None, ns):
+            raise _Reply(
+                400,
+                status_object(400, "BadRequest", "the namespace of the provided object does not match the request"),
+            )
+        for field_ in ("labels", "annotations"):
+            value = meta.get(field_) or {}
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise _Reply(400, status_object(400, "BadRequest", f"metadata.{field_} must map strings to strings"))
+        data = secret.get("data") or {}
+        if not isinstance(data, dict):
+            raise _Reply(400, status_object(400, "BadRequest", "data must be an object"))
+        for key, value in data.items():
+            try:
+                if not isinstance(value, str):
+                    raise ValueError
+                base64.b64decode(value, validate=True)
+            except ValueError:
+                raise _Reply(
+                    400,
+                    status_object(
+                        400,
+                        "BadRequest",
+                        f'Secret in version "v1" cannot be handled as a Secret: data[{key}]: illegal base64 data',
+                    ),
+                ) from None
+        string_data = secret.pop("stringData", None) or {}
+        if not isinstance(string_data, dict) or not all(isinstance(v, str) for v in string_data.values()):
+            raise _Reply(400, status_object(400, "BadRequest", "stringData must map strings to strings"))
+        data.update({k: base64.b64encode(v.encode()).decode("ascii") for k, v in string_data.items()})
+        secret["data"] = data
+        return secret
+
+    def _validate_secret(self, name: str, secret: dict[str, Any]) -> None:
+        """ValidateSecret: data keys (IsConfigMapKey), the total data size, and the metadata's maps."""
+        total = 0
+        for key, value in secret["data"].items():
+            if len(key) > 253 or not _CONFIG_MAP_KEY_RE.match(key) or key in (".", "..") or key.startswith(".."):
+                raise self._secret_invalid(
+                    name,
+                    f"data[{key}]",
+                    f"Invalid value: \"{key}\": a valid config key must consist of alphanumeric characters, '-', "
+                    "'_' or '.' (e.g. 'key.name', or 'KEY_NAME', or 'key-name', regex used for validation is "
+                    "'[-._a-zA-Z0-9]+')",
+                )
+            total += len(base64.b64decode(value))
+        if total > MAX_SECRET_SIZE:
+            raise self._secret_invalid(name, "data", f"Too long: must have at most {MAX_SECRET_SIZE} bytes")
+        meta = secret["metadata"]
+        annotations = meta.get("annotations") or {}
+        for key in [*annotations, *(meta.get("labels") or {})]:
+            if not _KEY_RE.match(key):
+                raise self._secret_invalid(name, "metadata", f'Invalid value: "{key}": not a qualified name')
+        if sum(len(k) + len(v) for k, v in annotations.items()) > MAX_ANNOTATIONS_SIZE:
+            raise self._secret_invalid(
+                name, "metadata.annotations", f"Too long: must have at most {MAX_ANNOTATIONS_SIZE} bytes"
+            )
+        for key, value in (meta.get("labels") or {}).items():
+            if not _LABEL_VALUE_RE.match(value):
+                raise self._secret_invalid(name, f"metadata.labels[{key}]", f'Invalid value: "{value}"')
+
+    def _store_secret(
+        self, ns: str, name: str, secret: dict[str, Any], *, created: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Store ``secret`` under a new resourceVersion (caller holds the lock); a copy of what was stored."""
+        given = secret["metadata"]
+        meta: dict[str, Any] = {"name": name, "namespace": ns, "resourceVersion": self._next_rv()}
+        if created is None:
+            meta.update(uid=str(uuid.uuid4()), creationTimestamp=_time(datetime.now(UTC)))
+        else:
+            meta.update(uid=created["metadata"]["uid"], creationTimestamp=created["metadata"]["creationTimestamp"])
+        for field_ in ("labels", "annotations"):
+            if given.get(field_):
+                meta[field_] = dict(given[field_])
+        obj: dict[str, Any] = {
+            "kind": "Secret",
+            "apiVersion": "v1",
+            "metadata": meta,
+            "data": dict(secret["data"]),
+            "type": secret.get("type") or (created or {}).get("type") or "Opaque",
+        }
+        if secret.get("immutable") is not None:
+            obj["immutable"] = bool(secret["immutable"])
+        self.secrets[(ns, name)] = obj
+        copied: dict[str, Any] = json.loads(json.dumps(obj))
+        return copied
+
+    @staticmethod
+    def _secret_invalid(name: str, field: str, message: str) -> _Reply:
+        return _Reply(
+            422,
+            status_object(
+                422,
+                "Invalid",
+                f'Secret "{name}" is invalid: {field}: {message}',
+                {"name": name, "kind": "Secret", "causes": [{"field": field}]},
+            ),
+        )
+
+    # -- access reviews -------------------------------------------------------------------------------------
+
+    def _access_review(self, grant: tuple[str, list[Rule] | None], body: bytes) -> dict[str, Any]:
+        try:
+            review = json.loads(body or b"null")
+        except ValueError:
+            raise _Reply(400, status_object(400, "BadRequest", "the body is not JSON")) from None
+        attrs = review.get("spec", {}).get("resourceAttributes") if isinstance(review, dict) else None
+        if not isinstance(attrs, dict):
+            raise self._secret_invalid("", "spec.resourceAttributes", "Required value")
+        _, rules = grant
+        allowed = rules is None or any(
+            r.allows(
+                str(attrs.get("verb", "")),
+                str(attrs.get("resource", "")),
+                str(attrs.get("namespace", "")),
+                attrs.get("name") or None,
+                str(attrs.get("group", "")),
+            )
+            for r in rules
+        )
+        status: dict[str, Any] = {"allowed": allowed}
+        if allowed and rules is not None:
+            status["reason"] = "RBAC: allowed by a Role"
+        return {
+            "kind": "SelfSubjectAccessReview",
+            "apiVersion": "authorization.k8s.io/v1",
+            "metadata": {},
+            "spec": review["spec"],
+            "status": status,
+        }
 
     # -- leases ---------------------------------------------------------------------------------------------
 
