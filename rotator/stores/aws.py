@@ -74,7 +74,20 @@ from rotator.errors import (
 from rotator.keys import payload_key_id
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call, redact_text
-from rotator.stores.base import ANY_CURRENT, POOL_CONNECTIONS, Expect, TargetRef, VersionMeta
+from rotator.stores.base import (
+    ANY_CURRENT,
+    POOL_CONNECTIONS,
+    BaseTargetOptions,
+    Expect,
+    SecretStore,
+    StoreBase,
+    StoreCapabilities,
+    StoreContext,
+    StoreSpec,
+    StoreType,
+    TargetRef,
+    VersionMeta,
+)
 
 SERVICE = "aws-secretsmanager"
 
@@ -275,7 +288,7 @@ class StoreConfig(BaseModel):
         return self
 
 
-class TargetOptions(BaseModel):
+class TargetOptions(BaseTargetOptions):
     """A policy target that points at an AWS store: the whole target mapping.
 
     ``secret`` is a secret name or ARN (an ARN fixes the region); ``region``, ``kms_key_id``, ``tags``
@@ -285,10 +298,6 @@ class TargetOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    store: str
-    secret: str
-    format: str = "json"
-    endpoint_secret: str | None = None
     region: str | None = None
     kms_key_id: str | None = None
     tags: dict[str, str] | None = None
@@ -423,11 +432,15 @@ def _own_lambda(arn: str) -> bool:
     return bool(allowed) and _function_arn(arn) == _function_arn(allowed or "")
 
 
-class AwsSecretsManagerStore:
+class AwsSecretsManagerStore(StoreBase):
     """A :class:`rotator.stores.base.SecretStore` over AWS Secrets Manager. See the module docstring.
 
     Thread-safe: boto3 clients are, and the describe cache is guarded by a lock.
     """
+
+    #: promote moves AWSCURRENT with RemoveFromVersionId (refused when the label moved); Secrets Manager's own
+    #: rotation calls the Lambda rotator serves (rotator.stores.base.NativeRotation)
+    capabilities = StoreCapabilities(native_rotation=True)
 
     def __init__(
         self,
@@ -1061,6 +1074,13 @@ class AwsSecretsManagerStore:
             if d is None or labels is None:
                 if cached:
                     continue  # maybe staged by another pass since we looked: look again
+                if checked and d is not None:
+                    held = self._held_by(ref, opts, d, d.holder(CURRENT))
+                    if held != expect_current:
+                        # the compare-and-set comes first: another writer moved the target on, and staging its
+                        # own key took AWSPENDING off ours (a version left with no label is deprecated, and AWS
+                        # lists it no more): the target changed, which is not "nothing staged"
+                        raise self._precondition_failed(ref, key_id, held, expect_current)
                 raise StoreNotFound(f"nothing is staged for key {key_id}", store=self.name, secret=ref.secret)
             if CURRENT in labels:
                 return
@@ -1242,3 +1262,19 @@ def open_store(
         botocore_config=botocore_config,
         request_timeout=request_timeout,
     )
+
+
+def _open(spec: StoreSpec, context: StoreContext) -> SecretStore:
+    return open_store(spec.name, spec.config, **context.options)
+
+
+#: the ``aws`` store type, registered under the entry point group ``rotator.stores``
+STORE_TYPE = StoreType(
+    name="aws",
+    config=StoreConfig,
+    target=TargetOptions,
+    open=_open,
+    capabilities=AwsSecretsManagerStore.capabilities,
+    extra="aws",
+    sdk="boto3",
+)
