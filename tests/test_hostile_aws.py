@@ -35,7 +35,7 @@ from rotator.stores.aws import (
     version_id_for,
 )
 from rotator.stores.base import TargetRef
-from tests.servers.hostile_issuer import Behaviour, HostileIssuer, drip, drip_headers
+from tests.servers.hostile_issuer import Behaviour, HostileIssuer, drip, drip_headers, huge_body
 from tests.servers.moto_server import MotoServer, running_moto
 from tests.support.e2e import CHECKOUT, at, harness
 
@@ -88,22 +88,7 @@ def store(proxy: HostileIssuer) -> Iterator[AwsSecretsManagerStore]:
 
 def huge(size: int = BIG, status: int = 200) -> Behaviour:
     """An answer of ``size`` bytes without a length (chunked), streamed: nothing can refuse it up front."""
-
-    def behave(req: Any, upstream: Any, h: Any) -> None:
-        h.send_response(status)
-        h.send_header("Content-Type", "application/x-amz-json-1.1")
-        h.send_header("Transfer-Encoding", "chunked")
-        h.end_headers()
-        block = b" " * 65536
-        try:
-            h.wfile.write(b"1\r\n{\r\n")
-            for _ in range(size // len(block)):
-                h.wfile.write(f"{len(block):x}\r\n".encode() + block + b"\r\n")
-            h.wfile.write(b"1\r\n}\r\n0\r\n\r\n")
-        except OSError:
-            pass
-
-    return behave
+    return huge_body(size, status, "application/x-amz-json-1.1")
 
 
 def _ref(secret: str) -> TargetRef:

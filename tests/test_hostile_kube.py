@@ -22,7 +22,7 @@ import yaml
 
 from rotator.pickup.kubernetes import CheckConfig, KubernetesCheck, open_check
 from rotator.runtime.leader import LeaseApiFailure, LeaseClient
-from tests.servers.hostile_issuer import HostileIssuer, deep_nesting, drip, drip_headers, replace
+from tests.servers.hostile_issuer import Behaviour, HostileIssuer, deep_nesting, drip, drip_headers, huge_body, replace
 from tests.servers.kube_api import KubeApiServer, running_kube_api
 from tests.support.e2e import ROTATOR, harness
 
@@ -62,24 +62,9 @@ def timed(fn: Any) -> tuple[Any, float]:
     return result, time.monotonic() - t
 
 
-def huge(size: int = BIG, status: int = 200) -> Any:
+def huge(size: int = BIG, status: int = 200) -> Behaviour:
     """An answer of ``size`` bytes without a length (chunked), streamed: nothing can refuse it up front."""
-
-    def behave(req: Any, upstream: Any, h: Any) -> None:
-        h.send_response(status)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Transfer-Encoding", "chunked")
-        h.end_headers()
-        block = b" " * 65536
-        try:
-            h.wfile.write(b"1\r\n{\r\n")
-            for _ in range(size // len(block)):
-                h.wfile.write(f"{len(block):x}\r\n".encode() + block + b"\r\n")
-            h.wfile.write(b"1\r\n}\r\n0\r\n\r\n")
-        except OSError:
-            pass
-
-    return behave
+    return huge_body(size, status, "application/json")
 
 
 PUBLISHED = datetime(2026, 1, 1, tzinfo=UTC)

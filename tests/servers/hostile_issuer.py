@@ -173,6 +173,25 @@ def huge_listing(size: int) -> Behaviour:
     return behave
 
 
+def huge_body(size: int, status: int = 200, content_type: str = "application/json") -> Behaviour:
+    """An answer (any status) whose body is ``size`` bytes of JSON whitespace inside ``{}``, chunked (no length:
+    a client cannot refuse it up front), streamed in 64 KiB writes."""
+
+    def behave(req: Request, upstream: Callable[[], Answer], h: BaseHTTPRequestHandler) -> None:
+        h.send_response(status)
+        h.send_header("Content-Type", content_type)
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        block = b" " * 65536
+        with contextlib.suppress(OSError):
+            h.wfile.write(b"1\r\n{\r\n")
+            for _ in range(size // len(block)):
+                h.wfile.write(f"{len(block):x}\r\n".encode() + block + b"\r\n")
+            h.wfile.write(b"1\r\n}\r\n0\r\n\r\n")
+
+    return behave
+
+
 def deep_nesting(depth: int) -> Behaviour:
     """A 200 whose body is ``depth`` nested JSON arrays inside the listing's field."""
     body = b'{"key_info":' + b"[" * depth + b"]" * depth + b"}"
