@@ -190,6 +190,10 @@ class Defaults(BaseModel):
     grace: Duration = timedelta(hours=1)
     orphan_after: Duration = timedelta(minutes=15)
     format: Literal["json", "env", "key"] = "json"
+    #: reload units (workloads, services, functions) a policy restarts at once
+    reload_max_parallel: int = Field(1, ge=1, le=100)
+    #: a reload not finished this long after it started is reported (reload_failed) and started again
+    reload_timeout: Duration = timedelta(minutes=15)
 
     @field_validator("lifetime")
     @classmethod
@@ -215,6 +219,9 @@ class RawPolicy(BaseModel):
     pickup: list[dict[str, Any]] = []
     max_wait: Duration | None = None
     revoke_after: Duration | None = None
+    reload: list[dict[str, Any]] = []
+    reload_max_parallel: int | None = Field(None, ge=1, le=100)
+    reload_timeout: Duration | None = None
     self_: bool = Field(False, alias="self")
 
     @field_validator("name")
@@ -420,6 +427,8 @@ class RawConfig(BaseModel):
     interval: Duration = timedelta(minutes=1)
     jitter: Duration = timedelta(seconds=10)
     concurrency: int = Field(8, ge=1, le=64)
+    #: reloads (restarts) started per pass across every policy: a mass rotation is never a restart storm
+    reloads_per_pass: int = Field(20, ge=1, le=10000)
     pass_timeout: Duration = timedelta(minutes=5)
     drift_check_every: Duration | Literal["never"] = timedelta(hours=1)
     verify_for: Duration = timedelta(hours=1)
@@ -477,6 +486,9 @@ class Policy:
     max_wait: timedelta | None = None
     revoke_after: timedelta | None = None
     manages_self: bool = False
+    reload: tuple[BaseModel, ...] = ()
+    reload_max_parallel: int = 1
+    reload_timeout: timedelta = timedelta(minutes=15)
 
     @property
     def key_description(self) -> str:
@@ -503,6 +515,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     alerts: Any = None  # rotator.notify.AlertsConfig (validated here, defined there)
     leader_election: LeaderElectionConfig = field(default_factory=LeaderElectionConfig)
+    reloads_per_pass: int = 20
 
     def policy(self, name: str) -> Policy:
         # a dict built on first use: the engine looks a policy up once per policy in a pass
@@ -684,6 +697,9 @@ def _resolve_policy(
                 "only applies with pickup checks (pickup: [...]); without them grace alone decides",
             )
         )
+    reload = _resolve_reload(path, p.reload, pickup, issues)
+    reload_timeout = p.reload_timeout if p.reload_timeout is not None else d.reload_timeout
+    _check_reload_timing(path, p, reload, reload_timeout, lifetime, rotate_before, grace, raw, issues)
     if p.self_:
         _check_self(path, p, targets, raw, issues)
     if len(issues) > start:
@@ -703,6 +719,9 @@ def _resolve_policy(
         max_wait=p.max_wait,
         revoke_after=p.revoke_after,
         manages_self=p.self_,
+        reload=tuple(reload),
+        reload_max_parallel=p.reload_max_parallel if p.reload_max_parallel is not None else d.reload_max_parallel,
+        reload_timeout=reload_timeout,
     )
 
 
@@ -728,6 +747,66 @@ def _resolve_pickup(path: str, raw_checks: list[dict[str, Any]], issues: list[Co
         except ValidationError as exc:
             issues.extend(_issues(exc, cpath))
     return out
+
+
+def _resolve_reload(
+    path: str, raw_targets: list[dict[str, Any]], pickup: list[BaseModel], issues: list[ConfigIssue]
+) -> list[BaseModel]:
+    """``reload: [...]``: each entry validated by its type's ``ReloadConfig`` (rotator.reload.<type>)."""
+    from rotator.reload import base as reload_base
+
+    out: list[BaseModel] = []
+    known = ", ".join(sorted(reload_base.REGISTRY))
+    for j, c in enumerate(raw_targets):
+        rpath = f"{path}.reload[{j}]"
+        kind = c.get("type") if isinstance(c, dict) else None
+        if not isinstance(kind, str):
+            issues.append(ConfigIssue(f"{rpath}.type", f"required: the kind of reload; use one of: {known}"))
+            continue
+        if kind not in reload_base.REGISTRY:
+            issues.append(ConfigIssue(f"{rpath}.type", f"unknown reload type {shown(kind)}; use one of: {known}"))
+            continue
+        try:
+            out.append(reload_base.backend(kind).ReloadConfig.model_validate(c))
+        except ValidationError as exc:
+            issues.extend(_issues(exc, rpath))
+    return out
+
+
+def _check_reload_timing(
+    path: str,
+    p: RawPolicy,
+    reload: list[BaseModel],
+    reload_timeout: timedelta,
+    lifetime: timedelta | None,
+    rotate_before: timedelta | float | None,
+    grace: timedelta,
+    raw: RawConfig,
+    issues: list[ConfigIssue],
+) -> None:
+    """A rollout must be able to time out, be reported and be started again before the old key expires."""
+    if reload_timeout <= timedelta(0):
+        issues.append(ConfigIssue(f"{path}.reload_timeout", "must be longer than 0s, e.g. 15m"))
+        return
+    if (p.reload_timeout is not None or p.reload_max_parallel is not None) and not p.reload:
+        field_name = "reload_timeout" if p.reload_timeout is not None else "reload_max_parallel"
+        issues.append(ConfigIssue(f"{path}.{field_name}", "only applies with reload targets (reload: [...])"))
+        return
+    if not reload or lifetime is None or rotate_before is None:
+        return
+    before = lifetime * rotate_before if isinstance(rotate_before, float) else rotate_before
+    need = reload_timeout + grace + raw.interval + raw.clock_skew
+    if before <= need:
+        issues.append(
+            ConfigIssue(
+                f"{path}.reload_timeout",
+                f"{format_duration(reload_timeout)} is too long: a rotation starts {format_duration(before)} before "
+                f"the old key expires (rotate_before), which must exceed reload_timeout + grace "
+                f"({format_duration(grace)}) + interval ({format_duration(raw.interval)}) + clock_skew "
+                f"({format_duration(raw.clock_skew)}) = {format_duration(need)}, or a rollout that times out cannot "
+                "be reported and retried before the old key expires; shorten reload_timeout or raise rotate_before",
+            )
+        )
 
 
 def _check_self(path: str, p: RawPolicy, targets: list[Target], raw: RawConfig, issues: list[ConfigIssue]) -> None:
@@ -874,6 +953,7 @@ def _from_mapping(data: Any, *, source: str | None) -> Config:
         metrics=raw.metrics,
         alerts=alerts,
         leader_election=raw.leader_election,
+        reloads_per_pass=raw.reloads_per_pass,
     )
 
 

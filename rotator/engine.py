@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -33,6 +33,7 @@ from rotator.errors import (
     IssuerFaulty,
     IssuerPermissionError,
     KeyFormatError,
+    ReloadConflict,
     RotatorError,
     StoreError,
     StoreIntegrityError,
@@ -49,6 +50,8 @@ from rotator.model import (
     PickupVerdict,
     Plan,
     Publish,
+    Reload,
+    ReloadStatus,
     Retire,
     Revoke,
     SecretState,
@@ -67,6 +70,24 @@ Clock = Callable[[], datetime]
 PickupRunner = Callable[[Policy, str, dict[str, SecretState]], tuple[PickupVerdict, ...]]
 #: progress(stage, done, total): called after each policy is planned ("plan") or carried out ("act")
 Progress = Callable[[str, int, int], None]
+
+
+class Reloader(Protocol):
+    """Observes and starts a policy's reloads (:class:`rotator.reload.runner.ReloadRunner`)."""
+
+    def observe(
+        self, policy: Policy, key_id: str, states: dict[str, SecretState], *, only: str | None = None
+    ) -> tuple[ReloadStatus, ...]: ...
+
+    def reload(
+        self,
+        policy: Policy,
+        target_label: str,
+        unit: str,
+        key_id: str,
+        expires_at: datetime | None,
+        states: dict[str, SecretState],
+    ) -> None: ...
 
 log = structlog.get_logger("rotator")
 
@@ -172,8 +193,10 @@ class Engine:
         monotonic: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         preflight: Callable[[KeyIssuer], None] | None = None,
+        reloads: Reloader | None = None,
     ) -> None:
         self.config = config
+        self.reloads = reloads
         self.monotonic = monotonic
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - a start delay, not cryptography
         self.issuer = issuer
@@ -429,14 +452,32 @@ class Engine:
             except IssuerError as exc:  # the creates and copies go ahead on the pass's first listing
                 log.warning("could not list keys again before acting", error=_error_text(exc))
 
+        held_back = self._reload_budget(report)
+
         def one(pr: PolicyReport) -> PolicyReport:
             with structlog.contextvars.bound_contextvars(policy=pr.policy), counter:
                 if pr.plan is None or not pr.plan.actions:
                     return pr
                 policy = self.config.policy(pr.policy)
                 known = {k.key_id: k for k in pr.keys}
-                order = {"create": 0, "publish": 1, "retire": 2, "revoke": 3}
+                order = {"create": 0, "publish": 1, "retire": 2, "reload": 3, "revoke": 4}
+                reload_failed = False
                 for action in sorted(pr.plan.actions, key=lambda a: order[a.kind]):
+                    if isinstance(action, Reload) and id(action) in held_back:
+                        pr.results.append(
+                            ActionResult(
+                                action,
+                                True,
+                                skipped=f"reloads_per_pass ({self.config.reloads_per_pass}) reached: the next pass "
+                                "starts it",
+                            )
+                        )
+                        continue
+                    if isinstance(action, Revoke) and reload_failed and not (pr.opts is not None and pr.opts.emergency):
+                        why = "a reload of this policy failed in this pass: the old key stays until it succeeds"
+                        log.warning("not revoking", key_id=action.key_id, why=why)
+                        pr.results.append(ActionResult(action, True, skipped=why))
+                        continue
                     if stop is not None and stop.is_set():
                         log.info("stopping: remaining actions left to the next pass")
                         break
@@ -446,6 +487,7 @@ class Engine:
                         break
                     result = self._act(policy, action, pr, known, fresh, issuer, stores)
                     pr.results.append(result)
+                    reload_failed = reload_failed or (isinstance(action, Reload) and not result.ok)
                     if result.deadline:
                         report.deadline_passed = True
                         break
@@ -461,6 +503,21 @@ class Engine:
                 busy.append(pr)
         self._each(busy, one)
         return report
+
+    def _reload_budget(self, report: PassReport) -> set[int]:
+        """The planned reloads this pass leaves to the next one: past ``reloads_per_pass`` across the fleet,
+        in policy order. An emergency's reloads are never held back; signals (webhooks) do not count."""
+        budget = self.config.reloads_per_pass
+        held: set[int] = set()
+        for pr in report.policies:
+            for a in pr.plan.actions if pr.plan is not None else ():
+                if not isinstance(a, Reload) or (pr.opts is not None and pr.opts.emergency) or not a.rollout:
+                    continue
+                if budget > 0:
+                    budget -= 1
+                else:
+                    held.add(id(a))
+        return held
 
     def _start_delay(self, most: float, deadline: Deadline, stop: threading.Event | None) -> None:
         """Wait a random time up to ``most`` seconds (and never past half the time the pass has left)."""
@@ -519,17 +576,22 @@ class Engine:
         mine = tuple(mine_keys)
         targets: dict[str, TargetObservation] | None = None
         verdicts: tuple[PickupVerdict, ...] | None = None
+        reloads: tuple[ReloadStatus, ...] | None = None
         if p.needs_targets:
             targets = self.observe_targets(policy, stores)
             p = plan(policy, Observation(mine, targets), now, opts)
+            states = {tid: o.state for tid, o in targets.items() if o.state is not None}
+            if p.needs_reload is not None and self.reloads is not None:
+                reloads = self.reloads.observe(policy, p.needs_reload, states)
+                p = plan(policy, Observation(mine, targets, reloads=reloads), now, opts)
             if p.needs_pickup is not None and self.pickup is not None:
-                states = {tid: o.state for tid, o in targets.items() if o.state is not None}
                 verdicts = self.pickup(policy, p.needs_pickup, states)
-                p = plan(policy, Observation(mine, targets, verdicts), now, opts)
+                p = plan(policy, Observation(mine, targets, verdicts, reloads), now, opts)
         report = PolicyReport(
             policy.name, p, keys=mine, target_ids=tuple(t.id for t in policy.targets), opts=opts, verdicts=verdicts
         )
         report.observed_targets = targets
+        report.reloads = reloads
         if targets is not None:
             report.targets = {tid: o.state for tid, o in targets.items()}
             report.target_errors = {tid: o.error for tid, o in targets.items() if o.error}
@@ -552,6 +614,8 @@ class Engine:
         bound: dict[str, str] = {"action": action.kind}
         if not isinstance(action, CreateKey):
             bound["key_id"] = action.key_id
+        if isinstance(action, Reload):
+            bound["reload"] = action.id
         with structlog.contextvars.bound_contextvars(**bound):
             try:
                 if isinstance(action, CreateKey):
@@ -560,6 +624,8 @@ class Engine:
                     return self._copy(policy, action, pr, known, fresh, stores)
                 if isinstance(action, Retire):
                     return self._retire(policy, action, pr, known, stores)
+                if isinstance(action, Reload):
+                    return self._reload(policy, action, pr, known)
                 if isinstance(action, Revoke):
                     return self._revoke(policy, action, pr, known, issuer, stores)
             except DeadlinePassed as exc:
@@ -581,11 +647,12 @@ class Engine:
         pr: PolicyReport,
         known: dict[str, KeyInfo],
         fresh_targets: dict[str, TargetObservation],
+        reloads: tuple[ReloadStatus, ...] | None = None,
     ) -> Plan:
         """The plan the same rules make from the targets as they are now (pickup verdicts as observed)."""
         targets = dict(pr.observed_targets or {})
         targets.update(fresh_targets)
-        obs = Observation(tuple(known.values()), targets, pr.verdicts)
+        obs = Observation(tuple(known.values()), targets, pr.verdicts, pr.reloads if reloads is None else reloads)
         return plan(policy, obs, self.clock(), pr.opts or self._opts())
 
     def _create(
@@ -846,6 +913,28 @@ class Engine:
             stores[t.store].retire(self.ref(policy, t), action.key_id)
         issuer.revoke_key(action.key_id)
         log.info("revoked key", reason=action.reason, retired_in=list(match.retire_in))
+        return ActionResult(action, True)
+
+    def _reload(self, policy: Policy, action: Reload, pr: PolicyReport, known: dict[str, KeyInfo]) -> ActionResult:
+        """Re-observe the reload target, re-plan, and start the reload only if the rules still start it now
+        (another pass may have started it since this one looked: a reload already done is never repeated)."""
+        if self.reloads is None:
+            return ActionResult(action, False, "no reload runner configured")
+        states = {tid: s for tid, s in (pr.targets or {}).items() if s is not None}
+        fresh = self.reloads.observe(policy, action.key_id, states, only=action.target)
+        others = tuple(r for r in pr.reloads or () if r.target != action.target)
+        again = self._replan(policy, pr, known, {}, others + fresh)
+        if not any(isinstance(a, Reload) and a.id == action.id and a.key_id == action.key_id for a in again.actions):
+            state = next((r.state for r in fresh if r.unit == action.unit), "gone")
+            return self._skip(action, f"reload {action.id} is no longer planned (it is {state} now)")
+        key = known.get(action.key_id)
+        try:
+            self.reloads.reload(
+                policy, action.target, action.unit, action.key_id, key.expires_at if key else None, states
+            )
+        except ReloadConflict as exc:
+            return self._skip(action, f"reload {action.id} changed while starting it: {exc}")
+        log.info("reload started", reason=action.reason)
         return ActionResult(action, True)
 
     def ensure_endpoint(self, policy: Policy, target: Target, store: SecretStore) -> None:

@@ -151,3 +151,19 @@ class DeadlinePassed(RotatorError):
 
 class PickupError(RotatorError):
     """A pickup check could not get an answer from its consumers."""
+
+
+class ReloadError(RotatorError):
+    """A reload target could not start or observe a reload (the message names the unit and, for a refusal,
+    the permission to grant; never a token or a value)."""
+
+    def __init__(self, message: str, *, target: str | None = None, unit: str | None = None) -> None:
+        self.target = target
+        self.unit = unit
+        where = "/".join(p for p in (target, unit) if p)
+        super().__init__(f"{message} (reload {where})" if where else message)
+
+
+class ReloadConflict(ReloadError):
+    """The unit changed since it was observed (another pass or a person restarted it): nothing was done.
+    Not a failure: the next pass observes it again."""

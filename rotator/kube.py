@@ -63,12 +63,14 @@ class KubeApi:
         *,
         query: Mapping[str, str | int] | None = None,
         body: Mapping[str, Any] | None = None,
+        content_type: str = "application/json",
     ) -> dict[str, Any]:
-        """``method path`` (e.g. ``/api/v1/namespaces/ns/secrets/name``) with ``query`` and a JSON ``body``;
+        """``method path`` (e.g. ``/api/v1/namespaces/ns/secrets/name``) with ``query`` and a JSON ``body``
+        (sent as ``content_type``: a PATCH names its patch type, e.g. ``application/merge-patch+json``);
         the answer's JSON object."""
         headers = {"Accept": "application/json"}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         # the client library's own serialiser: base URL, default headers (User-Agent) and the bearer token,
         # re-read through its refresh hook when the kubelet has rotated it
         _, url, headers, _, _ = self._client.param_serialize(

@@ -32,8 +32,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from rotator.engine import PassReport
-from rotator.model import CreateKey
+from rotator.model import CreateKey, Reload
 from rotator.observability import API_CALLS
+from rotator.planner import RELOAD_FAILED_NOTE
 
 if TYPE_CHECKING:
     from rotator.config import Config
@@ -45,6 +46,11 @@ PICKUP_OVERDUE_NOTE = "! pickup overdue"
 def pickup_overdue(notes: Iterable[str]) -> bool:
     """Whether a plan's notes say its consumers are past ``max_wait``."""
     return any(n.startswith(PICKUP_OVERDUE_NOTE) for n in notes)
+
+
+def reload_failed(notes: Iterable[str]) -> bool:
+    """Whether a plan's notes say a reload failed or ran past ``reload_timeout``."""
+    return any(n.startswith(RELOAD_FAILED_NOTE) for n in notes)
 
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series only add noise
@@ -136,6 +142,19 @@ class Metrics:
             ["policy", "action", "result"],
             registry=r,
         )
+        self.reloads = Counter(
+            "rotator_reloads",
+            "Reloads (restarts, deployments, signals) started, by policy, reload type and result "
+            "(ok, failed, skipped: another pass started it, or the per-pass cap left it to the next pass).",
+            ["policy", "type", "result"],
+            registry=r,
+        )
+        self.reload_failing = Gauge(
+            "rotator_policy_reload_failed",
+            "1 while a policy has a reload that failed or ran past reload_timeout (the old key stays).",
+            ["policy"],
+            registry=r,
+        )
         self.api_calls = Counter(
             "rotator_api_calls",
             "API calls by service, operation and status.",
@@ -220,8 +239,14 @@ class Metrics:
             self.awaiting_pickup.labels(p.policy).set(1 if waiting else 0)
             overdue = p.plan is not None and pickup_overdue(p.plan.notes)
             self.pickup_overdue.labels(p.policy).set(1 if overdue else 0)
+            failing = p.plan is not None and reload_failed(p.plan.notes)
+            failing = failing or any(isinstance(r.action, Reload) and not r.ok for r in p.results)
+            self.reload_failing.labels(p.policy).set(1 if failing else 0)
             for r in p.results:
                 self.actions.labels(p.policy, r.action.kind, "ok" if r.ok else "failed").inc()
+                if isinstance(r.action, Reload):
+                    result = "failed" if not r.ok else "skipped" if r.skipped else "ok"
+                    self.reloads.labels(p.policy, r.action.type, result).inc()
                 if isinstance(r.action, CreateKey):
                     self.rotations.labels(p.policy, "ok" if r.ok else "failed").inc()
             for target, key in p.held_keys().items():

@@ -130,6 +130,34 @@ class PickupVerdict:
     detail: str = ""
 
 
+ReloadState = Literal["pending", "waiting", "rolling", "done", "failed", "unknown"]
+
+
+@dataclass(frozen=True)
+class ReloadStatus:
+    """One unit of a reload target (a Deployment, an ECS service, a function, a webhook URL) with respect to
+    ``key_id``, as the service shows it (:meth:`rotator.reload.base.ReloadTarget.observe`).
+
+    ``target`` is the reload target's label, ``unit`` the unit within it. ``since`` is when the reload for
+    ``key_id`` started (``rolling``, ``done``, ``failed``), by the service's clock. ``rollout`` and
+    ``observable`` are the target's declared capabilities, carried so that the planner needs nothing else.
+    """
+
+    target: str
+    unit: str
+    type: str
+    key_id: str
+    state: ReloadState
+    since: datetime | None = None
+    detail: str = ""
+    rollout: bool = True
+    observable: bool = True
+
+    @property
+    def id(self) -> str:
+        return f"{self.target}/{self.unit}"
+
+
 @dataclass(frozen=True)
 class Observation:
     """Everything the planner may know about one policy at one moment.
@@ -141,6 +169,8 @@ class Observation:
     keys: tuple[KeyInfo, ...]
     targets: dict[str, TargetObservation] | None = None
     pickup: tuple[PickupVerdict, ...] | None = None
+    #: every reload unit's state for the active key, or ``None`` when not read
+    reloads: tuple[ReloadStatus, ...] | None = None
 
 
 # ---- actions -------------------------------------------------------------------------------------------
@@ -190,9 +220,31 @@ class Revoke:
     kind: Literal["revoke"] = "revoke"
 
 
-Action = CreateKey | Publish | Retire | Revoke
+@dataclass(frozen=True)
+class Reload:
+    """Make the consumers of ``unit`` (of reload target ``target``) load ``key_id``: restart or signal them."""
 
-Phase = Literal["steady", "due", "no-key", "expired", "publishing", "awaiting-pickup", "revoking", "blocked", "unknown"]
+    policy: str
+    key_id: str
+    target: str
+    unit: str
+    reason: str
+    #: the reload type (``kubernetes``, ``ecs``, ``lambda``, ``webhook``)
+    type: str = ""
+    #: the target declared it a rollout (counted against the caps) rather than a signal
+    rollout: bool = True
+    kind: Literal["reload"] = "reload"
+
+    @property
+    def id(self) -> str:
+        return f"{self.target}/{self.unit}"
+
+
+Action = CreateKey | Publish | Retire | Reload | Revoke
+
+Phase = Literal[
+    "steady", "due", "no-key", "expired", "publishing", "reloading", "awaiting-pickup", "revoking", "blocked", "unknown"
+]
 
 
 @dataclass(frozen=True)
@@ -210,5 +262,7 @@ class Plan:
     wake_at: datetime | None = None
     needs_targets: bool = False
     needs_pickup: str | None = None
+    #: the key id whose reload targets the engine should observe before planning again
+    needs_reload: str | None = None
     current_key: str | None = None
     notes: tuple[str, ...] = ()

@@ -4,6 +4,8 @@ Events (derived from a pass report by the pure :func:`alerts_for`):
 - ``rotation_failed``: a policy's pass failed (an action, a store, or the issuer);
 - ``expiring``: a key a target holds expires within ``alert_before`` and no rotation succeeded in the pass;
 - ``pickup_overdue``: consumers have not moved to the new key within ``max_wait``;
+- ``reload_failed``: a reload target could not be started, the service says its rollout failed, or it ran past
+  ``reload_timeout`` (the old key stays; the reload is started again);
 - ``rotation_completed`` (only with ``on_success: true``): an old key was revoked after its replacement.
 
 The same alert for the same policy is sent at most once per ``alert_every``; a policy that recovers can alert
@@ -31,12 +33,13 @@ from urllib3 import exceptions as u3
 from rotator import httpio
 from rotator.config import AlertsConfig, SecretSource, SlackConfig, SnsConfig, WebhookConfig
 from rotator.engine import PassReport
-from rotator.model import SECRETS, CreateKey, Revoke
+from rotator.model import SECRETS, CreateKey, Reload, Revoke
 from rotator.observability import record_call, redact_text
+from rotator.planner import RELOAD_FAILED_NOTE
 
 log = structlog.get_logger("rotator")
 
-EventKind = Literal["rotation_failed", "expiring", "pickup_overdue", "rotation_completed"]
+EventKind = Literal["rotation_failed", "expiring", "pickup_overdue", "reload_failed", "rotation_completed"]
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,12 @@ def alerts_for(report: PassReport, cfg: AlertsConfig, now: datetime) -> list[Ale
     for p in report.policies:
         if report.error is not None:
             break
-        failures = [r.error for r in p.results if not r.ok and r.error]
+        failures = [r.error for r in p.results if not r.ok and r.error and not isinstance(r.action, Reload)]
+        reloads = [f"{r.action.id}: {r.error}" for r in p.results if isinstance(r.action, Reload) and not r.ok]
+        if p.plan is not None:
+            reloads += [n.removeprefix("! ") for n in p.plan.notes if n.startswith(RELOAD_FAILED_NOTE)]
+        if reloads:
+            out.append(Alert("reload_failed", p.policy, f"reload of {p.policy} failed: " + "; ".join(reloads), {}))
         if p.error:
             failures.insert(0, p.error)
         if failures:
@@ -234,6 +242,7 @@ class SlackNotifier(WebhookNotifier):
             "rotation_failed": ":rotating_light:",
             "expiring": ":hourglass:",
             "pickup_overdue": ":warning:",
+            "reload_failed": ":arrows_counterclockwise:",
             "rotation_completed": ":white_check_mark:",
         }[alert.kind]
         text = slack_escape(redact_text(alert.message))

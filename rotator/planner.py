@@ -16,7 +16,12 @@ can drive it through crashes, races and clock jumps. The lifecycle (DESIGN secti
   least ``grace``, and every pickup check agrees; its versions are retired first, then it is revoked, so a
   crash in between leaves it listed and the next pass finishes the job;
 - **sweep**: a key no target ever held is revoked ``orphan_after`` after it was issued;
-- **retire**: enabled, non-current versions holding keys the issuer no longer lists are retired.
+- **retire**: enabled, non-current versions holding keys the issuer no longer lists are retired;
+- **reload**: once every target holds the active key as current, the policy's reload targets restart their
+  consumers (at most ``reload_max_parallel`` rollouts at once; an emergency starts them all), and old keys
+  stay until every observable rollout is done; a rollout past ``reload_timeout``, or one the service says
+  failed, is reported and started again once per ``reload_timeout``. A target that cannot be observed (a
+  webhook) is sent on every pass while old keys wait.
 
 While any target cannot be read, nothing is revoked and nothing is published to that target.
 """
@@ -36,6 +41,8 @@ from rotator.model import (
     PickupVerdict,
     Plan,
     Publish,
+    Reload,
+    ReloadStatus,
     Retire,
     Revoke,
     SecretState,
@@ -259,9 +266,19 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
         if active is not None and k.key_id != active.key_id and k.key_id in ever_held and k.key_id not in native_staged
     ]
     needs_pickup: str | None = None
+    needs_reload: str | None = None
     if old and active is not None:
         busy = publishing or create_reason is not None
-        gate = _revocation_gate(policy, obs, opts, active, old, states, bool(unknown), busy, now, notes)
+        reloads = _Reloads()
+        if policy.reload and not busy and not unknown:
+            reloads = _reloads(policy, obs.reloads, active, now, opts, notes)
+            actions.extend(reloads.actions)
+            wake, needs_reload = _min(wake, reloads.wake), reloads.needs
+            if reloads.blocked is not None and phase == "steady":
+                phase = "reloading"
+        gate = _revocation_gate(
+            policy, obs, opts, active, old, states, bool(unknown), busy, now, notes, reloads.blocked
+        )
         wake, needs_pickup = _min(wake, gate.wake), gate.needs_pickup
         if gate.blocked is not None:
             phase = "awaiting-pickup" if phase == "steady" else phase
@@ -282,6 +299,7 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
         actions=tuple(actions),
         wake_at=wake,
         needs_pickup=needs_pickup,
+        needs_reload=needs_reload,
         current_key=active.key_id if active else None,
         notes=tuple(notes),
     )
@@ -307,9 +325,11 @@ def _revocation_gate(
     busy: bool,
     now: datetime,
     notes: list[str],
+    reloads_blocked: str | None = None,
 ) -> _Gate:
-    """May the keys ``active`` replaced be revoked now? Every target must hold ``active`` as current, the last
-    of them for at least ``grace``, and every pickup verdict must agree (an emergency skips grace and pickup)."""
+    """May the keys ``active`` replaced be revoked now? Every target must hold ``active`` as current, every
+    rollout of the policy's reload targets must be done, the last target must hold ``active`` for at least
+    ``grace``, and every pickup verdict must agree (an emergency skips reloads, grace and pickup)."""
     if unknown:
         return _Gate("some targets could not be read")
     if busy:
@@ -320,6 +340,8 @@ def _revocation_gate(
     last = max(s for s in sinces if s is not None)
     if opts.emergency:
         return _Gate()
+    if reloads_blocked is not None:
+        return _Gate(reloads_blocked)
     grace_end = last + policy.grace
     if now < grace_end:
         return _Gate(
@@ -367,6 +389,95 @@ def _pickup_gate(
         else:
             wake = _min(wake, last + policy.max_wait)
     return _Gate(blocked, wake)
+
+
+#: the note that says a reload failed or timed out (rotator.notify raises ``reload_failed`` on it)
+RELOAD_FAILED_NOTE = "! reload failed"
+
+
+@dataclass(frozen=True)
+class _Reloads:
+    """The reloads to start now, why old keys must wait for reloads (or ``None``), and when that may change."""
+
+    actions: tuple[Reload, ...] = ()
+    blocked: str | None = None
+    wake: datetime | None = None
+    needs: str | None = None
+
+
+def _reloads(
+    policy: Policy,
+    statuses: tuple[ReloadStatus, ...] | None,
+    active: KeyInfo,
+    now: datetime,
+    opts: Options,
+    notes: list[str],
+) -> _Reloads:
+    """Which reload units to start for ``active``, from what the services show (never from memory)."""
+    if statuses is None:
+        return _Reloads(blocked="reload targets have not been observed yet", needs=active.key_id)
+    timeout = policy.reload_timeout
+    mine = [s for s in statuses if s.key_id == active.key_id]
+    start: list[tuple[ReloadStatus, str]] = []
+    signals: list[ReloadStatus] = []
+    lag: list[str] = []
+    in_flight = 0
+    wake: datetime | None = None
+    done = 0
+    for s in mine:
+        if not s.observable:
+            signals.append(s)  # sent on every pass while old keys wait: at least once
+            continue
+        detail = f" ({s.detail})" if s.detail else ""
+        if s.state == "done":
+            done += 1
+        elif s.state == "rolling":
+            if s.since is not None and now - s.since >= timeout:
+                notes.append(
+                    f"{RELOAD_FAILED_NOTE} for {policy.name}: {s.id} has been rolling out key {active.key_id} since "
+                    f"{_fmt_time(s.since)}, longer than reload_timeout ({format_duration(timeout)}){detail}; "
+                    "starting it again"
+                )
+                start.append((s, "timed out: started again"))
+                lag.append(f"{s.id} timed out")
+            else:
+                in_flight += 1 if s.rollout else 0
+                wake = _min(wake, s.since + timeout if s.since is not None else None)
+                since = f" since {_fmt_time(s.since)}" if s.since is not None else ""
+                lag.append(f"{s.id} rolling{since}{detail}")
+        elif s.state == "failed":
+            again = s.since is None or now - s.since >= timeout
+            retry = "starting it again" if again or s.since is None else f"again at {_fmt_time(s.since + timeout)}"
+            notes.append(
+                f"{RELOAD_FAILED_NOTE} for {policy.name}: {s.id} failed to roll out key {active.key_id}{detail}; "
+                + retry
+            )
+            if again:
+                start.append((s, "failed: started again"))
+            elif s.since is not None:
+                wake = _min(wake, s.since + timeout)
+            lag.append(f"{s.id} failed")
+        elif s.state == "pending":
+            start.append((s, f"key {active.key_id} is current in every target"))
+            lag.append(f"{s.id} not reloaded yet")
+        else:  # waiting, unknown: nothing can be started, and nothing is known to be done
+            lag.append(f"{s.id} {s.state}{detail}")
+    slots = len(start) if opts.emergency else max(0, policy.reload_max_parallel - in_flight)
+    actions = [Reload(policy.name, active.key_id, s.target, s.unit, why, s.type, s.rollout) for s, why in start[:slots]]
+    if len(start) > slots:
+        notes.append(
+            f"{len(start) - slots} reload(s) wait for a slot: {in_flight + slots} of reload_max_parallel "
+            f"({policy.reload_max_parallel}) rolling"
+        )
+    actions += [
+        Reload(policy.name, active.key_id, s.target, s.unit, "old keys wait for consumers", s.type, s.rollout)
+        for s in signals
+    ]
+    observable = len(mine) - len(signals)
+    blocked = None
+    if lag:
+        blocked = f"reloads: {done} of {observable} done: {'; '.join(lag)}"
+    return _Reloads(tuple(actions), blocked, wake)
 
 
 def _plan_without_targets(policy: Policy, keys: list[KeyInfo], now: datetime, opts: Options) -> Plan:

@@ -17,6 +17,8 @@ from rotator.model import (
     PickupVerdict,
     Plan,
     Publish,
+    Reload,
+    ReloadStatus,
     Retire,
     Revoke,
     SecretState,
@@ -43,7 +45,7 @@ class ActionResult:
         out: dict[str, Any] = {"action": self.action.kind, "ok": self.ok}
         if self.skipped:
             out["skipped"] = self.skipped
-        for name in ("key_id", "target", "source", "reason"):
+        for name in ("key_id", "target", "unit", "source", "reason"):
             v = getattr(self.action, name, None)
             if v is not None:
                 out[name] = v
@@ -70,6 +72,8 @@ class PolicyReport:
     opts: Options | None = field(default=None, repr=False)
     verdicts: tuple[PickupVerdict, ...] | None = field(default=None, repr=False)
     observed_targets: dict[str, TargetObservation] | None = field(default=None, repr=False)
+    #: each reload unit's state for the active key, when the pass observed them
+    reloads: tuple[ReloadStatus, ...] | None = None
 
     @property
     def ok(self) -> bool:
@@ -101,14 +105,26 @@ class PolicyReport:
             "notes": list(p.notes) if p else [],
             "wake_at": p.wake_at.isoformat() if p and p.wake_at else None,
         }
+        if self.reloads is not None:
+            out["reloads"] = [reload_json(r) for r in self.reloads]
         if self.error:
             out["error"] = self.error
         return out
 
 
+def reload_json(r: ReloadStatus) -> dict[str, Any]:
+    """A reload unit's state as the summary, ``status --json`` and the status page show it."""
+    out: dict[str, Any] = {"target": r.target, "unit": r.unit, "type": r.type, "key_id": r.key_id, "state": r.state}
+    if r.since is not None:
+        out["since"] = r.since.isoformat()
+    if r.detail:
+        out["detail"] = r.detail
+    return out
+
+
 def _action_json(a: Action) -> dict[str, Any]:
     out: dict[str, Any] = {"action": a.kind}
-    for name in ("key_id", "target", "source", "reason"):
+    for name in ("key_id", "target", "unit", "source", "reason"):
         v = getattr(a, name, None)
         if v is not None:
             out[name] = v
@@ -139,7 +155,7 @@ class PassReport:
         return 0 if self.ok else 1
 
     def counts(self) -> dict[str, int]:
-        c = {"created": 0, "published": 0, "retired": 0, "revoked": 0, "skipped": 0, "failed": 0}
+        c = {"created": 0, "published": 0, "retired": 0, "reloaded": 0, "revoked": 0, "skipped": 0, "failed": 0}
         for p in self.policies:
             for r in p.results:
                 if not r.ok:
@@ -152,6 +168,8 @@ class PassReport:
                     c["published"] += 1
                 elif isinstance(r.action, Retire):
                     c["retired"] += 1
+                elif isinstance(r.action, Reload):
+                    c["reloaded"] += 1
                 elif isinstance(r.action, Revoke):
                     c["revoked"] += 1
             if p.error:

@@ -34,7 +34,7 @@ from tests.support.e2e import (
     version_meta,
 )
 
-ZERO = {"created": 0, "published": 0, "retired": 0, "revoked": 0, "skipped": 0, "failed": 0}
+ZERO = {"created": 0, "published": 0, "retired": 0, "reloaded": 0, "revoked": 0, "skipped": 0, "failed": 0}
 
 
 @pytest.fixture

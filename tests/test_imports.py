@@ -4,8 +4,8 @@ Every ``import``/``from ... import`` of a ``rotator`` module counts, at module l
 (a lazy import is still a dependency; only ``if TYPE_CHECKING:`` blocks are left out). The floors, bottom up:
 
 0. the ground floor: errors, redaction, model, keys, durations, httpio, safe_yaml, shard;
-1. protocols and shared clients: observability, the ``base`` of stores/issuers/pickup, kube;
-2. backends: each store, issuer and pickup check;
+1. protocols and shared clients: observability, the ``base`` of stores/issuers/pickup/reload, kube;
+2. backends: each store, issuer, pickup check and reload target;
 3. the core: config, planner, report, guards, engine, preflight, notify, metrics, audit, status_page;
 4. the runtime: the CLI, the daemon, the Lambda handler, the HTTP listener, leader election.
 
@@ -45,6 +45,8 @@ FLOORS: list[set[str]] = [
         "rotator.issuers.base",
         "rotator.pickup",
         "rotator.pickup.base",
+        "rotator.reload",
+        "rotator.reload.base",
     },
     {
         "rotator.stores.file",
@@ -56,6 +58,10 @@ FLOORS: list[set[str]] = [
         "rotator.issuers.emulator",
         "rotator.pickup.http",
         "rotator.pickup.kubernetes",
+        "rotator.reload.kubernetes",
+        "rotator.reload.ecs",
+        "rotator.reload.lambda_fn",
+        "rotator.reload.webhook",
     },
     {
         "rotator.config",
@@ -69,6 +75,7 @@ FLOORS: list[set[str]] = [
         "rotator.audit",
         "rotator.status_page",
         "rotator.pickup.runner",
+        "rotator.reload.runner",
     },
     {
         "rotator.runtime",

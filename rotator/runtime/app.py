@@ -245,6 +245,12 @@ def build(
 
         pickup = PickupRunner()
         closers.append(pickup.close)
+    reloads = None
+    if any(p.reload for p in config.policies):
+        from rotator.reload.runner import ReloadRunner
+
+        reloads = ReloadRunner(clock=clock)
+        closers.append(reloads.close)
     before_first_mutation = None
     if preflight is True:
         from rotator import preflight as preflight_checks
@@ -253,7 +259,14 @@ def build(
             preflight_checks.check(config, view, stores)
 
     engine = Engine(
-        config, issuer, stores, endpoint=endpoint, clock=clock, pickup=pickup, preflight=before_first_mutation
+        config,
+        issuer,
+        stores,
+        endpoint=endpoint,
+        clock=clock,
+        pickup=pickup,
+        preflight=before_first_mutation,
+        reloads=reloads,
     )
     return App(config, engine, issuer, stores, closers)
 
