@@ -9,7 +9,10 @@ All problems are gathered into one :class:`ConfigError` whose lines read ``<path
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -605,6 +608,9 @@ def _resolve_policy(
         targets = body.get("targets")
         if isinstance(targets, list):
             _resolve_targets(path, targets, str(body.get("format") or d.format), raw, specs, issues)
+        bad_fields = {e["loc"][0] for e in exc.errors() if e["loc"]}
+        if isinstance(body.get("reload"), list) and "reload" not in bad_fields:
+            _resolve_reload(path, body["reload"], issues)
         bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
         rest = {k: v for k, v in body.items() if k not in bad and k in RawPolicy.model_fields}
         rest.update({"name": "x", "role": "x", "targets": [{}]})
@@ -697,7 +703,7 @@ def _resolve_policy(
                 "only applies with pickup checks (pickup: [...]); without them grace alone decides",
             )
         )
-    reload = _resolve_reload(path, p.reload, pickup, issues)
+    reload = _resolve_reload(path, p.reload, issues)
     reload_timeout = p.reload_timeout if p.reload_timeout is not None else d.reload_timeout
     _check_reload_timing(path, p, reload, reload_timeout, lifetime, rotate_before, grace, raw, issues)
     if p.self_:
@@ -749,9 +755,23 @@ def _resolve_pickup(path: str, raw_checks: list[dict[str, Any]], issues: list[Co
     return out
 
 
-def _resolve_reload(
-    path: str, raw_targets: list[dict[str, Any]], pickup: list[BaseModel], issues: list[ConfigIssue]
-) -> list[BaseModel]:
+#: the runtime a config is loaded for (``"lambda"`` in the Lambda handler, else None): a reload target's
+#: ``ReloadConfig`` sees it as the pydantic validation context ``{"runtime": ...}`` and rejects what that
+#: runtime cannot reach (a Lambda has no in-cluster service account and no ~/.kube)
+RUNTIME: contextvars.ContextVar[str | None] = contextvars.ContextVar("rotator_config_runtime", default=None)
+
+
+@contextlib.contextmanager
+def for_runtime(name: str) -> Iterator[None]:
+    """``with for_runtime("lambda"): load(...)``: validate the config for that runtime."""
+    token = RUNTIME.set(name)
+    try:
+        yield
+    finally:
+        RUNTIME.reset(token)
+
+
+def _resolve_reload(path: str, raw_targets: list[dict[str, Any]], issues: list[ConfigIssue]) -> list[BaseModel]:
     """``reload: [...]``: each entry validated by its type's ``ReloadConfig`` (rotator.reload.<type>)."""
     from rotator.reload import base as reload_base
 
@@ -767,7 +787,7 @@ def _resolve_reload(
             issues.append(ConfigIssue(f"{rpath}.type", f"unknown reload type {shown(kind)}; use one of: {known}"))
             continue
         try:
-            out.append(reload_base.backend(kind).ReloadConfig.model_validate(c))
+            out.append(reload_base.backend(kind).ReloadConfig.model_validate(c, context={"runtime": RUNTIME.get()}))
         except ValidationError as exc:
             issues.extend(_issues(exc, rpath))
     return out

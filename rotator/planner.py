@@ -414,10 +414,10 @@ def _reloads(
     notes: list[str],
 ) -> _Reloads:
     """Which reload units to start for ``active``, from what the services show (never from memory)."""
-    if statuses is None:
+    mine = [s for s in statuses or () if s.key_id == active.key_id]
+    if not mine:  # not observed for this key (a status for another key is no evidence)
         return _Reloads(blocked="reload targets have not been observed yet", needs=active.key_id)
     timeout = policy.reload_timeout
-    mine = [s for s in statuses if s.key_id == active.key_id]
     start: list[tuple[ReloadStatus, str]] = []
     signals: list[ReloadStatus] = []
     lag: list[str] = []

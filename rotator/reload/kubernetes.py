@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from rotator import httpio
 from rotator.errors import MissingExtraError, ReloadConflict, ReloadError
@@ -102,13 +102,19 @@ class ReloadConfig(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _one_way(self) -> ReloadConfig:
+    def _one_way(self, info: ValidationInfo) -> ReloadConfig:
         if (self.names is None) == (self.selector is None):
             raise ValueError(
                 "give either names: [checkout, ...] or selector: app=checkout (a label selector), not both or neither"
             )
         if self.in_cluster and (self.kubeconfig or self.context):
             raise ValueError("in_cluster: true uses the pod's service account; drop kubeconfig and context")
+        if isinstance(info.context, dict) and info.context.get("runtime") == "lambda" and not self.kubeconfig:
+            raise ValueError(
+                "the Lambda runtime cannot reach this cluster: a Lambda has no in-cluster service account and no "
+                "~/.kube; set kubeconfig: to a file packaged with the function (an EKS cluster's endpoint and an "
+                "exec credential), or run this policy from the CronJob or the container"
+            )
         return self
 
 

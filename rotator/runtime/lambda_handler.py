@@ -33,7 +33,7 @@ import threading
 from pathlib import Path
 from typing import Any, TextIO
 
-from rotator.config import Config, load, loads
+from rotator.config import Config, for_runtime, load, loads
 from rotator.engine import PassReport
 from rotator.errors import RotatorError
 from rotator.observability import configure_logging, get_logger, redact_text, redact_value
@@ -51,12 +51,14 @@ _lock = threading.Lock()
 
 
 def load_config() -> Config:
-    """The Lambda's config (see the module docstring). Raises ConfigError."""
+    """The Lambda's config (see the module docstring), validated for the Lambda runtime (a reload target it
+    cannot reach is an error). Raises ConfigError."""
     inline = os.environ.get("ROTATOR_CONFIG_YAML")
-    if inline:
-        return loads(inline, source="$ROTATOR_CONFIG_YAML")  # the same safe loader as a file
-    path = os.environ.get("ROTATOR_CONFIG") or str(Path(os.environ.get("LAMBDA_TASK_ROOT", ".")) / "rotator.yaml")
-    return load(path)
+    with for_runtime("lambda"):
+        if inline:
+            return loads(inline, source="$ROTATOR_CONFIG_YAML")  # the same safe loader as a file
+        path = os.environ.get("ROTATOR_CONFIG") or str(Path(os.environ.get("LAMBDA_TASK_ROOT", ".")) / "rotator.yaml")
+        return load(path)
 
 
 def get_app() -> App:
