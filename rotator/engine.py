@@ -411,7 +411,9 @@ class Engine:
             _, policy, (p, opts, now) = item
             with structlog.contextvars.bound_contextvars(policy=policy.name), counter:
                 try:
-                    return self._plan_policy(policy, by_policy.get(policy.name, ()), stores, p, opts, now)
+                    return self._plan_policy(
+                        policy, by_policy.get(policy.name, ()), stores, p, opts, now, show_reloads=read_targets
+                    )
                 except RotatorError as exc:
                     log.error("policy failed", error=_error_text(exc))
                     return PolicyReport(policy.name, None, error=_error_text(exc))
@@ -571,8 +573,12 @@ class Engine:
         p: Plan,
         opts: Options,
         now: datetime,
+        *,
+        show_reloads: bool = False,
     ) -> PolicyReport:
-        """Carry a first plan on: read the targets and run the pickup checks when it asks, and log its notes."""
+        """Carry a first plan on: read the targets, observe the reload targets and run the pickup checks when it
+        asks, and log its notes. ``show_reloads`` (``status``, the status page's read): observe the reload
+        targets for the current key even when the plan does not need them."""
         mine = tuple(mine_keys)
         targets: dict[str, TargetObservation] | None = None
         verdicts: tuple[PickupVerdict, ...] | None = None
@@ -584,6 +590,8 @@ class Engine:
             if p.needs_reload is not None and self.reloads is not None:
                 reloads = self.reloads.observe(policy, p.needs_reload, states)
                 p = plan(policy, Observation(mine, targets, reloads=reloads), now, opts)
+            elif show_reloads and policy.reload and p.current_key and self.reloads is not None:
+                reloads = self.reloads.observe(policy, p.current_key, states)
             if p.needs_pickup is not None and self.pickup is not None:
                 verdicts = self.pickup(policy, p.needs_pickup, states)
                 p = plan(policy, Observation(mine, targets, verdicts, reloads), now, opts)

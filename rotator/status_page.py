@@ -169,6 +169,8 @@ def _describe(action: Any) -> str:
         return f"publish {action.key_id} to {action.target}"
     if kind == "retire":
         return f"retire {action.key_id} in {action.target}"
+    if kind == "reload":
+        return f"reload {action.target}/{action.unit} for {action.key_id} ({action.reason})"
     return f"revoke {action.key_id} ({action.reason})"
 
 
@@ -248,6 +250,8 @@ def _policy(policy: Policy, pr: PolicyReport, report: PassReport, now: datetime,
             f"<td>{_when(since, now) if since else '-'}</td><td>{st}</td></tr>"
         )
     out.append("</tbody></table>")
+    if policy.reload:
+        out.append(_reloads(pr, now))
     errors = [pr.error] if pr.error else []
     errors += [f"{r.action.kind}: {r.error}" for r in pr.results if not r.ok and r.error]
     if errors:
@@ -256,6 +260,25 @@ def _policy(policy: Policy, pr: PolicyReport, report: PassReport, now: datetime,
         out.append("<ul>" + "".join(f"<li>{_t(n.lstrip('! '))}</li>" for n in notes) + "</ul>")
     out.append("</section>")
     return "\n".join(out)
+
+
+def _reloads(pr: PolicyReport, now: datetime) -> str:
+    """The policy's reload units: pending, waiting, rolling since, done since, failed, unknown."""
+    if pr.reloads is None:
+        return '<p class="muted">reload targets: not observed in this pass (no rotation under way)</p>'
+    rows = [
+        '<table class="reloads"><thead><tr><th>reload</th><th>for key</th><th>state</th><th>since</th>'
+        "<th>detail</th></tr></thead><tbody>"
+    ]
+    for r in pr.reloads:
+        css = {"done": "ok", "failed": "err", "unknown": "err"}.get(r.state, "")
+        rows.append(
+            f'<tr data-reload="{_t(r.id)}"><td><code>{_t(r.id)}</code></td><td><code>{_t(r.key_id)}</code></td>'
+            f'<td class="{css}">{_t(r.state)}</td><td>{_when(r.since, now) if r.since else "-"}</td>'
+            f"<td>{_t(r.detail)}</td></tr>"
+        )
+    rows.append("</tbody></table>")
+    return "".join(rows)
 
 
 def render(report: PassReport | None, config: Config, now: datetime, *, refresh: int | None = None) -> str:

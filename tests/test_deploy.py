@@ -664,6 +664,28 @@ def test_secret_store_component_grants_get_and_update_on_the_named_secrets_only(
         assert spec["automountServiceAccountToken"] is True, kind
 
 
+@pytest.mark.parametrize("resources", [("base",), ("overlays/aws",)])
+def test_reload_component_grants_get_and_patch_on_the_named_workloads_only(
+    tmp_path: Path, resources: tuple[str, ...]
+) -> None:
+    objs = render(_with_components(tmp_path, "reload", resources=resources))
+    for version in K8S_VERSIONS:
+        for o in objs:
+            kubernetes_validate.validate(o, version, strict=True)
+    role, binding = only(objs, "Role"), only(objs, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "payments"
+    # get and patch by name on the workloads, get on the synced Secret; no update, delete, create or pods
+    assert role["rules"] == [
+        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["checkout"], "verbs": ["get", "patch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["momento-checkout"], "verbs": ["get"]},
+    ]
+    assert binding["roleRef"]["name"] == "rotator-reload"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rotator", "namespace": "rotator"}]
+    assert only(objs, "ServiceAccount")["automountServiceAccountToken"] is True
+    for kind, spec in pod_specs(objs):
+        assert spec["automountServiceAccountToken"] is True, kind
+
+
 # ---- the image's install, built in a venv and run as the image's user ---------------------------------------------
 
 

@@ -28,6 +28,7 @@ from rotator.config import Config, format_duration, load, redact_secrets
 from rotator.engine import Clock, PassReport, system_clock
 from rotator.errors import ConfigError, IssuerAuthError, IssuerPermissionError, MissingExtraError, RotatorError
 from rotator.observability import configure_logging, get_logger, redact_text
+from rotator.report import reload_json
 
 DEFAULT_CONFIGS = ("rotator.yaml", "config/local.yaml")
 #: the commands that can change the issuer or a store: they get their engine after the preflight
@@ -590,7 +591,18 @@ def _describe(a: dict[str, Any]) -> str:
         return f"publish {a['key_id']} to {a['target']}"
     if kind == "retire":
         return f"retire {a['key_id']} in {a['target']}"
+    if kind == "reload":
+        return f"reload {a['target']}/{a['unit']} for {a['key_id']} ({a['reason']})"
     return f"revoke {a['key_id']} ({a['reason']})"
+
+
+def _reload_line(r: dict[str, Any], now: datetime) -> str:
+    """One reload unit for ``plan`` and ``status``: ``kubernetes:ns/Deployment/app: rolling since 3m ago``."""
+    since = ""
+    if r.get("since"):
+        since = f" since {human_delta(datetime.fromisoformat(r['since']) - now)}"
+    detail = f" ({r['detail']})" if r.get("detail") else ""
+    return f"reload {r['target']}/{r['unit']}: {r['state']}{since}{detail}"
 
 
 def _print_plan(
@@ -626,6 +638,7 @@ def _print_plan(
             actions = [f"FAILED: {p.error}"]
         rows.append([p.policy, j["phase"], j["current_key"] or "-", nxt, actions[0]])
         rows.extend(["", "", "", "", a] for a in actions[1:])
+        rows.extend(["", "", "", "", _reload_line(r, now)] for r in j.get("reloads", ()))
         rows.extend(["", "", "", "", f"note: {n.lstrip('! ')}"] for n in j["notes"])
     _table(rows, out)
 
@@ -660,6 +673,7 @@ def _print_status(
                 "targets_in_sync": in_sync,
                 "targets_total": len(policy.targets),
                 "targets": targets,
+                "reloads": [reload_json(r) for r in p.reloads] if p.reloads is not None else None,
                 "notes": list(p.plan.notes) if p.plan else [],
                 "error": p.error,
             }
@@ -695,6 +709,8 @@ def _print_status(
         )
     _table(rows, out)
     for e in entries:
+        for r in e["reloads"] or ():
+            print(f"  {e['policy']}: {_reload_line(r, now)}", file=out)
         for n in e["notes"]:
             print(f"  {e['policy']}: {n.lstrip('! ')}", file=out)
         if e["error"]:
