@@ -23,7 +23,9 @@ def test_a_policy_with_reload_targets_resolves() -> None:
 
 
 def test_defaults_apply_to_reload_settings() -> None:
-    cfg = from_mapping(base(defaults={"reload_timeout": "5m", "reload_max_parallel": 3}, policies=[policy("a", reload=[DEPLOY])]))
+    cfg = from_mapping(
+        base(defaults={"reload_timeout": "5m", "reload_max_parallel": 3}, policies=[policy("a", reload=[DEPLOY])])
+    )
     assert cfg.policy("a").reload_timeout == timedelta(minutes=5) and cfg.policy("a").reload_max_parallel == 3
 
 

@@ -147,12 +147,15 @@ def _time(value: Any) -> datetime | None:
 def rollout_status(kind: str, obj: dict[str, Any]) -> tuple[Literal["rolling", "done", "failed"], str]:
     """Whether the workload's rollout is complete, as ``kubectl rollout status`` decides it."""
     generation = _int(_get(obj, "metadata", "generation"))
-    spec, status = _get(obj, "spec") or {}, _get(obj, "status") or {}
+    spec, status = _get(obj, "spec"), _get(obj, "status")
+    spec = spec if isinstance(spec, dict) else {}
+    status = status if isinstance(status, dict) else {}
     observed = _int(status.get("observedGeneration"))
     if kind == "Deployment":
         if generation > observed:
             return "rolling", "waiting for the deployment spec update to be observed"
-        for c in status.get("conditions") or ():
+        conditions = status.get("conditions")
+        for c in conditions if isinstance(conditions, list) else ():
             if isinstance(c, dict) and c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
                 return "failed", "exceeded its progress deadline (ProgressDeadlineExceeded)"
         replicas = spec.get("replicas")
