@@ -21,7 +21,13 @@ from pathlib import Path
 
 #: extra -> the modules (paths from the project root) that may import its packages
 USERS: dict[str, tuple[str, ...]] = {
-    "aws": ("rotator/stores/aws.py", "rotator/notify.py", "rotator/botohttp.py"),  # notify.py: the SNS notifier
+    "aws": (
+        "rotator/stores/aws.py",
+        "rotator/notify.py",  # the SNS notifier
+        "rotator/botohttp.py",
+        "rotator/reload/ecs.py",
+        "rotator/reload/lambda_fn.py",
+    ),
     "azure": ("rotator/stores/azure.py",),
     "gcp": ("rotator/stores/gcp.py",),
     "k8s": (
@@ -29,6 +35,7 @@ USERS: dict[str, tuple[str, ...]] = {
         "rotator/pickup/kubernetes.py",
         "rotator/runtime/leader.py",
         "rotator/stores/kubernetes.py",
+        "rotator/reload/kubernetes.py",
     ),
     "testing": ("rotator/testing/stores.py",),  # the store contract kit: a pytest class
     "lambda": ("rotator/metrics.py",),  # the CloudWatch EMF provider (Powertools)
