@@ -220,3 +220,26 @@ def test_the_secret_arn_parameters_keep_refusing_what_they_refused(value: str, p
 def test_the_secret_arn_parameters_say_why_a_value_is_refused(param: str) -> None:
     text = _template()["Parameters"][param].get("ConstraintDescription", "")
     assert "only wildcards" in text and "every secret" in text, (param, text)
+
+
+def test_reload_permissions_are_exactly_what_the_reload_targets_call_on_the_named_resources() -> None:
+    """ecs: DescribeServices (observe) and UpdateService (forceNewDeployment); lambda: GetFunctionConfiguration
+    (observe, the read before the write) and UpdateFunctionConfiguration; each only when its parameter is
+    given, and only on the ARNs it lists (docs/reload.md)."""
+    by_sid = {st.get("Sid"): st for st in _statements(_template()["Resources"])}
+    ecs, fn = by_sid["ReloadEcsServices"], by_sid["ReloadFunctions"]
+    assert sorted(ecs["Action"]) == ["ecs:DescribeServices", "ecs:UpdateService"]
+    assert ecs["Resource"] == {"Ref": "ReloadEcsServiceArns"}
+    assert sorted(fn["Action"]) == ["lambda:GetFunctionConfiguration", "lambda:UpdateFunctionConfiguration"]
+    assert fn["Resource"] == {"Ref": "ReloadFunctionArns"}
+    text = (Path(__file__).resolve().parents[1] / "deploy/aws-lambda/template.yaml").read_text()
+    assert "- ReloadsEcs\n            - Sid: ReloadEcsServices" in text
+    assert "- ReloadsFunctions\n            - Sid: ReloadFunctions" in text
+    params = _template()["Parameters"]
+
+    ecs_re, fn_re = params["ReloadEcsServiceArns"]["AllowedPattern"], params["ReloadFunctionArns"]["AllowedPattern"]
+    assert re.match(ecs_re, "arn:aws:ecs:eu-west-1:123456789012:service/prod/checkout")
+    assert not re.match(ecs_re, "arn:aws:ecs:eu-west-1:123456789012:service/prod/*")
+    assert re.match(fn_re, "arn:aws:lambda:eu-west-1:123456789012:function:checkout-worker")
+    assert not re.match(fn_re, "arn:aws:lambda:eu-west-1:123456789012:function:*")
+    assert not re.match(fn_re, "arn:aws:lambda:eu-west-1:123456789012:function:checkout-worker:prod")
