@@ -102,21 +102,30 @@ def loads(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
 class _Watch:
     """One request's deadline and the connections it used (a reused connection is attached at its request)."""
 
-    __slots__ = ("conns", "deadline", "done", "fired")
+    __slots__ = ("conns", "deadline", "done", "fired", "socks")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.conns: list[HTTPConnection] = []
+        #: every socket the request's connections opened, kept here: http.client drops ``conn.sock`` as soon as
+        #: it has read the headers of an answer that closes the connection (``Connection: close``, HTTP/1.0),
+        #: while the body is still being read from that socket; cutting only ``conn.sock`` would then miss it
+        self.socks: list[socket.socket] = []
         self.fired = False
         self.done = False
+
+    def keep(self, conn: HTTPConnection) -> None:
+        sock = getattr(conn, "sock", None)  # urllib3's connection: None until connected
+        if sock is not None and sock not in self.socks:
+            self.socks.append(sock)
 
     def cut(self) -> None:
         self.fired = True
         for conn in self.conns:
-            sock = getattr(conn, "sock", None)  # urllib3's connection: None until connected
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+            self.keep(conn)
+        for sock in self.socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Reaper:
@@ -161,6 +170,7 @@ def _attach(conn: HTTPConnection) -> None:
     watch: _Watch | None = getattr(_current, "watch", None)
     if watch is not None:
         watch.conns.append(conn)
+        watch.keep(conn)  # a reused connection's socket
         if watch.fired:
             watch.cut()
 
@@ -169,6 +179,11 @@ class _WatchedHTTPConnection(HTTPConnection):
     def connect(self) -> None:
         _attach(self)
         super().connect()
+        watch: _Watch | None = getattr(_current, "watch", None)
+        if watch is not None:
+            watch.keep(self)  # the new socket (TLS: the wrapped one), before any answer can drop it
+            if watch.fired:
+                watch.cut()
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         _attach(self)

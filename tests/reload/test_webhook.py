@@ -430,15 +430,7 @@ def test_a_refused_connection_fails_naming_the_error_class(
         "hang",
         "drip-headers",
         "drip-body",
-        pytest.param(
-            "drip-body-close",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="rotator.httpio bug: when an answer closes its connection (Connection: close, HTTP/1.0), "
-                "http.client drops conn.sock once the headers are read, so the deadline watchdog has no socket "
-                "to cut and a dripping body is read to its end",
-            ),
-        ),
+        "drip-body-close",  # was a rotator.httpio bug: http.client drops conn.sock after the headers
     ],
 )
 def test_a_hostile_receiver_ends_within_the_timeout(
