@@ -1,0 +1,215 @@
+"""Reload targets end to end (issue 23): real ``rotator once`` processes, the Momento emulator over HTTP, a
+file store, and the consumers' service over HTTP (ECS and Lambda: moto's server behind the documented
+rollout lifecycle, tests/servers/aws_rollouts.py, on the emulator's clock).
+
+Each test walks a whole rotation: the key is due -> a new key is published -> the next pass starts the reload
+-> passes while it rolls start nothing again and revoke nothing -> the rollout finishes -> the old key is
+revoked after grace. And the failure path: a rollout the service reports failed keeps the old key, raises
+the reload failure, and is started again after ``reload_timeout``.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.servers.aws_rollouts import AwsRollouts
+from tests.servers.moto_server import TEST_ENV, MotoServer, moto, moto_server  # noqa: F401
+from tests.support.e2e import Harness, Run, at, harness
+
+pytestmark = pytest.mark.slow
+
+REGION = "us-east-1"
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
+
+
+def policy(reload: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": "checkout",
+        "role": "operator",
+        "lifetime": "1h",
+        "rotate_before": "20m",
+        "grace": "5m",
+        "orphan_after": "10m",
+        "targets": [{"store": "local", "secret": "checkout/momento", "format": "json"}],
+        "reload": reload,
+        "reload_timeout": "10m",
+    }
+
+
+@pytest.fixture
+def world(tmp_path: Path, moto: MotoServer) -> Iterator[tuple[Harness, AwsRollouts]]:  # noqa: F811
+    moto.configure({"lambda": {"use_docker": False}})
+    with harness(tmp_path) as h, AwsRollouts(moto.url, clock=h.clock) as proxy:
+        yield h, proxy
+
+
+def once(h: Harness, config: Path, minutes: float) -> tuple[Run, dict[str, Any]]:
+    run = h.run("-c", str(config), "once", now=at(minutes))
+    assert not JWT.search(run.stdout + run.stderr), "a key in rotator's output"
+    summary = run.summary()
+    return run, summary
+
+
+def policy_json(summary: dict[str, Any]) -> dict[str, Any]:
+    (p,) = summary["policies"]
+    return dict(p)
+
+
+def test_ecs_a_rotation_restarts_the_service_once_and_revokes_after_the_rollout(
+    world: tuple[Harness, AwsRollouts], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h, aws = world
+    for k, v in TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+    ecs = boto3.client("ecs", region_name=REGION, endpoint_url=aws.url)
+    ecs.create_cluster(clusterName="prod")
+    ecs.register_task_definition(family="app", containerDefinitions=[{"name": "app", "image": "x", "memory": 128}])
+    ecs.create_service(cluster="prod", serviceName="checkout", taskDefinition="app", desiredCount=2)
+    aws.ecs_complete("prod/checkout")
+    reload = [{"type": "ecs", "cluster": "prod", "services": ["checkout"], "region": REGION, "endpoint_url": aws.url}]
+    cfg = h.write_config([policy(reload)])
+
+    _, s = once(h, cfg, 0)
+    assert s["counts"]["created"] == 1 and aws.count("ecs:UpdateService") == 0  # a first key replaces nothing
+    (k1,) = h.live_ids("checkout")
+
+    _, s = once(h, cfg, 45)  # due: a new key, published; the reload waits for the next pass
+    assert s["counts"]["created"] == 1 and s["counts"]["reloaded"] == 0
+    k2 = h.newest_id("checkout")
+
+    _, s = once(h, cfg, 46)
+    assert s["counts"]["reloaded"] == 1 and aws.count("ecs:UpdateService") == 1
+    assert s["counts"]["revoked"] == 0
+
+    aws.ecs_tasks_started("prod/checkout")  # new tasks run, the old deployment still drains
+    for minute in (47, 51):  # past grace, but the rollout is not done: no second restart, no revoke
+        _, s = once(h, cfg, minute)
+        p = policy_json(s)
+        assert s["counts"]["reloaded"] == 0 and s["counts"]["revoked"] == 0, p
+        assert aws.count("ecs:UpdateService") == 1
+        assert p["phase"] == "reloading" and p["reloads"][0]["state"] == "rolling", p
+        assert set(h.live_ids("checkout")) == {k1, k2}
+
+    aws.ecs_complete("prod/checkout")
+    _, s = once(h, cfg, 52)
+    assert s["counts"]["revoked"] == 1, s
+    assert h.live_ids("checkout") == [k2] and aws.count("ecs:UpdateService") == 1
+    ecs.close()
+
+
+def test_ecs_a_failed_rollout_keeps_the_old_key_and_is_started_again_after_reload_timeout(
+    world: tuple[Harness, AwsRollouts], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h, aws = world
+    for k, v in TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+    ecs = boto3.client("ecs", region_name=REGION, endpoint_url=aws.url)
+    ecs.create_cluster(clusterName="prod")
+    ecs.register_task_definition(family="app", containerDefinitions=[{"name": "app", "image": "x", "memory": 128}])
+    ecs.create_service(cluster="prod", serviceName="checkout", taskDefinition="app", desiredCount=1)
+    aws.ecs_complete("prod/checkout")
+    reload = [{"type": "ecs", "cluster": "prod", "services": ["checkout"], "region": REGION, "endpoint_url": aws.url}]
+    cfg = h.write_config([policy(reload)], alerts={"on_success": False})
+    once(h, cfg, 0)
+    (k1,) = h.live_ids("checkout")
+    once(h, cfg, 45)
+    once(h, cfg, 46)
+    assert aws.count("ecs:UpdateService") == 1
+    aws.ecs_fail("prod/checkout")
+
+    run, s = once(h, cfg, 52)
+    p = policy_json(s)
+    assert run.returncode == 0 and s["counts"]["revoked"] == 0 and k1 in h.live_ids("checkout")
+    assert p["reloads"][0]["state"] == "failed"
+    assert any(n.startswith("! reload failed") for n in p["notes"]), p
+    assert aws.count("ecs:UpdateService") == 1  # retried once per reload_timeout, not on every pass
+
+    _, s = once(h, cfg, 57)  # reload_timeout (10m) after the failed deployment started: started again
+    assert s["counts"]["reloaded"] == 1 and aws.count("ecs:UpdateService") == 2
+    aws.ecs_complete("prod/checkout")
+    _, s = once(h, cfg, 58)
+    assert s["counts"]["revoked"] == 1 and k1 not in h.live_ids("checkout")
+    ecs.close()
+
+
+def _function(moto_url: str, proxy_url: str, name: str, env: dict[str, str]) -> None:
+    iam = boto3.client("iam", region_name=REGION, endpoint_url=moto_url)
+    role = iam.create_role(RoleName="fn-role", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    iam.close()
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as z:
+        z.writestr("index.py", "def handler(event, context):\n    return None\n")
+    fn = boto3.client("lambda", region_name=REGION, endpoint_url=proxy_url)
+    fn.create_function(
+        FunctionName=name,
+        Runtime="python3.11",
+        Role=role,
+        Handler="index.handler",
+        Code={"ZipFile": code.getvalue()},
+        Environment={"Variables": env},
+    )
+    fn.close()
+
+
+def test_lambda_a_rotation_sets_the_key_id_keeps_the_other_variables_and_revokes_after_the_update(
+    world: tuple[Harness, AwsRollouts], moto: MotoServer, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    h, aws = world
+    for k, v in TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+    _function(moto.url, aws.url, "checkout-worker", {"DB_PASSWORD": "hunter2-not-a-key", "MOMENTO_KEY_ID": "none"})
+    reload = [{"type": "lambda", "functions": ["checkout-worker"], "region": REGION, "endpoint_url": aws.url}]
+    cfg = h.write_config([policy(reload)])
+    once(h, cfg, 0)
+    (k1,) = h.live_ids("checkout")
+    once(h, cfg, 45)
+    k2 = h.newest_id("checkout")
+    run, s = once(h, cfg, 46)
+    assert s["counts"]["reloaded"] == 1 and aws.lambda_status("checkout-worker") == "InProgress"
+    assert "hunter2-not-a-key" not in run.stdout + run.stderr
+    fn = boto3.client("lambda", region_name=REGION, endpoint_url=aws.url)
+    env = fn.get_function_configuration(FunctionName="checkout-worker")["Environment"]["Variables"]
+    assert env == {"DB_PASSWORD": "hunter2-not-a-key", "MOMENTO_KEY_ID": k2}
+
+    _, s = once(h, cfg, 52)  # past grace, the update still in progress: nothing revoked, nothing repeated
+    assert s["counts"]["revoked"] == 0 and s["counts"]["reloaded"] == 0 and set(h.live_ids("checkout")) == {k1, k2}
+    aws.lambda_finish("checkout-worker")
+    _, s = once(h, cfg, 53)
+    assert s["counts"]["revoked"] == 1 and h.live_ids("checkout") == [k2]
+    assert aws.count("lambda:UpdateFunctionConfiguration") == 1
+    fn.close()
+
+
+def test_plan_lists_the_reload_it_would_make_and_changes_nothing(
+    world: tuple[Harness, AwsRollouts], moto: MotoServer, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    h, aws = world
+    for k, v in TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+    _function(moto.url, aws.url, "checkout-worker", {"MOMENTO_KEY_ID": "none"})
+    reload = [{"type": "lambda", "functions": ["checkout-worker"], "region": REGION, "endpoint_url": aws.url}]
+    cfg = h.write_config([policy(reload)])
+    once(h, cfg, 0)
+    once(h, cfg, 45)
+    run = h.run("-c", str(cfg), "plan", now=at(46))
+    assert run.returncode == 0, run.explain()
+    (plan,) = run.stdout_json_lines()
+    (reload_action,) = plan["planned"]
+    assert reload_action["action"] == "reload" and reload_action["target"] == "lambda:us-east-1"
+    assert reload_action["unit"] == "checkout-worker" and plan["phase"] == "reloading"
+    assert [r["state"] for r in plan["reloads"]] == ["pending"]
+    assert aws.count("lambda:UpdateFunctionConfiguration") == 0
+    status = h.run("-c", str(cfg), "status", "--json", now=at(46))
+    assert status.returncode == 0, status.explain()
+    (entry,) = status.stdout_json_lines()[0]["policies"]
+    assert [(r["unit"], r["state"]) for r in entry["reloads"]] == [("checkout-worker", "pending")]
+
+
