@@ -213,3 +213,65 @@ def test_plan_lists_the_reload_it_would_make_and_changes_nothing(
     assert [(r["unit"], r["state"]) for r in entry["reloads"]] == [("checkout-worker", "pending")]
 
 
+
+
+def test_webhook_is_signed_sent_on_every_pass_while_the_old_key_waits_and_never_carries_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from standardwebhooks import Webhook
+
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    monkeypatch.setenv("RELOAD_SIGNING_KEY", secret)
+    got: list[tuple[dict[str, str], bytes]] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            got.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(204)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/reload"
+    try:
+        with harness(tmp_path) as h:
+            reload = [{"type": "webhook", "url": url, "secret": {"env": "RELOAD_SIGNING_KEY"}}]
+            cfg = h.write_config([policy(reload)])
+            once(h, cfg, 0)
+            (k1,) = h.live_ids("checkout")
+            once(h, cfg, 45)
+            assert got == []  # published in this pass: the webhook goes on the next one
+            k2 = h.newest_id("checkout")
+            _, s = once(h, cfg, 46)
+            assert s["counts"]["reloaded"] == 1 and s["counts"]["revoked"] == 0 and len(got) == 1
+            _, s = once(h, cfg, 48)  # grace not over: sent again, the same message id
+            assert len(got) == 2 and s["counts"]["revoked"] == 0
+            _, s = once(h, cfg, 51)  # grace over: sent once more, then the old key is revoked
+            assert len(got) == 3 and s["counts"]["revoked"] == 1 and h.live_ids("checkout") == [k2]
+            once(h, cfg, 52)
+            assert len(got) == 3  # nothing waits any more: no webhook
+            live_keys = h.run("-c", str(cfg), "audit", now=at(52)).stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+    hook = Webhook(secret)
+    ids = set()
+    for headers, body in got:
+        payload = hook.verify(body, headers)  # the library checks the signature and the timestamp's tolerance
+        ids.add(headers["webhook-id"])
+        assert payload["type"] == "momento.key.rotated"
+        assert payload["data"]["key_id"] == k2 and payload["data"]["policy"] == "checkout"
+        assert not JWT.search(body.decode()), "key material in a webhook"
+        assert k1 not in body.decode()
+    assert len(ids) == 1, ids
+    assert json.loads(got[0][1])["data"]["expires_at"]
+    assert secret not in live_keys
