@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests.chaos.world import run_scenario
 
-SCENARIOS = ("kill", "concurrent", "stall", "faults")
+SCENARIOS = ("kill", "concurrent", "stall", "faults", "reload")
 
 
 def main(argv: list[str] | None = None) -> int:

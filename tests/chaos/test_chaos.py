@@ -12,7 +12,7 @@ import pytest
 
 from tests.chaos.world import run_scenario
 
-ROUNDS = {"kill": 12, "concurrent": 10, "stall": 3, "faults": 10}
+ROUNDS = {"kill": 12, "concurrent": 10, "stall": 3, "faults": 10, "reload": 8}
 
 
 @pytest.mark.parametrize("scenario", list(ROUNDS))
@@ -21,10 +21,12 @@ def test_chaos_scenario_keeps_every_invariant(tmp_path: Path, scenario: str) -> 
     print(fig.line(scenario))
     assert fig.violations == [], "\n".join(fig.violations)
     assert fig.rounds == ROUNDS[scenario] and fig.samples > 0
-    assert fig.created >= 10  # the first keys at least: the scenario really ran passes
+    assert fig.created >= (3 if scenario == "reload" else 10)  # the first keys at least: passes really ran
     if scenario == "kill":
         assert fig.kills >= 1
     if scenario == "stall":
         assert fig.stalls >= 1
     if scenario == "faults":
         assert fig.injected >= 10
+    if scenario == "reload":
+        assert fig.restarts >= 3 and fig.kills >= 1  # every policy's workload restarted at least once

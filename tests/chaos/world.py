@@ -405,7 +405,11 @@ class World:
 
 
 def run_scenario(root: Path, scenario: str, rounds: int, *, seed: int = 0, n_policies: int = 10) -> Figures:
-    """``rounds`` rounds of one scenario (kill, concurrent, stall, faults), then settle and check."""
+    """``rounds`` rounds of one scenario (kill, concurrent, stall, faults, reload), then settle and check."""
+    if scenario == "reload":
+        from tests.chaos.reload_world import run_reload_scenario
+
+        return run_reload_scenario(root, rounds, seed=seed)  # type: ignore[return-value]
     jitter = "1s" if scenario == "concurrent" else "0s"
     # the emulator answers after 20 ms in the kill scenario: a pass then lasts long enough to be killed in
     latency = 0.02 if scenario == "kill" else 0.0
