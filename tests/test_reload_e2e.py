@@ -160,7 +160,9 @@ def _function(moto_url: str, proxy_url: str, name: str, env: dict[str, str]) -> 
 
 
 def test_lambda_a_rotation_sets_the_key_id_keeps_the_other_variables_and_revokes_after_the_update(
-    world: tuple[Harness, AwsRollouts], moto: MotoServer, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    world: tuple[Harness, AwsRollouts],
+    moto: MotoServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     h, aws = world
     for k, v in TEST_ENV.items():
@@ -189,7 +191,9 @@ def test_lambda_a_rotation_sets_the_key_id_keeps_the_other_variables_and_revokes
 
 
 def test_plan_lists_the_reload_it_would_make_and_changes_nothing(
-    world: tuple[Harness, AwsRollouts], moto: MotoServer, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    world: tuple[Harness, AwsRollouts],
+    moto: MotoServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     h, aws = world
     for k, v in TEST_ENV.items():
@@ -211,8 +215,6 @@ def test_plan_lists_the_reload_it_would_make_and_changes_nothing(
     assert status.returncode == 0, status.explain()
     (entry,) = status.stdout_json_lines()[0]["policies"]
     assert [(r["unit"], r["state"]) for r in entry["reloads"]] == [("checkout-worker", "pending")]
-
-
 
 
 def test_webhook_is_signed_sent_on_every_pass_while_the_old_key_waits_and_never_carries_a_key(
@@ -275,3 +277,95 @@ def test_webhook_is_signed_sent_on_every_pass_while_the_old_key_waits_and_never_
     assert len(ids) == 1, ids
     assert json.loads(got[0][1])["data"]["expires_at"]
     assert secret not in live_keys
+
+
+def test_a_failing_webhook_keeps_the_old_key_in_that_pass_and_alerts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    monkeypatch.setenv("RELOAD_SIGNING_KEY", "whsec_" + base64.b64encode(b"k" * 32).decode())
+    answer = [500]
+
+    class Receiver(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(answer[0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/reload"
+    try:
+        with harness(tmp_path) as h:
+            reload = [{"type": "webhook", "url": url, "secret": {"env": "RELOAD_SIGNING_KEY"}, "timeout": "2s"}]
+            cfg = h.write_config([policy(reload)])
+            once(h, cfg, 0)
+            (k1,) = h.live_ids("checkout")
+            once(h, cfg, 45)
+            run, s = once(h, cfg, 51)  # grace is over, but the webhook fails: no revoke in this pass
+            assert run.returncode == 1 and s["counts"]["failed"] == 1 and s["counts"]["revoked"] == 0, s
+            assert k1 in h.live_ids("checkout")
+            results = policy_json(s)["results"]
+            assert any(
+                r["action"] == "revoke" and "a reload of this policy failed" in r.get("skipped", "") for r in results
+            )
+            assert any(e.get("event") == "action failed" and e.get("action") == "reload" for e in run.logs())
+            answer[0] = 204
+            run, s = once(h, cfg, 52)
+            assert run.returncode == 0 and s["counts"]["revoked"] == 1 and k1 not in h.live_ids("checkout")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_reloads_per_pass_caps_restarts_across_the_fleet(
+    world: tuple[Harness, AwsRollouts],
+    moto: MotoServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h, aws = world
+    for k, v in TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+    pols = []
+    for i, name in enumerate(("fn-a", "fn-b")):
+        if i == 0:
+            _function(moto.url, aws.url, name, {"MOMENTO_KEY_ID": "none"})
+        else:
+            _function_again(aws.url, name)
+        p = policy([{"type": "lambda", "functions": [name], "region": REGION, "endpoint_url": aws.url}])
+        p["name"] = f"checkout-{i}"
+        p["targets"] = [{"store": "local", "secret": f"checkout-{i}/momento", "format": "json"}]
+        pols.append(p)
+    cfg = h.write_config(pols, reloads_per_pass=1)
+    once(h, cfg, 0)
+    once(h, cfg, 45)
+    _, s = once(h, cfg, 46)
+    assert s["counts"]["reloaded"] == 1 and s["counts"]["skipped"] == 1, s
+    assert aws.count("lambda:UpdateFunctionConfiguration") == 1
+    _, s = once(h, cfg, 47)
+    assert s["counts"]["reloaded"] == 1 and aws.count("lambda:UpdateFunctionConfiguration") == 2
+
+
+def _function_again(proxy_url: str, name: str) -> None:
+    """A second function with the role the first one created."""
+    iam_role = "arn:aws:iam::123456789012:role/fn-role"
+    code = io.BytesIO()
+    with zipfile.ZipFile(code, "w") as z:
+        z.writestr("index.py", "def handler(event, context):\n    return None\n")
+    fn = boto3.client("lambda", region_name=REGION, endpoint_url=proxy_url)
+    fn.create_function(
+        FunctionName=name,
+        Runtime="python3.11",
+        Role=iam_role,
+        Handler="index.handler",
+        Code={"ZipFile": code.getvalue()},
+        Environment={"Variables": {"MOMENTO_KEY_ID": "none"}},
+    )
+    fn.close()

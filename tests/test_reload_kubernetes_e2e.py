@@ -141,6 +141,10 @@ def test_a_rotation_restarts_the_consumers_once_and_revokes_only_when_no_running
         s = once(h, cfg, 51)
         assert s["counts"]["revoked"] == 1 and h.live_ids("checkout") == [k2]
         assert key_patches(kube, k2) == 1  # never a second restart
+        # steady again: a pass reads no workload (reload targets cost nothing in steady state)
+        before = kube.count("deployments")
+        s = once(h, cfg, 53)
+        assert s["counts"] == dict.fromkeys(s["counts"], 0) and kube.count("deployments") == before
     finally:
         kube.stop_auto_rollout()
         consumers.stop()
