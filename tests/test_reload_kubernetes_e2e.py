@@ -191,3 +191,31 @@ def test_sigkill_while_the_workload_rolls_converges_within_two_passes_with_no_se
     finally:
         consumers.stop()
     assert consumers.violations == [] and k1 not in h.live_ids("checkout")
+
+
+def test_a_stalled_rollout_keeps_the_old_key_alerts_and_is_restarted_after_reload_timeout(
+    world: tuple[Harness, KubeApiServer, Path],
+) -> None:
+    h, kube, cfg = world
+    once(h, cfg, 0)
+    (k1,) = h.live_ids("checkout")
+    kube.add_workload(NS, "Deployment", "checkout", replicas=2, consumer_secret=(SECRET, "momento.json"))
+    once(h, cfg, 45)
+    k2 = h.newest_id("checkout")
+    kube.stall_rollout(NS, "Deployment", "checkout")  # the new pods never become Ready
+    s = once(h, cfg, 46)
+    assert s["counts"]["reloaded"] == 1 and key_patches(kube, k2) == 1
+    kube.run_rollout(NS, "Deployment", "checkout")
+    s = once(h, cfg, 52)  # grace over, rollout stuck: the old key stays, nothing restarted yet
+    (p,) = s["policies"]
+    assert s["counts"]["revoked"] == 0 and k1 in h.live_ids("checkout") and key_patches(kube, k2) == 1
+    assert p["reloads"][0]["state"] in ("rolling", "failed"), p
+    s = once(h, cfg, 57)  # reload_timeout (10m) after the restart: reported and started again
+    (p,) = s["policies"]
+    assert any(n.startswith("! reload failed") for n in p["notes"]), p
+    assert s["counts"]["reloaded"] == 1 and key_patches(kube, k2) == 2 and k1 in h.live_ids("checkout")
+    kube.stall_rollout(NS, "Deployment", "checkout", stalled=False)
+    kube.run_rollout(NS, "Deployment", "checkout")
+    s = once(h, cfg, 58)
+    assert s["counts"]["revoked"] == 1 and h.live_ids("checkout") == [k2]
+    assert kube.running_key_ids(NS, "Deployment", "checkout") == {k2}
