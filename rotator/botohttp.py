@@ -42,13 +42,35 @@ from urllib3 import exceptions as u3
 
 from rotator import httpio
 
-__all__ = ["BoundSend", "ResponseTooLargeError", "bound"]
+__all__ = ["BoundSend", "ResponseTooLargeError", "bound", "record_calls"]
 
 
 class ResponseTooLargeError(bex.HTTPClientError):  # type: ignore[misc]  # botocore is untyped
     """The answer is larger than the client's cap; it was not read past it."""
 
     fmt = 'The answer from endpoint URL "{endpoint_url}" is larger than {limit} bytes'
+
+
+def record_calls(client: Any, service: str) -> None:
+    """Record every HTTP attempt ``client`` makes, retried or final, with ``record_call(service, operation,
+    <error code, HTTP status or exception class>)``: a handler on botocore's ``needs-retry`` event."""
+    from rotator.observability import record_call
+
+    def on_attempt(
+        response: Any = None, caught_exception: BaseException | None = None, operation: Any = None, **_: Any
+    ) -> None:
+        op = getattr(operation, "name", "unknown")
+        status: str | int = "unknown"
+        if caught_exception is not None:
+            status = type(caught_exception).__name__
+        elif response is not None:
+            http, parsed = response
+            code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+            status = code or getattr(http, "status_code", None) or "unknown"
+        record_call(service, op, status)
+
+    event = f"needs-retry.{client.meta.service_model.service_id.hyphenize()}"
+    client.meta.events.register(event, on_attempt, unique_id=f"rotator-calls-{service}-{id(client)}")
 
 
 def bound(client: Any, *, timeout: float, max_body: int) -> BoundSend:

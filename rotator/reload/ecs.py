@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from rotator.errors import MissingExtraError, ReloadConflict, ReloadError, RotatorError
 from rotator.model import ReloadState, ReloadStatus
-from rotator.observability import get_logger, record_call
+from rotator.observability import get_logger
 from rotator.pickup.base import Timeout
 from rotator.redaction import redact_text
 from rotator.reload.base import ReloadCapabilities, ReloadContext
@@ -435,7 +435,7 @@ class EcsReload:
                     kwargs["endpoint_url"] = self._endpoint
                 client = session.client("ecs", **kwargs)
                 self._send = botohttp.bound(client, timeout=self.config.timeout, max_body=MAX_ANSWER)
-                client.meta.events.register("needs-retry.ecs", _on_attempt, unique_id=f"rotator-ecs-calls-{id(self)}")
+                botohttp.record_calls(client, SERVICE)
                 self._client = client
             return self._client
 
@@ -474,20 +474,6 @@ class EcsReload:
         if send is not None:
             send.close()
 
-
-def _on_attempt(
-    response: Any = None, caught_exception: BaseException | None = None, operation: Any = None, **_: Any
-) -> None:
-    """botocore ``needs-retry`` hook: runs after every HTTP attempt, retried or final."""
-    op = getattr(operation, "name", "unknown")
-    status: str | int = "unknown"
-    if caught_exception is not None:
-        status = type(caught_exception).__name__
-    elif response is not None:
-        http, parsed = response
-        code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
-        status = code or getattr(http, "status_code", None) or "unknown"
-    record_call(SERVICE, op, status)
 
 
 def open_target(config: BaseModel, context: ReloadContext) -> EcsReload:

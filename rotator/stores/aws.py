@@ -73,7 +73,7 @@ from rotator.errors import (
 )
 from rotator.keys import payload_key_id
 from rotator.model import SecretState, SecretText, StoredVersion
-from rotator.observability import get_logger, record_call, redact_text
+from rotator.observability import get_logger, redact_text
 from rotator.stores.base import (
     ANY_CURRENT,
     POOL_CONNECTIONS,
@@ -515,26 +515,9 @@ class AwsSecretsManagerStore(StoreBase):
                 from rotator import botohttp  # imports botocore: installed whenever a client is made
 
                 self._sends.append(botohttp.bound(client, timeout=self._request_timeout, max_body=MAX_ANSWER))
-                client.meta.events.register(
-                    "needs-retry.secrets-manager", self._on_attempt, unique_id=f"rotator-calls-{id(self)}"
-                )
+                botohttp.record_calls(client, SERVICE)
                 self._clients[region] = client
             return client
-
-    @staticmethod
-    def _on_attempt(
-        response: Any = None, caught_exception: BaseException | None = None, operation: Any = None, **_: Any
-    ) -> None:
-        """botocore ``needs-retry`` hook: runs after every HTTP attempt, retried or final."""
-        op = getattr(operation, "name", "unknown")
-        status: str | int = "unknown"
-        if caught_exception is not None:
-            status = type(caught_exception).__name__
-        elif response is not None:
-            http, parsed = response
-            code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
-            status = code or getattr(http, "status_code", None) or "unknown"
-        record_call(SERVICE, op, status)
 
     def _invoke(self, ref: TargetRef, opts: TargetOptions, op: str, **params: Any) -> dict[str, Any]:
         """Call ``op`` on the target's regional client. Raises _ServiceError for service errors, StoreError else."""
