@@ -22,6 +22,7 @@ import pytest
 
 from tests.servers.aws_rollouts import AwsRollouts
 from tests.servers.moto_server import TEST_ENV, MotoServer, moto, moto_server  # noqa: F401
+from tests.support.consumers import WebhookReceiver, webhook_receiver
 from tests.support.e2e import Harness, Run, at, harness
 
 pytestmark = pytest.mark.slow
@@ -140,6 +141,50 @@ def test_ecs_a_failed_rollout_keeps_the_old_key_and_is_started_again_after_reloa
     ecs.close()
 
 
+def test_ecs_a_rollout_that_never_finishes_is_reported_at_reload_timeout_and_started_again(
+    world: tuple[Harness, AwsRollouts], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with webhook_receiver() as rx:
+        _ecs_stalled(world, monkeypatch, rx)
+
+
+def _ecs_stalled(world: tuple[Harness, AwsRollouts], monkeypatch: pytest.MonkeyPatch, rx: WebhookReceiver) -> None:
+    h, aws = world
+    for k, v in TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+    ecs = boto3.client("ecs", region_name=REGION, endpoint_url=aws.url)
+    ecs.create_cluster(clusterName="prod")
+    ecs.register_task_definition(family="app", containerDefinitions=[{"name": "app", "image": "x", "memory": 128}])
+    ecs.create_service(cluster="prod", serviceName="checkout", taskDefinition="app", desiredCount=1)
+    aws.ecs_complete("prod/checkout")
+    reload = [{"type": "ecs", "cluster": "prod", "services": ["checkout"], "region": REGION, "endpoint_url": aws.url}]
+    cfg = h.write_config(
+        [policy(reload)], alerts={"on_success": False, "notifiers": [{"type": "webhook", "url": rx.url}]}
+    )
+    once(h, cfg, 0)
+    (k1,) = h.live_ids("checkout")
+    once(h, cfg, 45)
+    once(h, cfg, 46)  # the deployment starts; its tasks never become healthy, ECS reports nothing failed
+    _, s = once(h, cfg, 55)  # 9 minutes in: still rolling, grace long over, nothing revoked or repeated
+    p = policy_json(s)
+    assert p["reloads"][0]["state"] == "rolling" and s["counts"]["revoked"] == 0, p
+    assert not any(n.startswith("! reload failed") for n in p["notes"]), p
+    assert aws.count("ecs:UpdateService") == 1
+
+    _, s = once(h, cfg, 57)  # past reload_timeout (10m): reported and started again, the old key kept
+    p = policy_json(s)
+    assert s["counts"]["reloaded"] == 1 and s["counts"]["revoked"] == 0 and k1 in h.live_ids("checkout"), p
+    assert any(n.startswith("! reload failed") and "longer than reload_timeout" in n for n in p["notes"]), p
+    assert aws.count("ecs:UpdateService") == 2
+    (alert,) = rx.events("reload_failed", "checkout")
+    assert "ecs:" in alert["message"] and "checkout" in alert["message"], alert
+
+    aws.ecs_complete("prod/checkout")
+    _, s = once(h, cfg, 58)
+    assert s["counts"]["revoked"] == 1 and h.live_ids("checkout") != [] and k1 not in h.live_ids("checkout")
+    ecs.close()
+
+
 def _function(moto_url: str, proxy_url: str, name: str, env: dict[str, str]) -> None:
     iam = boto3.client("iam", region_name=REGION, endpoint_url=moto_url)
     role = iam.create_role(RoleName="fn-role", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
@@ -188,6 +233,71 @@ def test_lambda_a_rotation_sets_the_key_id_keeps_the_other_variables_and_revokes
     assert s["counts"]["revoked"] == 1 and h.live_ids("checkout") == [k2]
     assert aws.count("lambda:UpdateFunctionConfiguration") == 1
     fn.close()
+
+
+def test_lambda_a_failed_update_keeps_the_old_key_alerts_and_is_made_again_after_reload_timeout(
+    world: tuple[Harness, AwsRollouts],
+    moto: MotoServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h, aws = world
+    for k, v in TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+    _function(moto.url, aws.url, "checkout-worker", {"MOMENTO_KEY_ID": "none"})
+    reload = [{"type": "lambda", "functions": ["checkout-worker"], "region": REGION, "endpoint_url": aws.url}]
+    cfg = h.write_config([policy(reload)], alerts={"on_success": False})
+    once(h, cfg, 0)
+    (k1,) = h.live_ids("checkout")
+    once(h, cfg, 45)
+    once(h, cfg, 46)
+    aws.lambda_finish("checkout-worker", failed="SubnetOutOfIPAddresses")
+
+    run, s = once(h, cfg, 52)
+    p = policy_json(s)
+    assert run.returncode == 0 and s["counts"]["revoked"] == 0 and k1 in h.live_ids("checkout"), p
+    assert p["reloads"][0]["state"] == "failed" and "SubnetOutOfIPAddresses" in p["reloads"][0]["detail"], p
+    assert any(n.startswith("! reload failed") for n in p["notes"]), p
+    assert aws.count("lambda:UpdateFunctionConfiguration") == 1  # not on every pass: once per reload_timeout
+
+    _, s = once(h, cfg, 57)  # reload_timeout after the failed update: made again
+    assert s["counts"]["reloaded"] == 1 and aws.count("lambda:UpdateFunctionConfiguration") == 2, s
+    aws.lambda_finish("checkout-worker")
+    _, s = once(h, cfg, 58)
+    assert s["counts"]["revoked"] == 1 and k1 not in h.live_ids("checkout")
+
+
+def test_lambda_an_update_stuck_in_progress_is_reported_at_reload_timeout_and_never_revokes_early(
+    world: tuple[Harness, AwsRollouts],
+    moto: MotoServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h, aws = world
+    for k, v in TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+    _function(moto.url, aws.url, "checkout-worker", {"MOMENTO_KEY_ID": "none"})
+    reload = [{"type": "lambda", "functions": ["checkout-worker"], "region": REGION, "endpoint_url": aws.url}]
+    cfg = h.write_config([policy(reload)], alerts={"on_success": False})
+    once(h, cfg, 0)
+    (k1,) = h.live_ids("checkout")
+    once(h, cfg, 45)
+    once(h, cfg, 46)
+    assert aws.lambda_status("checkout-worker") == "InProgress"
+
+    # Past reload_timeout, still InProgress: reported; Lambda refuses a second update while one is in progress
+    # (ResourceConflictException), which is a conflict to wait out, not a reason to revoke.
+    run, s = once(h, cfg, 57)
+    p = policy_json(s)
+    assert s["counts"]["revoked"] == 0 and k1 in h.live_ids("checkout"), p
+    assert any(n.startswith("! reload failed") and "longer than reload_timeout" in n for n in p["notes"]), p
+    assert not JWT.search(run.stdout + run.stderr)
+    assert aws.lambda_status("checkout-worker") == "InProgress"
+    (again,) = [r for r in p["results"] if r["action"] == "reload"]
+    assert "already holds key id" in again["skipped"] and s["counts"]["failed"] == 0, again  # nothing re-sent
+
+    aws.lambda_finish("checkout-worker")
+    _, s = once(h, cfg, 58)
+    assert s["counts"]["revoked"] == 1 and k1 not in h.live_ids("checkout"), policy_json(s)
+    assert aws.count("lambda:UpdateFunctionConfiguration") <= 2
 
 
 def test_plan_lists_the_reload_it_would_make_and_changes_nothing(
@@ -323,6 +433,29 @@ def test_a_failing_webhook_keeps_the_old_key_in_that_pass_and_alerts(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_webhook_that_never_answers_fails_within_its_timeout_and_keeps_the_old_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    monkeypatch.setenv("RELOAD_SIGNING_KEY", "whsec_" + base64.b64encode(b"t" * 32).decode())
+    with webhook_receiver(204) as hook, harness(tmp_path) as h:
+        reload = [{"type": "webhook", "url": hook.url, "secret": {"env": "RELOAD_SIGNING_KEY"}, "timeout": "1s"}]
+        cfg = h.write_config([policy(reload)])
+        once(h, cfg, 0)
+        (k1,) = h.live_ids("checkout")
+        once(h, cfg, 45)
+        hook.delay = 5.0  # far past the reload's timeout: the call must give up, not hang the pass
+        run, s = once(h, cfg, 51)
+        assert run.returncode == 1 and s["counts"]["failed"] == 1 and s["counts"]["revoked"] == 0, s
+        assert k1 in h.live_ids("checkout") and len(hook.requests) >= 1
+        (failed,) = [r for r in policy_json(s)["results"] if r["action"] == "reload"]
+        assert "no answer within 1s" in failed["error"], failed
+        hook.delay = 0.0
+        run, s = once(h, cfg, 52)
+        assert run.returncode == 0 and s["counts"]["revoked"] == 1 and k1 not in h.live_ids("checkout")
 
 
 def test_reloads_per_pass_caps_restarts_across_the_fleet(
