@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from rotator.model import KEY_DESCRIPTION_MAX
 from rotator.stores import registry as store_registry
 from rotator.stores.base import BaseTargetOptions
 from rotator.stores.base import StoreSpec as StoreSpec
+from rotator.windows import Freeze, WindowConfig
 
 # re-exported for the import paths that predate rotator.durations and rotator.keys.describe_secrets
 __all__ = ["MAX_DURATION", "Duration", "RotateBefore", "format_duration", "parse_duration", "redact_secrets"]
@@ -197,6 +199,8 @@ class Defaults(BaseModel):
     reload_max_parallel: int = Field(1, ge=1, le=100)
     #: a reload not finished this long after it started is reported (reload_failed) and started again
     reload_timeout: Duration = timedelta(minutes=15)
+    #: when a due rotation may start (rotator.windows); None: whenever it is due
+    window: WindowConfig | None = None
 
     @field_validator("lifetime")
     @classmethod
@@ -225,6 +229,8 @@ class RawPolicy(BaseModel):
     reload: list[dict[str, Any]] = []
     reload_max_parallel: int | None = Field(None, ge=1, le=100)
     reload_timeout: Duration | None = None
+    #: unset: the default window; null: none (rotate whenever due)
+    window: WindowConfig | None = None
     self_: bool = Field(False, alias="self")
 
     @field_validator("name")
@@ -443,6 +449,8 @@ class RawConfig(BaseModel):
     alerts: dict[str, Any] = {}
     defaults: Defaults = Defaults()
     stores: dict[str, dict[str, Any]] = {}
+    #: no rotation starts in these ranges (rotator.windows.Freeze, each validated on its own)
+    freeze: list[Any] = []
     policies: list[dict[str, Any]] = Field(min_length=1)
 
     @field_validator("interval", "pass_timeout")
@@ -492,6 +500,8 @@ class Policy:
     reload: tuple[BaseModel, ...] = ()
     reload_max_parallel: int = 1
     reload_timeout: timedelta = timedelta(minutes=15)
+    window: WindowConfig | None = None
+    freezes: tuple[Freeze, ...] = ()
 
     @property
     def key_description(self) -> str:
@@ -728,6 +738,7 @@ def _resolve_policy(
         reload=tuple(reload),
         reload_max_parallel=p.reload_max_parallel if p.reload_max_parallel is not None else d.reload_max_parallel,
         reload_timeout=reload_timeout,
+        window=p.window if "window" in p.model_fields_set else d.window,
     )
 
 
@@ -1026,7 +1037,114 @@ def _resolve_policies(raw: RawConfig, specs: dict[str, StoreSpec], issues: list[
                     )
                 seen_targets.setdefault(tid, owner + (" (endpoint)" if sid == t.endpoint_secret else ""))
         policies.append(policy)
+    freezes = _resolve_freezes(raw, issues)
+    policies = [dataclasses.replace(p, freezes=freezes) for p in policies] if freezes else policies
+    _check_windows(raw, policies, issues)
     return policies
+
+
+def _resolve_freezes(raw: RawConfig, issues: list[ConfigIssue]) -> tuple[Freeze, ...]:
+    out = []
+    for j, body in enumerate(raw.freeze):
+        try:
+            out.append(Freeze.model_validate(body))
+        except ValidationError as exc:
+            issues.extend(_issues(exc, f"freeze[{j}]"))
+    return tuple(out)
+
+
+def window_span(policy: Policy, interval: timedelta) -> timedelta | None:
+    """How long a due key of ``policy`` may wait for a window and still be replaced in time: it is due
+    ``rotate_before`` (+ clock_skew) before it expires and must start ``grace + interval + clock_skew`` (+
+    ``reload_timeout`` with reload targets) before, so ``rotate_before - grace - interval`` (-
+    ``reload_timeout``). None for keys that never expire (a window only delays them)."""
+    if policy.lifetime is None or policy.rotate_before is None:
+        return None
+    before = policy.rotate_before
+    if isinstance(before, float):
+        before = policy.lifetime * before
+    reload = policy.reload_timeout if policy.reload else timedelta(0)
+    return before - policy.grace - interval - reload
+
+
+def _span_terms(policy: Policy, interval: timedelta) -> str:
+    before = policy.rotate_before
+    assert policy.lifetime is not None and before is not None
+    if isinstance(before, float):
+        before = policy.lifetime * before
+    terms = f"rotate_before ({format_duration(before)}) - grace ({format_duration(policy.grace)}) - interval "
+    terms += f"({format_duration(interval)})"
+    if policy.reload:
+        terms += f" - reload_timeout ({format_duration(policy.reload_timeout)})"
+    return terms
+
+
+def _check_windows(raw: RawConfig, policies: list[Policy], issues: list[ConfigIssue]) -> None:
+    """A window must open often enough, and a freeze must be short enough, that a due key can wait for the
+    next opening and still be replaced before it expires (else it would rotate outside the window every
+    time, which the planner does, with a warning, rather than let it lapse)."""
+    from datetime import UTC, datetime
+
+    from rotator import windows
+
+    now = datetime.now(UTC)
+    index = {p["name"]: i for i, p in enumerate(raw.policies) if isinstance(p, dict) and isinstance(p.get("name"), str)}
+    gaps: dict[WindowConfig, tuple[timedelta, datetime]] = {}
+    for policy in policies:
+        w = policy.window
+        if w is None:
+            continue
+        i = index.get(policy.name, 0)
+        own = isinstance(raw.policies[i], dict) and "window" in raw.policies[i]
+        path = f"policies[{i}].window" if own else "defaults.window"
+        whose = "" if own else f" (policy {policy.name})"
+        if w.duration < raw.interval:
+            issues.append(
+                ConfigIssue(
+                    f"{path}.duration",
+                    f"{format_duration(w.duration)} is shorter than interval ({format_duration(raw.interval)}){whose}: "
+                    "a pass might never fall inside the window; make it at least as long as interval",
+                )
+            )
+            continue
+        span = window_span(policy, raw.interval)
+        if span is None:
+            continue
+        if w not in gaps:
+            gaps[w] = windows.longest_gap(w, now)
+        gap, began = gaps[w]
+        if gap > span:
+            issues.append(
+                ConfigIssue(
+                    path,
+                    f"{w} stays closed for up to {format_duration(gap)} (from {_utc(began)}), longer than "
+                    f"a due key of policy {policy.name} can wait: {_span_terms(policy, raw.interval)} = "
+                    f"{format_duration(span)}; the key would have to rotate outside the window: open the window more "
+                    "often or for longer, or raise rotate_before",
+                )
+            )
+    for j, f in enumerate(policies[0].freezes if policies else ()):
+        if f.end <= now:
+            continue  # over: it holds nothing back
+        length = f.end - f.start
+        short = []
+        for policy in policies:
+            span = window_span(policy, raw.interval)
+            if span is not None and length > span:
+                short.append(f"{policy.name} ({_span_terms(policy, raw.interval)} = {format_duration(span)})")
+        if short:
+            more = f" and {len(short) - 3} more" if len(short) > 3 else ""
+            issues.append(
+                ConfigIssue(
+                    f"freeze[{j}]",
+                    f"lasts {format_duration(length)}, longer than a due key can wait in policy "
+                    f"{', '.join(short[:3])}{more}: shorten the freeze, split it, or raise rotate_before",
+                )
+            )
+
+
+def _utc(t: Any) -> str:
+    return str(t.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 #: a config with more errors than this lists the first ones and says how many more there are

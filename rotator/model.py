@@ -243,7 +243,17 @@ class Reload:
 Action = CreateKey | Publish | Retire | Reload | Revoke
 
 Phase = Literal[
-    "steady", "due", "no-key", "expired", "publishing", "reloading", "awaiting-pickup", "revoking", "blocked", "unknown"
+    "steady",
+    "due",
+    "awaiting-window",
+    "no-key",
+    "expired",
+    "publishing",
+    "reloading",
+    "awaiting-pickup",
+    "revoking",
+    "blocked",
+    "unknown",
 ]
 
 
@@ -266,3 +276,5 @@ class Plan:
     needs_reload: str | None = None
     current_key: str | None = None
     notes: tuple[str, ...] = ()
+    #: a due rotation waits for the window (or the end of a freeze): the moment it may start
+    window_opens: datetime | None = None

@@ -9,6 +9,10 @@ can drive it through crashes, races and clock jumps. The lifecycle (DESIGN secti
 - **due**: the active key's remaining life is within ``rotate_before`` (less the allowed clock skew), or for
   keys that never expire its age reached ``rotate_every``; no key at all, an expired key, or targets holding
   a key the issuer no longer lists are due now, with a warning;
+- **window**: a due rotation starts only while the policy's window is open and no freeze holds (a rotation
+  that has started, one asked for, an expired key or no key at all do not wait), unless waiting for the next
+  opening would leave the key less than ``grace + interval + clock_skew`` (+ ``reload_timeout`` with reload
+  targets) before it expires: then it starts now, with a warning (``OUTSIDE_WINDOW_NOTE``);
 - **create**: a new key, published to every target in the same pass; while a younger key that no target
   holds exists (a pass that crashed after creating, or a concurrent pass now publishing it), no second key is
   created until ``orphan_after`` has passed;
@@ -31,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from rotator import windows
 from rotator.config import Policy, format_duration
 from rotator.model import (
     Action,
@@ -47,6 +52,9 @@ from rotator.model import (
     Revoke,
     SecretState,
 )
+
+#: the note a due rotation that had to start outside its window (or inside a freeze) begins with
+OUTSIDE_WINDOW_NOTE = "! outside window"
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,44 @@ def due_at(policy: Policy, key: KeyInfo, skew: timedelta = timedelta(0)) -> date
 
 def expired(key: KeyInfo, now: datetime, skew: timedelta = timedelta(0)) -> bool:
     return key.expires_at is not None and key.expires_at - skew <= now
+
+
+def window_wait(
+    policy: Policy, key: KeyInfo, due: datetime, now: datetime, opts: Options, notes: list[str]
+) -> datetime | None:
+    """For a key that is due at ``now``: the moment its rotation may start if it must wait for the window (or
+    a freeze), or None to start now. Waiting is allowed only while the key would still have ``grace +
+    interval + clock_skew`` (+ ``reload_timeout`` with reload targets) left at that moment; else the
+    rotation starts now, outside the window, with a warning."""
+    if policy.window is None and not policy.freezes:
+        return None
+    g = windows.gate(policy.window, policy.freezes, now)
+    if g.open:
+        return None
+    margin = policy.grace + opts.interval + opts.clock_skew
+    terms = "grace + interval + clock_skew"
+    if policy.reload:
+        margin += policy.reload_timeout
+        terms += " + reload_timeout"
+    if key.expires_at is None or (g.next_start is not None and key.expires_at - g.next_start >= margin):
+        if g.next_start is None:
+            notes.append(
+                f"! key {key.key_id} is due (due at {_fmt_time(due)}) but {g.why} nothing opens within "
+                f"{format_duration(windows.HORIZON)}; it never expires, so it waits"
+            )
+            return now + windows.HORIZON  # looked at again on every pass meanwhile
+        notes.append(
+            f"key {key.key_id} is due (due at {_fmt_time(due)}), waits for the window opening at "
+            f"{_fmt_time(g.next_start)}: now {g.why}"
+        )
+        return g.next_start
+    opening = f"the next opening ({_fmt_time(g.next_start)})" if g.next_start else "no opening in sight"
+    notes.append(
+        f"{OUTSIDE_WINDOW_NOTE} for {policy.name}: key {key.key_id} is due and expires at "
+        f"{_fmt_time(key.expires_at)}; {opening} would leave it less than {terms} ({format_duration(margin)}): "
+        f"rotating now, {g.why}"
+    )
+    return None
 
 
 def _order(keys: tuple[KeyInfo, ...]) -> list[KeyInfo]:
@@ -162,6 +208,7 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
     actions: list[Action] = []
     wake: datetime | None = None
     phase: Phase = "steady"
+    window_opens: datetime | None = None
 
     # orphans: keys no target ever held, older than orphan_after (a target that cannot be read might hold one)
     for k in keys:
@@ -184,7 +231,14 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
         phase = "expired"
     else:
         d = due_at(policy, active, skew)
-        if d is not None and now >= d:
+        # a rotation has started once its new key exists: publishing it and retrying go on outside the window
+        opens = None
+        if d is not None and now >= d and not newer and not opts.force:
+            opens = window_wait(policy, active, d, now, opts, notes)
+        if opens is not None:
+            phase, window_opens = "awaiting-window", opens
+            wake = _min(wake, opens)
+        elif d is not None and now >= d:
             create_reason = f"key {active.key_id} is due (due at {_fmt_time(d)})"
             phase = "due"
         elif opts.force and (opts.emergency or all(k.key_id == active.key_id for k in keys)):
@@ -302,6 +356,7 @@ def plan(policy: Policy, obs: Observation, now: datetime, opts: Options = Option
         needs_reload=needs_reload,
         current_key=active.key_id if active else None,
         notes=tuple(notes),
+        window_opens=window_opens,
     )
 
 
@@ -490,4 +545,17 @@ def _plan_without_targets(policy: Policy, keys: list[KeyInfo], now: datetime, op
         d = due_at(policy, k, opts.clock_skew)
         if not expired(k, now, opts.clock_skew) and (d is None or now < d):
             return Plan(policy=policy.name, phase="steady", wake_at=d, current_key=k.key_id)
+        if not expired(k, now, opts.clock_skew) and d is not None:
+            # due, and waiting for the window: no store reads until it opens (a steady pass's cost)
+            notes: list[str] = []
+            opens = window_wait(policy, k, d, now, opts, notes)
+            if opens is not None:
+                return Plan(
+                    policy=policy.name,
+                    phase="awaiting-window",
+                    wake_at=opens,
+                    current_key=k.key_id,
+                    notes=tuple(notes),
+                    window_opens=opens,
+                )
     return Plan(policy=policy.name, phase="unknown", needs_targets=True, current_key=keys[-1].key_id if keys else None)

@@ -3,7 +3,7 @@
 Every ``import``/``from ... import`` of a ``rotator`` module counts, at module level and inside functions alike
 (a lazy import is still a dependency; only ``if TYPE_CHECKING:`` blocks are left out). The floors, bottom up:
 
-0. the ground floor: errors, redaction, model, keys, durations, httpio, safe_yaml, shard;
+0. the ground floor: errors, redaction, model, keys, durations, windows, httpio, safe_yaml, shard;
 1. protocols and shared clients: observability, the ``base`` of stores/issuers/pickup/reload, kube;
 2. backends: each store, issuer, pickup check and reload target;
 3. the core: config, planner, report, guards, engine, preflight, notify, metrics, audit, status_page;
@@ -30,6 +30,7 @@ FLOORS: list[set[str]] = [
         "rotator.model",
         "rotator.keys",
         "rotator.durations",
+        "rotator.windows",
         "rotator.httpio",
         "rotator.safe_yaml",
         "rotator.shard",

@@ -1,0 +1,274 @@
+"""Change windows and freezes: when a due rotation may start (issue 24).
+
+```yaml
+defaults:
+  window: {cron: "0 9 * * MON-THU", duration: 6h, timezone: Europe/Berlin}   # a rotation may start in here
+policies:
+  - name: checkout-api
+    window: {cron: "0 10 * * TUE", duration: 2h, timezone: America/New_York}
+freeze:                                                      # no rotation starts in these ranges
+  - {from: 2026-12-20T00:00:00Z, to: 2027-01-04T00:00:00Z, reason: year-end change freeze}
+```
+
+A window opens at each time its cron expression fires, in its ``timezone`` (an IANA name, through ``zoneinfo``),
+and stays open for ``duration``. The expression is parsed and stepped by APScheduler's ``CronTrigger`` (a
+dependency already), so daylight-saving changes are handled as that library handles them: a wall time that a
+spring-forward skips does not fire that day, one a fall-back repeats fires once. Two places where
+APScheduler 3 departs from standard cron (crontab(5)) are mended here rather than left to surprise:
+
+- numeric days of the week follow crontab(5), ``0`` and ``7`` = Sunday, ``1`` = Monday; APScheduler 3 reads
+  ``0`` as Monday (agronholm/apscheduler#286, fixed only in 4.0), so numbers are turned into day names first;
+- crontab(5) fires when *either* a restricted day of month *or* a restricted day of week matches; APScheduler
+  requires both. A window restricting both is refused with the fix, rather than opening on other days than
+  the user reads.
+
+Everything here is pure: the planner passes ``now`` in, nothing reads a clock.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rotator.durations import Duration, format_duration
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
+
+_DAYS = ["sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+_MACROS = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+#: how far ahead a window's next opening is looked for, and how far the config check looks for its longest gap
+HORIZON = timedelta(days=400)
+#: the most steps (window openings, freezes) one search for the next opening takes
+MAX_STEPS = 1_000
+#: the most window openings the config check steps through (a window every minute for 400 days has 576,000)
+MAX_GAP_STEPS = 4_000
+
+
+def _dow_names(field: str) -> str:
+    """A crontab(5) day-of-week field as the explicit list of day names it means (``1-5`` -> ``mon,tue,wed,
+    thu,fri``; ``0`` and ``7`` are Sunday; ``*/2`` steps from Sunday), so APScheduler, which numbers the week
+    from Monday and reads steps on named ranges its own way, is never left to interpret it."""
+    names = {d: i for i, d in enumerate(_DAYS[:7])}
+
+    def number(token: str) -> int:
+        t = token.lower()
+        if t in names:
+            return names[t]
+        if t.isdigit() and int(t) <= 7:
+            return int(t)
+        raise ValueError(f"day of week {token[:20]!r} is not 0-7 (0 and 7 are Sunday) or a name MON-SUN")
+
+    days: set[int] = set()
+    for part in field.split(","):
+        base, slash, step_text = part.partition("/")
+        step = 1
+        if slash:
+            if not step_text.isdigit() or int(step_text) == 0:
+                raise ValueError(f"day of week {part[:20]!r}: a step is a whole number from 1, e.g. */2")
+            step = int(step_text)
+        if base in ("*", "?"):
+            days.update(range(0, 7, step))
+            continue
+        lo, dash, hi = base.partition("-")
+        if not dash:
+            if slash:
+                raise ValueError(f"day of week {part[:20]!r}: a step needs a range, e.g. 1-5/2 or */2")
+            days.add(number(lo) % 7)
+            continue
+        first, last = number(lo), number(hi)
+        if hi.lower() == "sun" and first > 0:
+            last = 7  # a range may end on Sunday (FRI-SUN, as 5-7)
+        if last < first:
+            raise ValueError(f"day of week {part[:20]!r} runs backwards: write it as two parts, e.g. FRI-SAT,SUN")
+        days.update(n % 7 for n in range(first, last + 1, step))
+    return ",".join(_DAYS[n] for n in sorted(days))
+
+
+@functools.lru_cache(maxsize=256)
+def trigger(cron: str, timezone: str) -> CronTrigger:
+    """The APScheduler trigger for a crontab(5) expression (raises ValueError with what is wrong)."""
+    from apscheduler.triggers.cron import CronTrigger  # only when a window is configured: not on a cold start
+
+    expr = _MACROS.get(cron.strip().lower(), cron.strip())
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"{cron!r} has {len(fields)} field(s): a cron expression has 5 (minute hour day-of-month month "
+            'day-of-week), e.g. "0 9 * * MON-FRI"'
+        )
+    minute, hour, dom, month, dow = fields
+    if dom not in ("*", "?") and dow not in ("*", "?"):
+        raise ValueError(
+            f"{cron!r} restricts both the day of month ({dom}) and the day of week ({dow}); cron runs when either "
+            "matches, APScheduler only when both do: give one of them and '*' for the other, or use two policies"
+        )
+    try:
+        return CronTrigger(
+            minute=minute,
+            hour=hour,
+            day=dom.replace("?", "*"),
+            month=month,
+            day_of_week=_dow_names(dow),
+            timezone=ZoneInfo(timezone),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{cron!r} is not a cron expression: {exc}") from None
+
+
+class WindowConfig(BaseModel):
+    """``window: {cron, duration, timezone}``: a due rotation starts only while a window is open."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cron: str
+    duration: Duration
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {v[:64]!r}: use an IANA name such as Europe/Berlin, America/New_York or UTC"
+            ) from None
+        return v
+
+    @field_validator("duration")
+    @classmethod
+    def _duration(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("must be longer than 0s, e.g. 2h")
+        return v
+
+    @model_validator(mode="after")
+    def _cron(self) -> WindowConfig:
+        # after the fields: the expression is checked in the window's own time zone (when that one is valid)
+        trigger(self.cron, self.timezone)
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.cron} for {format_duration(self.duration)} ({self.timezone})"
+
+
+class Freeze(BaseModel):
+    """``freeze: [{from, to, reason}]``: no rotation starts in ``[from, to)``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    start: datetime = Field(alias="from")
+    end: datetime = Field(alias="to")
+    reason: str = Field("", max_length=200)
+
+    @field_validator("start", "end")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None or v.utcoffset() is None:
+            raise ValueError(
+                f"{v.isoformat()} has no time zone: add one, e.g. {v.strftime('%Y-%m-%dT%H:%M:%S')}Z or +01:00"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _order(self) -> Freeze:
+        if self.end <= self.start:
+            raise ValueError(
+                f"ends ({_fmt(self.end)}) before it starts ({_fmt(self.start)}): 'to' must be after 'from'"
+            )
+        return self
+
+    def __str__(self) -> str:
+        why = f" ({self.reason})" if self.reason else ""
+        return f"freeze {_fmt(self.start)}..{_fmt(self.end)}{why}"
+
+
+def _fmt(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fire_at_or_after(window: WindowConfig, t: datetime) -> datetime | None:
+    trig = trigger(window.cron, window.timezone)
+    fire: datetime | None = trig.get_next_fire_time(None, t)
+    return fire.astimezone(UTC) if fire is not None else None
+
+
+def open_at(window: WindowConfig, t: datetime) -> datetime | None:
+    """If ``window`` is open at ``t``, when the opening it is in began; else None."""
+    fire = _fire_at_or_after(window, t - window.duration + timedelta(microseconds=1))
+    return fire if fire is not None and fire <= t else None
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Where ``now`` stands against a policy's window and the freezes."""
+
+    open: bool
+    #: when the next rotation may start (``now`` when open; None when nothing opens within HORIZON)
+    next_start: datetime | None
+    #: why it is closed: "outside window ..." or the freeze
+    why: str = ""
+
+
+def gate(window: WindowConfig | None, freezes: tuple[Freeze, ...], now: datetime) -> Gate:
+    """Whether a due rotation may start at ``now``, and if not, the first moment one may."""
+    t = now
+    why = ""
+    for _ in range(MAX_STEPS):
+        if t - now > HORIZON:
+            return Gate(False, None, why)
+        if window is not None and open_at(window, t) is None:
+            fire = _fire_at_or_after(window, t)
+            if not why:
+                why = f"outside its window ({window})"
+            if fire is None:
+                return Gate(False, None, why)
+            t = fire
+            continue
+        frozen = [f for f in freezes if f.start <= t < f.end]
+        if frozen:
+            if not why:
+                why = f"inside the {frozen[0]}"
+            t = max(f.end for f in frozen)
+            continue
+        return Gate(t == now, t, why if t != now else "")
+    return Gate(False, None, why)
+
+
+def longest_gap(window: WindowConfig, start: datetime, horizon: timedelta = HORIZON) -> tuple[timedelta, datetime]:
+    """The longest stretch after ``start`` during which ``window`` is closed, and when it begins (the config
+    check: a due rotation may have to wait that long). It steps through the openings of ``[start, start +
+    horizon)``, at most MAX_GAP_STEPS of them: a window that opens more often than that is checked over the
+    part stepped through (the planner's safety rule covers the rest)."""
+    end_of_scan = start + horizon
+    fire = _fire_at_or_after(window, start)
+    if fire is None:
+        return horizon, start
+    longest, began = (fire - start, start) if open_at(window, start) is None else (timedelta(0), start)
+    close = fire + window.duration
+    for _ in range(MAX_GAP_STEPS):
+        nxt = _fire_at_or_after(window, fire + timedelta(seconds=1))  # cron fires on whole seconds
+        if nxt is None:
+            if end_of_scan - close > longest:
+                longest, began = end_of_scan - close, close
+            break
+        if nxt - close > longest:
+            longest, began = nxt - close, close
+        if nxt >= end_of_scan:
+            break
+        close, fire = max(close, nxt + window.duration), nxt
+    return longest, began
