@@ -1038,19 +1038,21 @@ def _resolve_policies(raw: RawConfig, specs: dict[str, StoreSpec], issues: list[
                 seen_targets.setdefault(tid, owner + (" (endpoint)" if sid == t.endpoint_secret else ""))
         policies.append(policy)
     freezes = _resolve_freezes(raw, issues)
-    policies = [dataclasses.replace(p, freezes=freezes) for p in policies] if freezes else policies
-    _check_windows(raw, policies, issues)
+    if freezes:
+        policies = [dataclasses.replace(p, freezes=tuple(freezes.values())) for p in policies]
+    _check_windows(raw, policies, freezes, issues)
     return policies
 
 
-def _resolve_freezes(raw: RawConfig, issues: list[ConfigIssue]) -> tuple[Freeze, ...]:
-    out = []
+def _resolve_freezes(raw: RawConfig, issues: list[ConfigIssue]) -> dict[int, Freeze]:
+    """``freeze: [...]``, each validated on its own (so one broken entry hides no other error), by index."""
+    out = {}
     for j, body in enumerate(raw.freeze):
         try:
-            out.append(Freeze.model_validate(body))
+            out[j] = Freeze.model_validate(body)
         except ValidationError as exc:
             issues.extend(_issues(exc, f"freeze[{j}]"))
-    return tuple(out)
+    return out
 
 
 def window_span(policy: Policy, interval: timedelta) -> timedelta | None:
@@ -1079,7 +1081,9 @@ def _span_terms(policy: Policy, interval: timedelta) -> str:
     return terms
 
 
-def _check_windows(raw: RawConfig, policies: list[Policy], issues: list[ConfigIssue]) -> None:
+def _check_windows(
+    raw: RawConfig, policies: list[Policy], freezes: dict[int, Freeze], issues: list[ConfigIssue]
+) -> None:
     """A window must open often enough, and a freeze must be short enough, that a due key can wait for the
     next opening and still be replaced before it expires (else it would rotate outside the window every
     time, which the planner does, with a warning, rather than let it lapse)."""
@@ -1123,7 +1127,7 @@ def _check_windows(raw: RawConfig, policies: list[Policy], issues: list[ConfigIs
                     "often or for longer, or raise rotate_before",
                 )
             )
-    for j, f in enumerate(policies[0].freezes if policies else ()):
+    for j, f in freezes.items():
         if f.end <= now:
             continue  # over: it holds nothing back
         length = f.end - f.start
