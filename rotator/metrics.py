@@ -149,6 +149,19 @@ class Metrics:
             ["policy", "type", "result"],
             registry=r,
         )
+        self.waiting_for_window = Gauge(
+            "rotator_policy_waiting_for_window",
+            "1 while a policy's due rotation waits for its change window to open (or a freeze to end); it "
+            "waits only while the key will still be replaced in time.",
+            ["policy"],
+            registry=r,
+        )
+        self.window_opens = Gauge(
+            "rotator_policy_window_opens_timestamp_seconds",
+            "When the rotation a policy waits for may start (unix time; 0 while it waits for nothing).",
+            ["policy"],
+            registry=r,
+        )
         self.reload_failing = Gauge(
             "rotator_policy_reload_failed",
             "1 while a policy has a reload that failed or ran past reload_timeout (the old key stays).",
@@ -239,6 +252,9 @@ class Metrics:
             self.awaiting_pickup.labels(p.policy).set(1 if waiting else 0)
             overdue = p.plan is not None and pickup_overdue(p.plan.notes)
             self.pickup_overdue.labels(p.policy).set(1 if overdue else 0)
+            opens = p.plan.window_opens if p.plan is not None else None
+            self.waiting_for_window.labels(p.policy).set(1 if opens is not None else 0)
+            self.window_opens.labels(p.policy).set(opens.timestamp() if opens is not None else 0)
             failing = p.plan is not None and reload_failed(p.plan.notes)
             failing = failing or any(isinstance(r.action, Reload) and not r.ok for r in p.results)
             self.reload_failing.labels(p.policy).set(1 if failing else 0)
@@ -280,9 +296,11 @@ EMF_METRICS: dict[str, str] = {
     "RotationsFailed": "Count",
     "PoliciesFailed": "Count",
     "MinKeyExpiresInSeconds": "Seconds",
+    "MinKeyExpiresInSecondsNotWaitingForWindow": "Seconds",
     "PolicyOk": "Count",
     "AwaitingPickup": "Count",
     "PickupOverdue": "Count",
+    "WaitingForWindow": "Count",
     "KeyExpiresInSeconds": "Seconds",
 }
 
@@ -293,10 +311,12 @@ def emf_documents(
     """The EMF documents for one finished pass, built and validated by Powertools for AWS Lambda.
 
     - one for the pass, dimension ``service``: PassOk, PassDurationSeconds, IssuerUp, Rotations,
-      RotationsFailed, PoliciesFailed and MinKeyExpiresInSeconds (the soonest expiry of any target's key: the
-      one figure the expiry alarms watch);
+      RotationsFailed, PoliciesFailed, MinKeyExpiresInSeconds (the soonest expiry of any target's key: the
+      figure the within-a-day alarm watches) and MinKeyExpiresInSecondsNotWaitingForWindow (the same, leaving
+      out policies whose due rotation waits for its window, which the planner allows only while the key will be
+      replaced in time: the figure the expiring alarm watches);
     - one per policy, dimensions ``service``, ``policy``: PolicyOk, Rotations, RotationsFailed, AwaitingPickup,
-      PickupOverdue;
+      PickupOverdue, WaitingForWindow;
     - one per target whose key expires, dimensions ``service``, ``policy``, ``target``: KeyExpiresInSeconds
       (with the key id as a property, never key material).
 
@@ -323,6 +343,7 @@ def emf_documents(
     docs: list[dict[str, Any]] = []
     rotations = failed_rotations = 0
     soonest: float | None = None
+    soonest_unplanned: float | None = None  # keys of policies not waiting for their window (the warning alarm)
     for p in report.policies:
         made = [r for r in p.results if isinstance(r.action, CreateKey)]
         ok_made = sum(1 for r in made if r.ok)
@@ -339,6 +360,7 @@ def emf_documents(
                     "RotationsFailed": len(made) - ok_made,
                     "AwaitingPickup": 1 if waiting else 0,
                     "PickupOverdue": 1 if overdue else 0,
+                    "WaitingForWindow": 1 if p.plan is not None and p.plan.window_opens is not None else 0,
                 },
             )
         )
@@ -347,6 +369,8 @@ def emf_documents(
                 continue
             left = round((key.expires_at - report.finished).total_seconds(), 3)
             soonest = left if soonest is None else min(soonest, left)
+            if p.plan is None or p.plan.window_opens is None:
+                soonest_unplanned = left if soonest_unplanned is None else min(soonest_unplanned, left)
             docs.append(
                 document({"policy": p.policy, "target": target}, {"KeyExpiresInSeconds": left}, {"key_id": key.key_id})
             )
@@ -360,6 +384,8 @@ def emf_documents(
     }
     if soonest is not None:
         summary["MinKeyExpiresInSeconds"] = soonest
+    if soonest_unplanned is not None:
+        summary["MinKeyExpiresInSecondsNotWaitingForWindow"] = soonest_unplanned
     docs.insert(0, document({}, summary))
     return docs
 

@@ -6,6 +6,8 @@ Events (derived from a pass report by the pure :func:`alerts_for`):
 - ``pickup_overdue``: consumers have not moved to the new key within ``max_wait``;
 - ``reload_failed``: a reload target could not be started, the service says its rollout failed, or it ran past
   ``reload_timeout`` (the old key stays; the reload is started again);
+- ``outside_window``: a due rotation had to start outside its change window (or inside a freeze), because
+  waiting for the next opening would have left the key too little time before it expires;
 - ``rotation_completed`` (only with ``on_success: true``): an old key was revoked after its replacement.
 
 The same alert for the same policy is sent at most once per ``alert_every``; a policy that recovers can alert
@@ -35,11 +37,13 @@ from rotator.config import AlertsConfig, SecretSource, SlackConfig, SnsConfig, W
 from rotator.engine import PassReport
 from rotator.model import SECRETS, CreateKey, Reload, Revoke
 from rotator.observability import record_call, redact_text
-from rotator.planner import RELOAD_FAILED_NOTE
+from rotator.planner import OUTSIDE_WINDOW_NOTE, RELOAD_FAILED_NOTE
 
 log = structlog.get_logger("rotator")
 
-EventKind = Literal["rotation_failed", "expiring", "pickup_overdue", "reload_failed", "rotation_completed"]
+EventKind = Literal[
+    "rotation_failed", "expiring", "pickup_overdue", "reload_failed", "outside_window", "rotation_completed"
+]
 
 
 @dataclass(frozen=True)
@@ -115,8 +119,9 @@ def alerts_for(report: PassReport, cfg: AlertsConfig, now: datetime) -> list[Ale
                 )
             )
         rotated = any(isinstance(r.action, CreateKey) and r.ok for r in p.results)
-        # a steady key is not due yet: however close alert_before puts it, rotation has not failed to happen
-        steady = p.plan is not None and p.plan.phase == "steady" and p.ok
+        # a steady key is not due yet, and one waiting for its window will rotate in time (the planner waits
+        # only then): however close alert_before puts it, rotation has not failed to happen
+        steady = p.plan is not None and p.plan.phase in ("steady", "awaiting-window") and p.ok
         if not rotated and not steady:
             for target, key in p.held_keys().items():
                 if key is None or key.expires_at is None:
@@ -132,6 +137,9 @@ def alerts_for(report: PassReport, cfg: AlertsConfig, now: datetime) -> list[Ale
                             {"target": target, "key_id": key.key_id, "expires_at": key.expires_at.isoformat()},
                         )
                     )
+        outside = [n for n in p.plan.notes if n.startswith(OUTSIDE_WINDOW_NOTE)] if p.plan is not None else []
+        if outside:
+            out.append(Alert("outside_window", p.policy, outside[0].removeprefix("! "), {}))
         if p.plan is not None and any(n.startswith("! pickup overdue") for n in p.plan.notes):
             note = next(n for n in p.plan.notes if n.startswith("! pickup overdue"))
             out.append(Alert("pickup_overdue", p.policy, note.removeprefix("! "), {}))
@@ -243,6 +251,7 @@ class SlackNotifier(WebhookNotifier):
             "expiring": ":hourglass:",
             "pickup_overdue": ":warning:",
             "reload_failed": ":arrows_counterclockwise:",
+            "outside_window": ":calendar:",
             "rotation_completed": ":white_check_mark:",
         }[alert.kind]
         text = slack_escape(redact_text(alert.message))
@@ -349,7 +358,7 @@ class AlertHub:
                 # recovered only when every target holds a live key again, not merely because this pass had
                 # nothing to do (e.g. it waited for a key a failing store never took)
                 healthy = p.plan is not None and (
-                    p.plan.phase in ("steady", "awaiting-pickup", "revoking")
+                    p.plan.phase in ("steady", "awaiting-window", "awaiting-pickup", "revoking")
                     or any(isinstance(r.action, CreateKey) and r.ok for r in p.results)
                 )
                 if p.policy not in failing and report.error is None and healthy:

@@ -89,7 +89,8 @@ class PolicyReport:
         if self.targets is not None:
             for tid, state in self.targets.items():
                 out[tid] = by_id.get(state.current_key_id) if state and state.current_key_id else None
-        elif self.plan is not None and self.plan.phase == "steady" and self.plan.current_key:
+        elif self.plan is not None and self.plan.phase in ("steady", "awaiting-window") and self.plan.current_key:
+            # not read in this pass: a steady (or window-waiting) plan holds one key, the current one
             out = {tid: by_id.get(self.plan.current_key) for tid in self.target_ids}
         return out
 
@@ -104,6 +105,7 @@ class PolicyReport:
             "results": [r.to_json() for r in self.results],
             "notes": list(p.notes) if p else [],
             "wake_at": p.wake_at.isoformat() if p and p.wake_at else None,
+            "window_opens": p.window_opens.isoformat() if p and p.window_opens else None,
         }
         if self.reloads is not None:
             out["reloads"] = [reload_json(r) for r in self.reloads]

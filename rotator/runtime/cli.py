@@ -669,6 +669,7 @@ def _print_status(
                 "expires_at": key.expires_at if key else None,
                 "expires_in_s": int((key.expires_at - now).total_seconds()) if key and key.expires_at else None,
                 "phase": p.plan.phase if p.plan else "error",
+                "window_opens": p.plan.window_opens.isoformat() if p.plan and p.plan.window_opens else None,
                 "keys_at_issuer": len(p.keys),
                 "targets_in_sync": in_sync,
                 "targets_total": len(policy.targets),

@@ -108,6 +108,7 @@ def test_a_pass_through_the_handler_prints_its_figures_as_emf(
         "RotationsFailed": 0,
         "AwaitingPickup": 0,
         "PickupOverdue": 0,
+        "WaitingForWindow": 0,
     }
     # second pass: steady; the target holds the 30-day key just made
     assert lambda_handler.scheduled_handler({}, None)["ok"]
@@ -116,6 +117,7 @@ def test_a_pass_through_the_handler_prints_its_figures_as_emf(
     m = metrics_of(whole)
     assert m["PassOk"] == 1 and m["Rotations"] == 0
     assert 30 * 86400 - 120 < m["MinKeyExpiresInSeconds"] <= 30 * 86400
+    assert m["MinKeyExpiresInSecondsNotWaitingForWindow"] == m["MinKeyExpiresInSeconds"]  # no window waits
     assert metrics_of(policy)["Rotations"] == 0
     assert sorted(dims_of(target)[0]) == ["policy", "service", "target"] and len(dims_of(target)) == 1
     assert target["policy"] == "lambda-demo" and SECRET in target["target"]
