@@ -208,6 +208,16 @@ def _policy(policy: Policy, pr: PolicyReport, report: PassReport, now: datetime,
     if grace_from is not None:
         grace += f", from {_when(grace_from, now)} to {_when(grace_from + policy.grace, now)}"
     out.append(f"<dt>grace</dt><dd>{grace}</dd>")
+    if policy.window is not None or policy.freezes:
+        window = _t(str(policy.window)) if policy.window is not None else "any time"
+        frozen = [f for f in policy.freezes if f.end > now]
+        if frozen:
+            window += "; " + "; ".join(_t(str(f)) for f in frozen)
+        opens = pr.plan.window_opens if pr.plan else None
+        if opens is not None:
+            window += f'; <span data-window-opens="{opens.isoformat()}">due: waits for the window '
+            window += f"opening {_when(opens, now)}</span>"
+        out.append(f"<dt>window</dt><dd>{window}</dd>")
     if phase == "awaiting-pickup":
         pickup = "waiting for grace" + (" and consumers" if policy.pickup else "") + " before revoking the old key"
         if overdue:
