@@ -7,13 +7,14 @@ policies:
   - name: checkout-api
     window: {cron: "0 10 * * TUE", duration: 2h, timezone: America/New_York}
 freeze:                                                      # no rotation starts in these ranges
-  - {from: 2026-12-20T00:00:00Z, to: 2027-01-04T00:00:00Z, reason: year-end change freeze}
+  - {from: 2026-12-24T00:00:00Z, to: 2026-12-27T00:00:00Z, reason: holidays}
 ```
 
 A window opens at each time its cron expression fires, in its ``timezone`` (an IANA name, through ``zoneinfo``),
 and stays open for ``duration``. The expression is parsed and stepped by APScheduler's ``CronTrigger`` (a
-dependency already), so daylight-saving changes are handled as that library handles them: a wall time that a
-spring-forward skips does not fire that day, one a fall-back repeats fires once. Two places where
+dependency already), so daylight-saving changes are handled as that library handles them (3.11, measured in
+tests/test_config_window.py): a wall time the spring change skips opens at the offset before the change (02:30
+in Berlin opens at 01:30 UTC, 03:30 on the clock), one the autumn change repeats opens twice. Two places where
 APScheduler 3 departs from standard cron (crontab(5)) are mended here rather than left to surprise:
 
 - numeric days of the week follow crontab(5), ``0`` and ``7`` = Sunday, ``1`` = Monday; APScheduler 3 reads

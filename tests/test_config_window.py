@@ -157,3 +157,39 @@ def test_rotator_validate_exits_2_and_names_every_field(tmp_path: Path) -> None:
     assert run.returncode == 2, run.stderr
     assert "defaults.window: '61 9 * * *' is not a cron expression" in run.stderr
     assert "freeze[0]: ends (2030-12-19T00:00:00Z) before it starts" in run.stderr
+
+
+def test_daylight_saving_changes_open_a_window_as_apscheduler_does() -> None:
+    """The docstring of rotator.windows states this; the test keeps it true across APScheduler upgrades."""
+    from rotator.windows import _fire_at_or_after
+
+    w = WindowConfig(cron="30 2 * * *", duration=timedelta(hours=1), timezone="Europe/Berlin")
+    spring = _fire_at_or_after(w, datetime(2027, 3, 28, tzinfo=UTC))  # 02:30 does not exist in Berlin that day
+    assert spring == datetime(2027, 3, 28, 1, 30, tzinfo=UTC)
+    first = _fire_at_or_after(w, datetime(2027, 10, 31, tzinfo=UTC))  # 02:30 happens twice that day
+    assert first == datetime(2027, 10, 31, 0, 30, tzinfo=UTC)
+    again = _fire_at_or_after(w, first + timedelta(seconds=1))
+    assert again == datetime(2027, 10, 31, 1, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("name", ["aws.example.yaml", "azure.example.yaml", "gcp.example.yaml"])
+def test_the_commented_window_and_freeze_of_each_example_config_validate(name: str) -> None:
+    """The examples show a window and a freeze as comments: uncommented, they must load as they are."""
+    from rotator.config import loads
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "config" / name).read_text()
+    lines = []
+    for ln in text.splitlines():
+        if ln.startswith("  # window:"):
+            ln = "  " + ln.removeprefix("  # ")
+        elif ln.startswith("# freeze:"):
+            ln = ln.removeprefix("# ")
+        elif ln.startswith("#   - {from:"):
+            ln = ln.removeprefix("#")
+        lines.append(ln)
+    uncommented = "\n".join(lines)
+    assert "\nfreeze:" in uncommented and "  window: {cron:" in uncommented, name
+    cfg = loads(uncommented, source=name)
+    assert all(p.window is not None and p.window.timezone == "Europe/Berlin" for p in cfg.policies)
+    assert all(len(p.freezes) == 1 for p in cfg.policies)
