@@ -225,8 +225,54 @@ class Gate:
     why: str = ""
 
 
+#: (window, freezes) -> (from, until, gate): a gate that holds for every moment in [from, until). Policies
+#: share a window (the default), and a fleet waiting for it asks the same question once per policy and pass;
+#: the answer is the same for every moment of such a stretch (see _remember), so it is computed once
+_MEMO: dict[tuple[WindowConfig | None, tuple[Freeze, ...]], tuple[datetime, datetime, Gate]] = {}
+_MEMO_MAX = 1024
+
+
 def gate(window: WindowConfig | None, freezes: tuple[Freeze, ...], now: datetime) -> Gate:
     """Whether a due rotation may start at ``now``, and if not, the first moment one may."""
+    memo = _MEMO.get((window, freezes))
+    if memo is not None and memo[0] <= now < memo[1]:
+        g = memo[2]
+        return Gate(True, now, "") if g.open else g
+    g = _gate(window, freezes, now)
+    _remember(window, freezes, now, g)
+    return g
+
+
+def _remember(window: WindowConfig | None, freezes: tuple[Freeze, ...], now: datetime, g: Gate) -> None:
+    """Keep ``g`` for the moments after ``now`` that have the very same answer (the plan's notes included):
+
+    - open at ``now``: open until the opening's end, or the next freeze's start if sooner;
+    - closed because outside the window: the same until the next opening (no moment in between is inside
+      the window, and the search from any of them takes the same steps from there on).
+
+    A gate closed by a freeze first is not kept (the window may close during the freeze, which changes the
+    reason): freezes are few and short."""
+    if window is None or g.next_start is None:
+        return
+    if g.open:
+        began = open_at(window, now)
+        if began is None:
+            return
+        until = began + window.duration
+        until = min([until, *(f.start for f in freezes if f.start > now)])
+    elif g.why.startswith("outside its window"):
+        fire = _fire_at_or_after(window, now)
+        if fire is None:
+            return
+        until = fire
+    else:
+        return
+    if len(_MEMO) >= _MEMO_MAX:
+        _MEMO.clear()
+    _MEMO[(window, freezes)] = (now, until, g)
+
+
+def _gate(window: WindowConfig | None, freezes: tuple[Freeze, ...], now: datetime) -> Gate:
     t = now
     why = ""
     for _ in range(MAX_STEPS):
