@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from tests.servers.aws_rollouts import AwsRollouts
+from tests.servers.moto_server import TEST_ENV, MotoServer, moto, moto_server  # noqa: F401
 from tests.support.consumers import WebhookReceiver, webhook_receiver
 from tests.support.e2e import ROTATOR, Harness, free_port, harness
 
@@ -165,3 +167,27 @@ def test_the_daemon_wakes_at_the_window_opening_and_rotates_then(h: Harness) -> 
     assert "created key" in names, names
     assert names.index("created key") > names.index(waited[0]["event"]), names  # waited, then woke and rotated
     assert not JWT.search(log_path.read_text())
+
+
+def test_a_pass_in_which_a_due_key_waits_reads_no_store_counted_at_the_server(
+    h: Harness,
+    moto: MotoServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Waiting costs what a steady pass costs: the key listing, and not one call to the store (counted by the
+    proxy in front of moto's Secrets Manager)."""
+    for k, v in TEST_ENV.items():
+        monkeypatch.setenv(k, v)
+    with AwsRollouts(moto.url, clock=h.clock) as aws:
+        store = {"type": "aws", "region": "us-east-1", "endpoint_url": aws.url}
+        policy = checkout(targets=[{"store": "sm", "secret": "checkout/momento"}])
+        cfg = h.write_config([policy], stores={"sm": store}, drift_check_every="never")
+        once(h, cfg, FIRST)
+        assert aws.requests, "the first pass wrote the secret through the proxy"
+        aws.requests.clear()
+        for now in (SAT + timedelta(hours=3), SAT + timedelta(days=1, hours=6)):
+            s = once(h, cfg, now)
+            assert only(s)["phase"] == "awaiting-window"
+        assert aws.requests == [], aws.requests
+        s = once(h, cfg, MON_OPEN + timedelta(minutes=1))
+        assert s["counts"]["created"] == 1 and aws.requests  # the window opened: read, then written
