@@ -235,12 +235,14 @@ def test_lambda_a_rotation_sets_the_key_id_keeps_the_other_variables_and_revokes
     fn.close()
 
 
-def test_lambda_a_failed_update_keeps_the_old_key_alerts_and_is_made_again_after_reload_timeout(
-    world: tuple[Harness, AwsRollouts],
+def _lambda_update_started(
+    h: Harness,
+    aws: AwsRollouts,
     moto: MotoServer,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    h, aws = world
+) -> tuple[Path, str]:
+    """A function with a reload target, a first key, a rotation at 45m and the update started at 46m: the
+    config and the old key."""
     for k, v in TEST_ENV.items():
         monkeypatch.setenv(k, v)
     _function(moto.url, aws.url, "checkout-worker", {"MOMENTO_KEY_ID": "none"})
@@ -250,6 +252,16 @@ def test_lambda_a_failed_update_keeps_the_old_key_alerts_and_is_made_again_after
     (k1,) = h.live_ids("checkout")
     once(h, cfg, 45)
     once(h, cfg, 46)
+    return cfg, k1
+
+
+def test_lambda_a_failed_update_keeps_the_old_key_alerts_and_is_made_again_after_reload_timeout(
+    world: tuple[Harness, AwsRollouts],
+    moto: MotoServer,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h, aws = world
+    cfg, k1 = _lambda_update_started(h, aws, moto, monkeypatch)
     aws.lambda_finish("checkout-worker", failed="SubnetOutOfIPAddresses")
 
     run, s = once(h, cfg, 52)
@@ -272,15 +284,7 @@ def test_lambda_an_update_stuck_in_progress_is_reported_at_reload_timeout_and_ne
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     h, aws = world
-    for k, v in TEST_ENV.items():
-        monkeypatch.setenv(k, v)
-    _function(moto.url, aws.url, "checkout-worker", {"MOMENTO_KEY_ID": "none"})
-    reload = [{"type": "lambda", "functions": ["checkout-worker"], "region": REGION, "endpoint_url": aws.url}]
-    cfg = h.write_config([policy(reload)], alerts={"on_success": False})
-    once(h, cfg, 0)
-    (k1,) = h.live_ids("checkout")
-    once(h, cfg, 45)
-    once(h, cfg, 46)
+    cfg, k1 = _lambda_update_started(h, aws, moto, monkeypatch)
     assert aws.lambda_status("checkout-worker") == "InProgress"
 
     # Past reload_timeout, still InProgress: reported; Lambda refuses a second update while one is in progress
