@@ -22,8 +22,9 @@ connection ``EndpointConnectionError``, a proxy failure ``ProxyConnectionError``
 answer ``ConnectionClosedError``, and an answer above the cap :class:`ResponseTooLargeError` (an
 ``HTTPClientError``). Messages name the endpoint without its query or credentials, never a header or a body.
 
-Imported by the AWS store and the SNS notifier only, when botocore is there (the ``aws`` extra): it imports
-botocore at module level, and nothing heavier than urllib3 besides.
+Imported by the AWS store, the SNS notifier and the ``ecs``/``lambda`` reload targets only, when botocore is
+there (the ``aws`` extra): it imports botocore at module level, and nothing heavier than urllib3 besides.
+:func:`client` makes a client the way all of them want it.
 """
 
 from __future__ import annotations
@@ -83,6 +84,46 @@ def bound(client: Any, *, timeout: float, max_body: int) -> BoundSend:
     service = client.meta.service_model.service_id.hyphenize()
     client.meta.events.register(f"before-send.{service}", send, unique_id="rotator-botohttp-bound-send")
     return send
+
+
+def client(
+    service: str,
+    *,
+    session: Any = None,
+    region: str | None,
+    endpoint: str | None,
+    config: Any,
+    timeout: float,
+    max_body: int,
+    record_as: str,
+    **kwargs: Any,
+) -> tuple[Any, BoundSend]:
+    """A botocore client of ``service`` (from ``session``, else a new ``boto3.session.Session``) that sends
+    through the bounded read (:func:`bound`) and records every attempt as ``record_as`` (:func:`record_calls`).
+    Returns the client and its send: close both (the client first). Raises ImportError without boto3."""
+    import boto3
+
+    made = session if session is not None else boto3.session.Session()
+    args: dict[str, Any] = {"region_name": region, "config": config}
+    if endpoint:
+        args["endpoint_url"] = endpoint
+    args.update(kwargs)  # what a caller injects (tests: credentials, an endpoint) wins
+    c = made.client(service, **args)
+    send = bound(c, timeout=timeout, max_body=max_body)
+    record_calls(c, record_as)
+    return c, send
+
+
+def retry_config(max_attempts: int, pool: int) -> Any:
+    """botocore's ``Config`` as rotator's clients use it: adaptive retries up to ``max_attempts`` attempts in
+    all, ``pool`` connections per host, ``rotator`` in the user agent."""
+    from botocore.config import Config
+
+    return Config(
+        retries={"mode": "adaptive", "total_max_attempts": max_attempts},
+        user_agent_extra="rotator",
+        max_pool_connections=pool,
+    )
 
 
 def _where(url: str) -> str:

@@ -418,25 +418,19 @@ class EcsReload:
         with self._lock:
             if self._client is None:
                 try:
-                    import boto3
-                    from botocore.config import Config
+                    from rotator import botohttp  # imports botocore: installed whenever a client is made
                 except ImportError as exc:
                     raise MissingExtraError("aws", "boto3") from exc
-                from rotator import botohttp  # imports botocore: installed whenever a client is made
-
-                session = self._session if self._session is not None else boto3.session.Session()
-                config = Config(
-                    retries={"mode": "adaptive", "total_max_attempts": MAX_ATTEMPTS},
-                    user_agent_extra="rotator",
-                    max_pool_connections=POOL_CONNECTIONS,
+                self._client, self._send = botohttp.client(
+                    "ecs",
+                    session=self._session,
+                    region=self._region,
+                    endpoint=self._endpoint,
+                    config=botohttp.retry_config(MAX_ATTEMPTS, POOL_CONNECTIONS),
+                    timeout=self.config.timeout,
+                    max_body=MAX_ANSWER,
+                    record_as=SERVICE,
                 )
-                kwargs: dict[str, Any] = {"region_name": self._region, "config": config}
-                if self._endpoint:
-                    kwargs["endpoint_url"] = self._endpoint
-                client = session.client("ecs", **kwargs)
-                self._send = botohttp.bound(client, timeout=self.config.timeout, max_body=MAX_ANSWER)
-                botohttp.record_calls(client, SERVICE)
-                self._client = client
             return self._client
 
     def _call(self, op: str, **params: Any) -> dict[str, Any]:

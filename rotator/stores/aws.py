@@ -507,15 +507,20 @@ class AwsSecretsManagerStore(StoreBase):
         with self._lock:
             client = self._clients.get(region)
             if client is None:
-                kwargs: dict[str, Any] = {"region_name": region, "config": self._botocore_config}
-                if self.config.endpoint_url:
-                    kwargs["endpoint_url"] = self.config.endpoint_url
-                kwargs.update(self._client_kwargs)
-                client = self._session.client("secretsmanager", **kwargs)
                 from rotator import botohttp  # imports botocore: installed whenever a client is made
 
-                self._sends.append(botohttp.bound(client, timeout=self._request_timeout, max_body=MAX_ANSWER))
-                botohttp.record_calls(client, SERVICE)
+                client, send = botohttp.client(
+                    "secretsmanager",
+                    session=self._session,
+                    region=region,
+                    endpoint=self.config.endpoint_url,
+                    config=self._botocore_config,
+                    timeout=self._request_timeout,
+                    max_body=MAX_ANSWER,
+                    record_as=SERVICE,
+                    **self._client_kwargs,
+                )
+                self._sends.append(send)
                 self._clients[region] = client
             return client
 
