@@ -1,11 +1,13 @@
 """The Kubernetes API as rotator talks to it: one client loader and one bounded JSON request.
 
-Shared by the ``kubernetes`` pickup check (:mod:`rotator.pickup.kubernetes`) and leader election
-(:mod:`rotator.runtime.leader`).
+Shared by the ``kubernetes`` pickup check (:mod:`rotator.pickup.kubernetes`), the ``kubernetes`` reload target
+(:mod:`rotator.reload.kubernetes`) and leader election (:mod:`rotator.runtime.leader`).
 
 - :func:`load_api_client` builds a ``kubernetes.client.ApiClient`` from the in-cluster service account or a
   kubeconfig file: the client library keeps what it is good at (kubeconfig contexts, exec plugins, client
   certificates, re-reading a rotated service-account token, proxies).
+- :func:`call` runs one request for a backend and turns every way it can fail into one short reason
+  (:func:`explain` for an answered status), recorded once;
 - :class:`KubeApi` makes the requests themselves through that client's connection pool and credentials, but
   with :func:`rotator.httpio.fetch`: a **total deadline** per request (the client library's
   ``_request_timeout`` is per socket read, so an API server, or something in its place, dripping one byte a
@@ -26,9 +28,9 @@ from typing import Any
 
 from rotator import httpio
 from rotator.errors import PickupError
-from rotator.observability import redact_text
+from rotator.observability import record_call, redact_text
 
-__all__ = ["KubeApi", "KubeStatus", "load_api_client"]
+__all__ = ["KubeApi", "KubeStatus", "call", "explain", "load_api_client"]
 
 
 class KubeStatus(Exception):
@@ -39,6 +41,51 @@ class KubeStatus(Exception):
         super().__init__(f"HTTP {status}{' ' + reason if reason else ''}")
         self.status = status
         self.reason = reason
+
+
+def explain(status: int, reason: str, *, forbidden: str, rbac_hint: str) -> str:
+    """A status the API server answered, as a reason a user can act on; ``forbidden``: what was refused
+    (``get pods in namespace payments``), ``rbac_hint``: where the RBAC to apply is."""
+    if status == 403:
+        return f"forbidden: {forbidden} is not granted (see {rbac_hint})"
+    if status == 401:
+        return "unauthorized: the API server rejected rotator's credentials"
+    if status == 404:
+        return "not found"
+    if status == 409:
+        return "conflict"
+    if status == 0:
+        return f"unreachable: {reason or 'no HTTP answer'}"
+    return f"status {status}{' ' + reason if reason else ''}"
+
+
+def call(
+    service: str, op: str, fn: Callable[[], Any], *, timeout: float, explain: Callable[[KubeStatus], str]
+) -> tuple[str | None, Any]:
+    """Run one API request ``fn``: ``(None, result)`` or ``(why it failed, None)``, recorded once either way
+    as ``(service, op, status)``. ``explain`` words an answered status; nothing else from the answer (which
+    may hold data) is ever shown."""
+    import urllib3
+
+    try:
+        result = fn()
+    except KubeStatus as exc:
+        record_call(service, op, exc.status)
+        return explain(exc), None
+    except httpio.DeadlineExceeded:
+        record_call(service, op, "DeadlineExceeded")
+        return f"no answer within {timeout:g}s", None
+    except httpio.BodyTooLarge as exc:
+        record_call(service, op, "BodyTooLarge")
+        return f"unreadable answer: {exc}", None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        record_call(service, op, type(exc).__name__)
+        return f"unreachable: {type(exc).__name__}", None
+    except ValueError as exc:  # a body the client could not read
+        record_call(service, op, type(exc).__name__)
+        return f"unreadable answer: {type(exc).__name__}", None
+    record_call(service, op, 200)
+    return None, result
 
 
 class KubeApi:

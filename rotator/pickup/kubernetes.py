@@ -41,12 +41,12 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rotator import httpio
+from rotator import kube
 from rotator.errors import MissingExtraError
 from rotator.keys import payload_key_id
-from rotator.kube import KubeApi, KubeStatus, load_api_client
+from rotator.kube import KubeApi, load_api_client
 from rotator.model import PickupVerdict, SecretText
-from rotator.observability import get_logger, record_call
+from rotator.observability import get_logger
 from rotator.pickup.base import Timeout
 
 SERVICE = "kubernetes"
@@ -275,39 +275,14 @@ class KubernetesCheck:
 
     def _call(self, op: str, verb: str, resource: str, fn: Any) -> tuple[str | None, Any]:
         """Run one API request: ``(None, result)`` or ``(why it failed, None)``, recorded once either way."""
-        import urllib3
-
-        try:
-            result = fn()
-        except KubeStatus as exc:
-            record_call(SERVICE, op, exc.status)
-            return self._explain(exc.status, exc.reason, verb, resource), None
-        except httpio.DeadlineExceeded:
-            record_call(SERVICE, op, "DeadlineExceeded")
-            return f"no answer within {self.config.timeout:g}s", None
-        except httpio.BodyTooLarge as exc:
-            record_call(SERVICE, op, "BodyTooLarge")
-            return f"unreadable answer: {exc}", None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            record_call(SERVICE, op, type(exc).__name__)
-            return f"unreachable: {type(exc).__name__}", None
-        except ValueError as exc:  # a body the client could not read (never shown: it may hold data)
-            record_call(SERVICE, op, type(exc).__name__)
-            return f"unreadable answer: {type(exc).__name__}", None
-        record_call(SERVICE, op, 200)
-        return None, result
-
-    def _explain(self, status: int, reason: str, verb: str, resource: str) -> str:
-        ns = self.config.namespace
-        if status == 403:
-            return f"forbidden: {verb} {resource} in namespace {ns} is not granted (see {RBAC_HINT})"
-        if status == 401:
-            return "unauthorized: the API server rejected rotator's credentials"
-        if status == 404:
-            return "not found"
-        if status == 0:
-            return f"unreachable: {reason or 'no HTTP answer'}"
-        return f"status {status}{' ' + reason if reason else ''}"
+        forbidden = f"{verb} {resource} in namespace {self.config.namespace}"
+        return kube.call(
+            SERVICE,
+            op,
+            fn,
+            timeout=self.config.timeout,
+            explain=lambda e: kube.explain(e.status, e.reason, forbidden=forbidden, rbac_hint=RBAC_HINT),
+        )
 
     def close(self) -> None:
         if self._owns_client:
