@@ -27,7 +27,7 @@ COPY rotator ./rotator
 # pip compiles the .pyc files while installing, so the read-only image never has to write them
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist . \
  && python -m venv /opt/venv \
- && wheel="$(ls /dist/rotator-*.whl)" \
+ && wheel="$(ls /dist/momento_rotator-*.whl)" \
  && /opt/venv/bin/pip install --no-cache-dir "${wheel}${EXTRAS:+[$EXTRAS]}" \
  && /opt/venv/bin/rotator --version
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/local.yaml
 
-.PHONY: run test lint typecheck unit cfn-lint deploy-check bench chaos clean test-tools
+.PHONY: run test lint typecheck unit cfn-lint dist-check deploy-check bench chaos clean test-tools
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "rotator needs Python 3.11 or newer (set PY=python3.11)")'
@@ -69,12 +69,15 @@ $(BIN)/chromium: | $(BIN)/python
 test-tools: $(BIN)/kubectl $(BIN)/helm $(BIN)/promtool $(BIN)/chromium
 
 # the runtime only: what `make run` needs
+# (a venv made before the distribution was renamed momento-rotator still holds the old `rotator` one: removed)
 $(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	@$(BIN)/pip uninstall -q -y rotator 2>/dev/null || true
 	$(BIN)/pip install -q -e .
 	@touch $@
 
 # everything the tests need: every extra, the linters, moto, the momento SDK
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	@$(BIN)/pip uninstall -q -y rotator 2>/dev/null || true
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@ $(VENV)/.run-installed
 
@@ -100,7 +103,14 @@ deploy-check: $(VENV)/.dev-installed $(BIN)/kubectl
 	for d in deploy/kubernetes deploy/kubernetes/overlays/*; do \
 	  $(BIN)/kubectl kustomize $$d | $(BIN)/kubernetes-validate --strict --quiet -; done
 
-test: lint typecheck cfn-lint unit
+# the distribution a release publishes (momento-rotator): a wheel and an sdist from `python -m build` (in an
+# isolated build environment, as a release builds it), checked by `twine check --strict`
+dist-check: $(VENV)/.dev-installed
+	rm -rf .rotator/dist && mkdir -p .rotator
+	$(BIN)/python -m build --outdir .rotator/dist . > .rotator/build.log 2>&1 || { cat .rotator/build.log; exit 1; }
+	$(BIN)/twine check --strict .rotator/dist/*
+
+test: lint typecheck cfn-lint dist-check unit
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/run_all.py

@@ -4,7 +4,7 @@
 
     RotatorError
     ├── ConfigError              bad config or bad input; exit code 2; nothing was changed
-    ├── MissingExtraError        an optional extra (``rotator[aws]``...) is not installed
+    ├── MissingExtraError        an optional extra (``momento-rotator[aws]``...) is not installed
     ├── KeyFormatError           a Momento key or endpoint has the wrong shape
     ├── IssuerError              the Momento key API failed (names the operation)
     │   ├── IssuerUnavailable    connection errors, timeouts, 429 and 5xx after retries
@@ -63,7 +63,7 @@ class MissingExtraError(RotatorError):
     def __init__(self, extra: str, module: str, *, package: str = "rotator") -> None:
         self.extra = extra
         self.package = package
-        install = f"rotator[{extra}]" if package == "rotator" else package
+        install = f"momento-rotator[{extra}]" if package == "rotator" else package
         super().__init__(
             f"the {extra!r} backend needs {module!r}, which is not installed: run  pip install '{install}'"
         )

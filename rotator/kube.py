@@ -15,7 +15,7 @@ Shared by the ``kubernetes`` pickup check (:mod:`rotator.pickup.kubernetes`), th
   included) and JSON with a **nesting limit**. Answers stay plain JSON objects; nothing is deserialised into
   the typed models.
 
-``kubernetes`` (the extra ``rotator[k8s]``) is imported by :func:`load_api_client` only; :class:`KubeApi`
+``kubernetes`` (the extra ``momento-rotator[k8s]``) is imported by :func:`load_api_client` only; :class:`KubeApi`
 takes the client it is given.
 """
 

@@ -749,7 +749,7 @@ def image_venv() -> Iterator[Path]:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         proc = _run([*pip, "wheel", "-q", "--no-deps", "--wheel-dir", str(work / "dist"), str(src)], timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        (wheel,) = (work / "dist").glob("rotator-*.whl")
+        (wheel,) = (work / "dist").glob("momento_rotator-*.whl")
         # like the Dockerfile: no --no-compile, so the .pyc files exist before the venv turns read-only
         proc = _run(
             [*pip, "--python", str(venv / "bin" / "python"), "install", "-q", f"{wheel}[{SMOKE_EXTRAS}]"], timeout=300
@@ -807,7 +807,7 @@ def test_image_install_validates_every_shipped_config_as_the_image_user(image_ve
             assert proc.returncode == 0, (name, proc.stdout + proc.stderr)
             # an image built without a config's extra still validates it, and says which extra it lacks
             kinds = {s.type for s in shipped_config(variant(name))[1].stores.values()} - {"file", SMOKE_EXTRAS}
-            warned = set(re.findall(r"pip install 'rotator\[(\w+)\]'", proc.stdout))
+            warned = set(re.findall(r"pip install 'momento-rotator\[(\w+)\]'", proc.stdout))
             assert warned == kinds, (name, proc.stdout)
     finally:
         shutil.rmtree(etc, ignore_errors=True)

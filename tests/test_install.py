@@ -69,7 +69,7 @@ def wheel(work: Path) -> Path:
     shutil.copytree(ROOT / "rotator", src / "rotator", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     r = _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(work / "dist"), str(src)])
     assert r.returncode == 0, r.stdout + r.stderr
-    (whl,) = (work / "dist").glob("rotator-*.whl")
+    (whl,) = (work / "dist").glob("momento_rotator-*.whl")
     return whl
 
 
@@ -347,7 +347,7 @@ def test_a_store_type_from_an_installed_package_runs_a_pass(work: Path, wheel: P
     )
     assert r.returncode == 0, r.stdout + r.stderr
     (plugin,) = dist.glob("rotator_jsondir-*.whl")
-    # as its users install it: the wheel and its test extra (rotator[testing]: pytest), rotator already there
+    # as its users install it: the wheel and its test extra (momento-rotator[testing]: pytest), rotator already there
     r = _run([python, "-m", "pip", "install", "-q", "--no-compile", f"{plugin}[test]"], env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -26,7 +26,7 @@ RBAC: ``list`` (and ``get``) on ``pods`` and ``get`` on the named secret, in ``n
 connection) lags; the check never raises for it.
 
 Calls: one ``list-pods`` per 500 matching pods and one ``get-secret``, each recorded with
-``record_call("kubernetes", op, <HTTP status or error class>)``. ``kubernetes`` (extra ``rotator[k8s]``) is
+``record_call("kubernetes", op, <HTTP status or error class>)``. ``kubernetes`` (extra ``momento-rotator[k8s]``) is
 imported by :func:`open_check` only.
 """
 
@@ -347,7 +347,7 @@ def open_check(config: BaseModel, *, api_client: Any = None) -> KubernetesCheck:
     ``kubernetes.client.ApiClient``; tests inject one) or a client loaded from the in-cluster service account
     or kubeconfig (``in_cluster``, ``kubeconfig``, ``context``).
 
-    Raises: MissingExtraError (``rotator[k8s]`` is not installed), PickupError (no usable credentials).
+    Raises: MissingExtraError (``momento-rotator[k8s]`` is not installed), PickupError (no usable credentials).
     """
     cfg = config if isinstance(config, CheckConfig) else CheckConfig.model_validate(config.model_dump())
     try:

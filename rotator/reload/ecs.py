@@ -1,4 +1,4 @@
-"""The ``ecs`` reload target: a new deployment of Amazon ECS services (extra ``rotator[aws]``).
+"""The ``ecs`` reload target: a new deployment of Amazon ECS services (extra ``momento-rotator[aws]``).
 
 ``reload: [{type: ecs, cluster: prod, services: [checkout, billing]}]``. Each service is one unit. A task reads
 its secrets (the task definition's ``secrets[].valueFrom``) when it starts, so the running tasks keep the old

@@ -1,4 +1,4 @@
-"""The ``lambda`` reload target: a configuration update of AWS Lambda functions (extra ``rotator[aws]``).
+"""The ``lambda`` reload target: a configuration update of AWS Lambda functions (extra ``momento-rotator[aws]``).
 
 ``reload: [{type: lambda, functions: [checkout-worker, billing-api], variable: MOMENTO_KEY_ID}]``. Each
 function is one unit. A function that reads its key when an execution environment starts (the init phase)

@@ -24,7 +24,7 @@ Fields written: ``holderIdentity``, ``leaseDurationSeconds``, ``acquireTime`` (k
 renews), ``renewTime``, ``leaseTransitions`` (+1 whenever the holder changes). Times are ``MicroTime``: RFC 3339
 with exactly six fractional digits, which the API server requires (see :func:`lease_time`).
 
-The API is reached through the ``kubernetes`` client library (extra ``rotator[k8s]``), with the credentials of
+The API is reached through the ``kubernetes`` client library (extra ``momento-rotator[k8s]``), with the credentials of
 :func:`rotator.kube.load_api_client` (the in-cluster service account, or a kubeconfig), and each request
 is bounded by :class:`rotator.kube.KubeApi`: a total deadline of half the ``renew_deadline`` (at least 0.5 s)
 and an answer of at most 64 KiB.
@@ -486,7 +486,7 @@ def open_elector(
     """A :class:`LeaseElector` for ``cfg`` (not started), talking through ``api_client`` or one loaded from
     the in-cluster service account or kubeconfig.
 
-    Raises: MissingExtraError (``rotator[k8s]``), ConfigError (no namespace, no usable credentials).
+    Raises: MissingExtraError (``momento-rotator[k8s]``), ConfigError (no namespace, no usable credentials).
     """
     try:
         import kubernetes  # noqa: F401

@@ -1,4 +1,4 @@
-"""Azure Key Vault secrets as a rotator store (extra ``rotator[azure]``).
+"""Azure Key Vault secrets as a rotator store (extra ``momento-rotator[azure]``).
 
 How rotator maps its store contract onto Key Vault:
 
@@ -1147,7 +1147,7 @@ def open_store(name: str, config: StoreConfig, *, credential: Any = None, **clie
 
     ``credential`` (any azure-core token credential) replaces the one ``config.credential`` names;
     ``client_options`` are merged over ``config.client_options`` and passed to ``SecretClient``.
-    Raises MissingExtraError without ``rotator[azure]``, ConfigError for an unusable credential setting.
+    Raises MissingExtraError without ``momento-rotator[azure]``, ConfigError for an unusable credential setting.
     """
     return AzureKeyVaultStore(name, config, credential=credential, **client_options)
 

@@ -1,4 +1,4 @@
-"""GCP Secret Manager store (``type: gcp``; extra ``rotator[gcp]``).
+"""GCP Secret Manager store (``type: gcp``; extra ``momento-rotator[gcp]``).
 
 One target is one secret ``projects/<project>/secrets/<secret>``; each key rotator publishes is one secret
 version. Secret Manager versions carry no metadata of their own, so what rotator knows about them lives on the
@@ -1364,7 +1364,7 @@ def open_store(
     Application Default Credentials (workload identity, the metadata server, ``GOOGLE_APPLICATION_CREDENTIALS``,
     ``gcloud auth application-default login``).
 
-    Raises: MissingExtraError (``rotator[gcp]`` not installed), StorePermissionError (no usable credentials).
+    Raises: MissingExtraError (``momento-rotator[gcp]`` not installed), StorePermissionError (no usable credentials).
     """
     cfg = config if isinstance(config, StoreConfig) else StoreConfig.model_validate(config.model_dump())
     try:

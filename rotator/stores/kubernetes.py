@@ -1,4 +1,4 @@
-"""Kubernetes Secrets as a rotator store (extra ``rotator[k8s]``), built only on the store plug-in surface.
+"""Kubernetes Secrets as a rotator store (extra ``momento-rotator[k8s]``), built only on the store plug-in surface.
 
 How rotator maps its store contract onto a ``core/v1`` Secret (docs/stores/kubernetes.md says it for users):
 
@@ -1143,7 +1143,7 @@ def open_store(
     ``api_client`` (a ``kubernetes.client.ApiClient``; tests inject one, and it is then not closed by
     :meth:`~KubernetesSecretStore.close`) replaces the one loaded from the service account or kubeconfig;
     ``clock`` dates the versions and ``current-since`` (the engine's clock), ``sleep`` waits between retries.
-    Raises MissingExtraError without ``rotator[k8s]``, ConfigError (no namespace, no usable credentials).
+    Raises MissingExtraError without ``momento-rotator[k8s]``, ConfigError (no namespace, no usable credentials).
     """
     return KubernetesSecretStore(name, config, api_client=api_client, clock=clock, sleep=sleep)
 

@@ -1,5 +1,5 @@
 """Test kits for code that plugs into rotator, importable by other packages (shipped in the wheel; the
-``rotator[testing]`` extra installs pytest for them).
+``momento-rotator[testing]`` extra installs pytest for them).
 
 - :mod:`rotator.testing.stores`: :class:`~rotator.testing.stores.StoreContract`, the whole contract of a
   secret store, as a pytest class to subclass (``docs/stores/README.md``).

@@ -18,7 +18,7 @@ old versions only, refuses the current one and ignores unknown keys; not-found s
 and retire; a value rotator did not write is reported as foreign and never silently replaced by a stage;
 no plaintext in a repr, a state or an error; and the capabilities the store declares are the ones it has.
 
-Run it with ``pytest`` (the ``rotator[testing]`` extra installs it); ``docs/stores/README.md`` shows a whole
+Run it with ``pytest`` (the ``momento-rotator[testing]`` extra installs it); ``docs/stores/README.md`` shows a whole
 backend test module.
 """
 
