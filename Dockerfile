@@ -3,6 +3,7 @@
 #   docker build -t rotator:0.1.0 .                       # every store backend (EXTRAS=all)
 #   docker build --build-arg EXTRAS=aws -t rotator:aws .  # only what the AWS store needs (smaller)
 #   docker build --build-arg EXTRAS= -t rotator:slim .    # file store only
+#   docker build --build-arg VERSION=0.1.0 --build-arg REVISION="$(git rev-parse HEAD)" .   # the OCI labels
 #   docker run --rm -v "$PWD/rotator.yaml:/etc/rotator/rotator.yaml:ro" -e MOMENTO_MANAGEMENT_KEY rotator:0.1.0
 #
 # The final stage holds the Python runtime and one virtualenv (/opt/venv), nothing else: no compiler, no
@@ -34,9 +35,17 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist . \
 # ---- runtime ------------------------------------------------------------------------------------------------
 FROM python:3.11-slim-bookworm
 
+# set by the release (.github/workflows/release.yml): the version, the commit and the repository, which
+# registries and Renovate read from the image's OCI labels (a local build leaves the last two empty)
+ARG VERSION=0.1.0
+ARG REVISION=
+ARG SOURCE=
 LABEL org.opencontainers.image.title="rotator" \
       org.opencontainers.image.description="Rotates Momento API keys before they expire, across AWS, Azure, GCP and local secret stores." \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}"
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

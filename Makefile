@@ -84,10 +84,13 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 run: $(VENV)/.run-installed
 	$(BIN)/rotator run --config $(CONFIG)
 
-# ruff, and deptry (scripts/check_deps.py): every import declared, each extra's packages imported by its users only
+# ruff, and deptry (scripts/check_deps.py): every import declared, each extra's packages imported by its users
+# only; the release workflow against GitHub's workflow schema and zizmor's audits (offline: no GitHub API)
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check rotator tests bench scripts
 	$(BIN)/python scripts/check_deps.py
+	$(BIN)/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	$(BIN)/zizmor --offline --no-progress .github/workflows/
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy

@@ -383,3 +383,33 @@ def test_a_store_type_from_an_installed_package_runs_a_pass(work: Path, wheel: P
     assert r.returncode == 2, r.stdout + r.stderr
     assert "stores.local.type: unknown store type 'vault'" in r.stderr and "entry point named 'vault'" in r.stderr
     assert "jsondir" in r.stderr  # the installed plugin's type is among the known ones
+
+
+def test_the_sbom_of_an_install_lists_momento_rotator_and_what_it_pulled_in(work: Path, wheel: Path) -> None:
+    """What the release workflow does (cyclonedx-py environment over a venv holding the wheel), on the bare
+    install: a CycloneDX document naming momento-rotator at its version and its runtime dependencies."""
+    import tomllib
+
+    venv = _venv(work, wheel, "")
+    out = work / "sbom.cdx.json"
+    cyclonedx = Path(sys.executable).parent / "cyclonedx-py"
+    r = _run(
+        [
+            str(cyclonedx),
+            "environment",
+            "--of",
+            "JSON",
+            "--output-reproducible",
+            "-o",
+            str(out),
+            str(venv / "bin" / "python"),
+        ]
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["bomFormat"] == "CycloneDX"
+    names = {c["name"].lower(): c.get("version") for c in doc["components"]}
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert names.get("momento-rotator") == version, sorted(names)
+    assert {"pydantic", "structlog", "apscheduler", "urllib3", "tzdata", "standardwebhooks"} <= set(names)
+    assert "boto3" not in names  # no extra, no SDK

@@ -1,4 +1,4 @@
-"""AWS Secrets Manager as a secret store (extra ``momento-rotator[aws]``; boto3 is imported only inside :func:`open_store`).
+"""AWS Secrets Manager as a secret store (extra ``momento-rotator[aws]``; boto3 is imported only in :func:`open_store`).
 
 How a rotation looks in Secrets Manager (four API calls per target when the store is already in use):
 
