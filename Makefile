@@ -101,10 +101,11 @@ cfn-lint: $(VENV)/.dev-installed
 unit: $(VENV)/.dev-installed test-tools
 	$(BIN)/pytest
 
-deploy-check: $(VENV)/.dev-installed $(BIN)/kubectl
+deploy-check: $(VENV)/.dev-installed $(BIN)/kubectl $(BIN)/helm
 	$(BIN)/hadolint Dockerfile
 	for d in deploy/kubernetes deploy/kubernetes/overlays/*; do \
 	  $(BIN)/kubectl kustomize $$d | $(BIN)/kubernetes-validate --strict --quiet -; done
+	$(BIN)/helm lint --strict deploy/helm/rotator
 
 # the distribution a release publishes (momento-rotator): a wheel and an sdist from `python -m build` (in an
 # isolated build environment, as a release builds it), checked by `twine check --strict`
