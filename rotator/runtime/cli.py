@@ -157,6 +157,11 @@ def _parser() -> _Parser:
         action="store_true",
         help="also run the preflight a pass runs (roles at the issuer, stores writable), changing nothing",
     )
+    sch = sub.add_parser("schema", help="print the config's JSON Schema (config/rotator.schema.json)")
+    sch.add_argument("--with-plugins", action="store_true", help="add the installed plug-ins' store types")
+    comp = sub.add_parser("completion", parents=[common], help="print the shell completion script: bash, zsh or fish")
+    comp.add_argument("shell", nargs="?", choices=["bash", "zsh", "fish"], help="the shell")
+    comp.add_argument("--policy-names", action="store_true", help=argparse.SUPPRESS)  # what the scripts call
     sub.add_parser("emulator", help="serve the local Momento key API emulator (rotator emulator --help)")
     parser.commands = dict(sub.choices)
     return parser
@@ -250,11 +255,32 @@ def _main(argv: list[str], state: dict[str, Any]) -> int:
             if not hasattr(args, name):
                 setattr(args, name, None)
         state["log_level"] = args.log_level
+        if args.command in ("schema", "completion"):  # no config to load
+            return _offline(parser, args)
         return _dispatch(args, state)
     except SystemExit as exc:  # --help, --version; an emulator option error
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else int(ExitCode.BAD_INPUT))
     except BaseException as exc:  # the final guard: every way out has an exit code
         return _report_failure(exc, state)
+
+
+def _offline(parser: _Parser, args: argparse.Namespace) -> int:
+    """``rotator schema`` and ``rotator completion``: printed from the code, not from a config."""
+    if args.command == "schema":
+        from rotator.schema import render
+
+        sys.stdout.write(render(plugins=args.with_plugins))
+        return 0
+    from rotator.runtime import completion
+
+    if args.policy_names:
+        for name in completion.policy_names(_config_path(args.config)):
+            print(name)
+        return 0
+    if args.shell is None:
+        raise UsageError("name the shell: rotator completion bash, zsh or fish\n  see: rotator completion --help")
+    sys.stdout.write(completion.script(parser, args.shell))
+    return 0
 
 
 def _report_failure(exc: BaseException, state: dict[str, Any]) -> int:
