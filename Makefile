@@ -65,8 +65,18 @@ $(BIN)/chromium: | $(BIN)/python
 	ln -s "$$chrome" $@
 	$@ --version
 
+# zsh and fish for the shell-completion tests (tests/test_completion.py runs the generated scripts in each shell;
+# bash is the machine's): the machine's own, else Debian's packages, as for Chromium
+$(BIN)/zsh $(BIN)/fish: | $(BIN)/python
+	@rm -f $@; set -e; sh="$$(command -v $(@F) || true)"; if [ -z "$$sh" ]; then \
+	  $(SUDO) apt-get install -y -q --no-install-recommends $(@F) 2>/dev/null \
+	    || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -q --no-install-recommends $(@F); }; \
+	  sh=$$(command -v $(@F)); fi; \
+	ln -s "$$sh" $@
+	$@ --version
+
 # the binaries the tests drive besides the Python packages
-test-tools: $(BIN)/kubectl $(BIN)/helm $(BIN)/promtool $(BIN)/chromium
+test-tools: $(BIN)/kubectl $(BIN)/helm $(BIN)/promtool $(BIN)/chromium $(BIN)/zsh $(BIN)/fish
 
 # the runtime only: what `make run` needs
 # (a venv made before the distribution was renamed momento-rotator still holds the old `rotator` one: removed)

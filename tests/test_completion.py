@@ -7,7 +7,8 @@ Each script is run in its shell when that shell is installed, completing what a 
   ``compinit`` and presses TAB; a ``compadd`` wrapper prints what would be offered;
 - fish: ``complete -C LINE`` prints the completions of LINE.
 
-A shell that is not installed is skipped for that part (the reason says which); the scripts' text is checked
+Every shell is run for real: `make test-tools` installs zsh and fish (bash is the machine's); a shell that is
+missing fails the test with the command that installs it, never a skip. The scripts' text is checked
 for every shell whatever is installed: the commands, options, choices and the policy-name function in it.
 Policy names come from the config the command line names (``-c``/``--config``, else ``$ROTATOR_CONFIG``) via
 ``rotator completion --policy-names``, which is tested on its own too.
@@ -149,10 +150,14 @@ def test_the_fish_script_wires_policy_names_and_files() -> None:
     assert "(__fish_complete_path (commandline -ct))" in text
 
 
+def _need(shell: str) -> None:
+    if shutil.which(shell) is None:
+        pytest.fail(f"{shell} is not installed: `make test-tools` installs it (zsh, fish: Debian's packages)")
+
+
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_each_script_parses_in_its_shell(shell: str, tmp_path: Path) -> None:
-    if shutil.which(shell) is None:
-        pytest.skip(f"{shell} is not installed: its script is checked as text only")
+    _need(shell)
     path = tmp_path / f"rotator.{shell}"
     path.write_text(_script(shell))
     flag = ["--no-execute"] if shell == "fish" else ["-n"]
@@ -215,8 +220,7 @@ def _bash(work: Path, line: str) -> list[str]:
 
 
 def test_bash_completes_commands_options_and_policy_names(work: Path) -> None:
-    if shutil.which("bash") is None:
-        pytest.skip("bash is not installed")
+    _need("bash")
     (work / "rotator.bash").write_text(_script("bash"))
     lines = [line for line, _ in CASES] + ["rotator plan --"]
     _check("bash", {line: _bash(work, line) for line in lines}, work)
@@ -272,8 +276,7 @@ def _zsh(work: Path, line: str) -> list[str]:
 
 
 def test_zsh_completes_commands_options_and_policy_names(work: Path) -> None:
-    if shutil.which("zsh") is None:
-        pytest.skip("zsh is not installed: the zsh script is checked as text only (above)")
+    _need("zsh")
     (work / "zsh").mkdir()
     (work / "zsh" / "_rotator").write_text(_script("zsh"))
     (work / "init.zsh").write_text(textwrap.dedent(_ZSH_INIT))
@@ -296,8 +299,7 @@ def _fish(work: Path, line: str) -> list[str]:
 
 
 def test_fish_completes_commands_options_and_policy_names(work: Path) -> None:
-    if shutil.which("fish") is None:
-        pytest.skip("fish is not installed: the fish script is checked as text only (above)")
+    _need("fish")
     (work / "rotator.fish").write_text(_script("fish"))
     lines = [line for line, _ in CASES] + ["rotator plan --"]
     _check("fish", {line: _fish(work, line) for line in lines}, work)
