@@ -33,7 +33,11 @@ speaks the parts of the Key Vault secrets REST API that rotator and its tests us
   :attr:`KeyVaultServer.fail_rate` fails a seeded random share of them, and :meth:`KeyVaultServer.deny`
   answers 403 for a permission (``get``, ``list``, ``set``...);
 - :attr:`KeyVaultServer.before` runs a hook before an authenticated request is served, to put a concurrent
-  writer between two of the client's requests deterministically.
+  writer between two of the client's requests deterministically;
+- a quota mode, off by default (:meth:`KeyVaultServer.enforce_quotas`, or ``quota_scale=`` when constructing):
+  the vault's transaction limits per 10 seconds (:data:`KV_QUOTAS`) over sliding windows
+  (:class:`tests.servers.fault_proxy.QuotaBook`), a transaction beyond one answered 429 ``Throttled`` with
+  ``Retry-After``, and served and throttled counts per quota in :attr:`KeyVaultServer.quotas`.
 
 Faults and denials apply only to authenticated requests, never to the challenge round trip. Everything the
 server saw is in :attr:`KeyVaultServer.requests` as ``(method, path, status)``.
@@ -61,6 +65,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
+from tests.servers.fault_proxy import Quota, QuotaBook, Refusal
 from tests.servers.loopback import serve, shut
 
 API_VERSIONS = frozenset({"2016-10-01", "7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01", "2026-04-01"})
@@ -90,6 +95,45 @@ RBAC_ACTIONS = {
     "purge_deleted_secret": "Microsoft.KeyVault/vaults/secrets/purge/action",
     "recover_deleted_secret": "Microsoft.KeyVault/vaults/secrets/recover/action",
 }
+
+
+_LIMITS_PAGE = "Azure Key Vault service limits, https://learn.microsoft.com/azure/key-vault/general/service-limits"
+
+#: The vault's secret transaction limits: "Secrets, managed storage account keys, and vault transactions", "Maximum
+#: transactions allowed in 10 seconds, per vault per region": "Secret CREATE secret | 300" and "All other
+#: transactions | 4,000" (Azure Key Vault service limits,
+#: https://learn.microsoft.com/azure/key-vault/general/service-limits). One server is one vault in one region, so
+#: the scope key is the vault URL. Not modelled: the subscription-wide limit, "five times per key vault limit" (same
+#: page), which only binds several vaults of one subscription; and the key transaction limits (no keys here).
+KV_QUOTAS: tuple[Quota, ...] = (
+    # every PUT /secrets/{name} counts as a CREATE: it creates a version (a secret's first or a new one) and the
+    # page does not tell the two apart; the stricter reading
+    Quota("SecretCreatePer10Seconds", 300, 10.0, "vault", _LIMITS_PAGE, "every set_secret (PUT) counts as CREATE"),
+    Quota("SecretOtherPer10Seconds", 4_000, 10.0, "vault", _LIMITS_PAGE),
+)
+
+
+def _throttled(refusal: Refusal, *, retry_after: bool) -> _Reply:
+    """A transaction beyond a limit: "When a service threshold is exceeded, Key Vault limits any further requests
+    from that client, returns HTTP status code 429 (Too many requests), and the request fails" (Azure Key Vault
+    throttling guidance, https://learn.microsoft.com/azure/key-vault/general/overview-throttling).
+
+    The body is the one the service sends, which no page documents: ``{"error": {"code": "Throttled", "message":
+    "Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached"}}``,
+    as captured from a real vault in https://github.com/vcsjones/AzureSignTool/issues/219 (2023-12-04).
+
+    ``Retry-After`` (whole seconds until the window frees a place, rounded up) is sent unless ``retry_after`` is
+    false. The Key Vault pages do not document the header (the throttling guidance prescribes exponential backoff,
+    1, 2, 4, 8, 16 seconds) and the response captured in that issue has none, so a client must cope with both;
+    azure-core's ``RetryPolicy`` waits for ``Retry-After`` when there is one and backs off exponentially when not.
+    """
+    headers = {"Retry-After": refusal.retry_after_header} if retry_after else {}
+    return _error(
+        429,
+        "Throttled",
+        "Request was not processed because too many requests were received. Reason: VaultRequestTypeLimitReached",
+        **headers,
+    )
 
 
 class StaticTokenCredential:
@@ -192,6 +236,9 @@ class KeyVaultServer:
         missing_versions_status: int = 200,
         seed: int = 0,
         clock: Callable[[], float] = time.time,
+        quota_scale: float | None = None,
+        quota_clock: Callable[[], float] | None = None,
+        quota_retry_after: bool = True,
     ) -> None:
         self.page_size = page_size
         self.token = token or f"test-token-{uuid.uuid4().hex}"
@@ -215,6 +262,12 @@ class KeyVaultServer:
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self.ca_path = ""
         self.url = ""
+        #: the quota mode's book (windows and counters), or ``None`` while the mode is off (the default)
+        self.quotas: QuotaBook | None = None
+        self.quota_retry_after = quota_retry_after
+        self._quota_setup = (quota_scale, quota_clock, quota_retry_after)
+        if quota_scale is not None:
+            self.enforce_quotas(scale=quota_scale, clock=quota_clock, retry_after=quota_retry_after)
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
 
@@ -273,6 +326,34 @@ class KeyVaultServer:
             for _ in range(times):
                 self.faults.append(Fault(status, ra, method, op, code, after))
 
+    def enforce_quotas(
+        self,
+        *,
+        scale: float = 1.0,
+        clock: Callable[[], float] | None = None,
+        limits: dict[str, int] | None = None,
+        retry_after: bool = True,
+    ) -> QuotaBook:
+        """Refuse transactions beyond the vault's documented limits (:data:`KV_QUOTAS`) with 429 ``Throttled``.
+
+        ``scale`` multiplies every rate (``scale=10``: ten times the documented rate, each 10-second window one
+        second long), ``limits`` overrides limits by quota name, ``clock`` replaces ``time.monotonic`` (the
+        server's own ``clock``, the wall clock of ``created``/``updated``, is not used), ``retry_after=False``
+        leaves ``Retry-After`` out; see :class:`~tests.servers.fault_proxy.QuotaBook`. Only authenticated requests
+        with a valid ``api-version`` count (the bearer challenge does not); quotas are checked before injected
+        faults and denials, and a refused transaction is not carried out and uses no quota.
+        """
+        book = QuotaBook(KV_QUOTAS, scale=scale, clock=clock, limits=limits)
+        with self._lock:
+            self.quotas = book
+            self.quota_retry_after = retry_after
+        return book
+
+    def quotas_off(self) -> None:
+        """Leave quota mode (the book, with its counters, is dropped)."""
+        with self._lock:
+            self.quotas = None
+
     def deny(self, permission: str, *, style: str = "rbac") -> None:
         """Answer 403 to every operation needing ``permission`` (``get``, ``list``, ``set``, ``delete``...).
 
@@ -296,6 +377,10 @@ class KeyVaultServer:
             self.requests.clear()
             self.fail_rate = 0.0
             self.before = None
+            # quota mode as constructed: off, or on with fresh windows and counters
+            scale, clock, retry_after = self._quota_setup
+            self.quotas = None if scale is None else QuotaBook(KV_QUOTAS, scale=scale, clock=clock)
+            self.quota_retry_after = retry_after
 
     def versions(self, name: str) -> list[Version]:
         """The versions of ``name`` (live or soft-deleted, any case), oldest first."""
@@ -354,6 +439,12 @@ class KeyVaultServer:
             if hook is not None and op != "unknown":
                 hook(method, op, path)
             with self._lock:
+                book = self.quotas
+                if book is not None and op != "unknown":
+                    quota = "SecretCreatePer10Seconds" if op == "set_secret" else "SecretOtherPer10Seconds"
+                    refusal = book.admit([(quota, self.url)])
+                    if refusal is not None:
+                        raise _throttled(refusal, retry_after=self.quota_retry_after)
                 late = self._maybe_fail(method, op)
                 self._check_permission(op)
                 result = self._dispatch(op, parts, query, headers, body)

@@ -22,6 +22,13 @@ a repeated ``PutSecretValue`` that "succeeds but does nothing", and ``ListSecret
     with FaultProxy(moto.url) as proxy:
         proxy.inject("throttle", times=3, operation="PutSecretValue")
         store = open_store(..., endpoint_url=proxy.url)
+
+Quota mode (off by default): :meth:`FaultProxy.enforce_quotas` (or ``FaultProxy(..., quota_scale=...)``) makes the
+proxy refuse Secrets Manager calls beyond the per-API request rates of the Secrets Manager quotas page, per
+region, the way AWS refuses them: HTTP 400 with ``{"__type": "ThrottlingException", "message": "Rate exceeded"}``
+(see :data:`AWS_QUOTAS` and :meth:`FaultProxy.enforce_quotas`). The sliding-window machinery,
+:class:`QuotaBook`, lives here because this module needs nothing outside the standard library; the GCP Secret
+Manager and Key Vault servers import it from here for their own quota modes.
 """
 
 from __future__ import annotations
@@ -29,11 +36,16 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import math
 import random
+import re
 import socket
 import threading
+import time
 import urllib.parse
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -95,10 +107,295 @@ class _Rate:
     operation: str | None
 
 
+# ---- quota mode: documented request rates enforced over sliding windows ----------------------------------
+
+
+@dataclass(frozen=True)
+class Quota:
+    """One documented rate quota: at most ``limit`` requests in any ``window`` seconds, counted per scope.
+
+    ``scope`` says what one counter covers (``"region"``, ``"project"``, ``"secret"``...); the server that uses the
+    quota picks the scope key of each request (the region, ``projects/P``, the secret's name...). ``source`` is the
+    page that documents the number, title and URL; ``note`` says where the model reads that page one way of two.
+    """
+
+    name: str
+    limit: int
+    window: float
+    scope: str
+    source: str
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request was refused: the quota and scope key that were full, and when it would be admitted."""
+
+    quota: Quota
+    key: str
+    #: seconds until the request would be admitted (the oldest request in the full window leaves it)
+    retry_after: float
+
+    @property
+    def retry_after_header(self) -> str:
+        """``Retry-After`` as delay-seconds, a whole number (RFC 9110, section 10.2.3), rounded up, at least 1."""
+        return str(max(1, math.ceil(self.retry_after - 1e-9)))
+
+
+class QuotaBook:
+    """Documented rate quotas enforced with a sliding-window log, with served and throttled counters per scope.
+
+    A request is admitted when, for every quota it falls under, fewer than ``limit`` requests were admitted in the
+    last ``window / scale`` seconds (for that quota's scope key); it then counts against all of them. A refused
+    request counts against none: Key Vault documents that "Failed requests that return a 429 do not count towards
+    the throttle limits tracked by Key Vault" (Azure Key Vault throttling guidance,
+    https://learn.microsoft.com/azure/key-vault/general/overview-throttling); the GCP and AWS pages say nothing
+    either way, and a refused request that still used quota would only make a well-behaved client look worse.
+
+    Why a sliding window, not fixed windows or a token bucket: every page states its quotas as "N per minute",
+    "N per second" or "maximum transactions allowed in 10 seconds" and none documents a refill rate, a burst size
+    or where a window starts. A sliding window is the strictest reading of all three: any interval of that length
+    holds at most N admitted requests. A fixed window would let 2N through across a window boundary, and a token
+    bucket of capacity N refilled at N per window would let up to 2N through in one window (the full bucket plus
+    the refill), either of which a service enforcing the other model could refuse; a client limiter that is never
+    refused here fits all of them. It is also the model of the client-side libraries the limiter may use
+    (``pyrate-limiter``'s ``Rate(n, interval)``, ``limits``' moving window), so the two agree on what "N per
+    window" means.
+
+    ``scale`` is a rate multiplier: every window is ``scale`` times shorter and the limits stay as documented, so
+    ``scale=10`` admits ten times the documented rate with the documented burst (600 writes per minute becomes 600
+    per 6 seconds). ``limits`` overrides documented limits by quota name (tests use small ones). ``clock`` is any
+    monotonic clock in seconds (``time.monotonic`` by default; tests inject a fake one).
+    """
+
+    def __init__(
+        self,
+        quotas: Iterable[Quota],
+        *,
+        scale: float = 1.0,
+        clock: Callable[[], float] | None = None,
+        limits: Mapping[str, int] | None = None,
+    ) -> None:
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale!r}")
+        table = {q.name: q for q in quotas}
+        for name, limit in (limits or {}).items():
+            if name not in table:
+                raise KeyError(f"no quota named {name!r} (known: {', '.join(sorted(table))})")
+            if limit < 1:
+                raise ValueError(f"limit of {name!r} must be at least 1, got {limit!r}")
+            table[name] = replace(table[name], limit=int(limit))
+        self.quotas: dict[str, Quota] = table
+        self.scale = float(scale)
+        self.clock: Callable[[], float] = clock or time.monotonic
+        self._lock = threading.Lock()
+        self._log: dict[tuple[str, str], deque[float]] = {}
+        self._served: Counter[tuple[str, str]] = Counter()
+        self._throttled: Counter[tuple[str, str]] = Counter()
+        #: requests admitted and refused (a request under several quotas counts once here)
+        self.requests_served = 0
+        self.requests_throttled = 0
+
+    def window(self, name: str) -> float:
+        """The enforced window of quota ``name`` in seconds: the documented one divided by ``scale``."""
+        return self.quotas[name].window / self.scale
+
+    def admit(self, checks: Iterable[tuple[str, str]]) -> Refusal | None:
+        """Count one request under each ``(quota name, scope key)`` of ``checks``, or refuse it.
+
+        Returns ``None`` when admitted, else the :class:`Refusal` of the full window that frees up last (a request
+        under several full quotas waits for all of them). Names not in the book are ignored.
+        """
+        with self._lock:
+            now = self.clock()
+            wanted: list[tuple[str, str, deque[float]]] = []
+            full: list[Refusal] = []
+            for name, key in checks:
+                quota = self.quotas.get(name)
+                if quota is None:
+                    continue
+                window = quota.window / self.scale
+                log = self._log.setdefault((name, key), deque())
+                while log and log[0] <= now - window:
+                    log.popleft()
+                if len(log) >= quota.limit:
+                    # the request fits once all but limit - 1 of the logged ones have left the window
+                    leaves = log[len(log) - quota.limit] + window
+                    full.append(Refusal(quota, key, leaves - now))
+                wanted.append((name, key, log))
+            if not wanted:
+                return None
+            if full:
+                for refusal in full:
+                    self._throttled[(refusal.quota.name, refusal.key)] += 1
+                self.requests_throttled += 1
+                return max(full, key=lambda r: r.retry_after)
+            for name, key, log in wanted:
+                log.append(now)
+                self._served[(name, key)] += 1
+            self.requests_served += 1
+            return None
+
+    def served(self, name: str | None = None, key: str | None = None) -> int:
+        """Requests admitted under quota ``name`` (any) for scope ``key`` (any)."""
+        with self._lock:
+            return sum(n for (q, k), n in self._served.items() if name in (None, q) and key in (None, k))
+
+    def throttled(self, name: str | None = None, key: str | None = None) -> int:
+        """Requests refused because quota ``name`` (any) was full for scope ``key`` (any)."""
+        with self._lock:
+            return sum(n for (q, k), n in self._throttled.items() if name in (None, q) and key in (None, k))
+
+    def stats(self) -> dict[str, Any]:
+        """Everything a benchmark prints: the scale, the totals, and per quota its enforced limit and window, its
+        documented window, its source and, per scope key, the requests served and throttled."""
+        with self._lock:
+            quotas: dict[str, Any] = {}
+            for name, quota in self.quotas.items():
+                keys = {k for (q, k) in self._served if q == name} | {k for (q, k) in self._throttled if q == name}
+                quotas[name] = {
+                    "limit": quota.limit,
+                    "window": quota.window / self.scale,
+                    "documented_window": quota.window,
+                    "scope": quota.scope,
+                    "source": quota.source,
+                    "served": sum(n for (q, _), n in self._served.items() if q == name),
+                    "throttled": sum(n for (q, _), n in self._throttled.items() if q == name),
+                    "by_scope": {
+                        k: {"served": self._served[(name, k)], "throttled": self._throttled[(name, k)]}
+                        for k in sorted(keys)
+                    },
+                }
+            return {
+                "scale": self.scale,
+                "served": self.requests_served,
+                "throttled": self.requests_throttled,
+                "quotas": quotas,
+            }
+
+    def reset(self) -> None:
+        """Empty every window and zero every counter (the quotas, scale and clock stay)."""
+        with self._lock:
+            self._log.clear()
+            self._served.clear()
+            self._throttled.clear()
+            self.requests_served = self.requests_throttled = 0
+
+
+_AWS_QUOTAS_PAGE = (
+    "AWS Secrets Manager quotas, https://docs.aws.amazon.com/secretsmanager/latest/userguide/reference_limits.html"
+)
+
+#: Secrets Manager's per-API request rates. "Each supported Region: 50 per second", not adjustable, and "each quota
+#: is specific to each region" (AWS Secrets Manager quotas,
+#: https://docs.aws.amazon.com/secretsmanager/latest/userguide/reference_limits.html); the account is the one
+#: of the caller ("Secrets Manager throttles the account of the identity that makes the requests", same page).
+#: The proxy serves one account, so the scope key is the region the request is signed for.
+AWS_QUOTAS: tuple[Quota, ...] = (
+    # "Combined rate of PutSecretValue, RemoveRegionsFromReplication, ReplicateSecretToRegion,
+    # StopReplicationToReplica, UpdateSecret, and UpdateSecretVersionStage API requests": 50 per second in each
+    # Region, not adjustable
+    Quota("WriteApisPerSecond", 50, 1.0, "region", _AWS_QUOTAS_PAGE),
+    # "AWS Secrets Manager increases API requests per second limits" (AWS What's New, 2025-03-04,
+    # https://aws.amazon.com/about-aws/whats-new/2025/03/aws-secrets-manager-increases-api-requests-seconds/):
+    # GetSecretValue up to 10,000 requests per second, DescribeSecret 40,000, in every Region
+    Quota(
+        "GetSecretValuePerSecond",
+        10_000,
+        1.0,
+        "region",
+        "AWS What's New 2025-03-04, https://aws.amazon.com/about-aws/whats-new/2025/03/"
+        "aws-secrets-manager-increases-api-requests-seconds/",
+        "older copies of the quotas page list one combined DescribeSecret + GetSecretValue rate of 10,000/s",
+    ),
+    Quota(
+        "DescribeSecretPerSecond",
+        40_000,
+        1.0,
+        "region",
+        "AWS What's New 2025-03-04, https://aws.amazon.com/about-aws/whats-new/2025/03/"
+        "aws-secrets-manager-increases-api-requests-seconds/",
+    ),
+    # RotateSecret and CancelRotateSecret combined: 50 per second in each Region, not adjustable (quotas page)
+    Quota("RotateApisPerSecond", 50, 1.0, "region", _AWS_QUOTAS_PAGE),
+    # TagResource and UntagResource combined: 50 per second in each Region, not adjustable (quotas page)
+    Quota("TagApisPerSecond", 50, 1.0, "region", _AWS_QUOTAS_PAGE),
+    # RestoreSecret: 50 per second in each Region, not adjustable (quotas page)
+    Quota("RestoreSecretPerSecond", 50, 1.0, "region", _AWS_QUOTAS_PAGE),
+    # "Combined rate of DeleteResourcePolicy, GetResourcePolicy, PutResourcePolicy, and ValidateResourcePolicy
+    # API requests": "Each supported Region: 50 per second"
+    Quota("ResourcePolicyApisPerSecond", 50, 1.0, "region", _AWS_QUOTAS_PAGE),
+    # BatchGetSecretValue: 100 per second in each Region, not adjustable (quotas page)
+    Quota("BatchGetSecretValuePerSecond", 100, 1.0, "region", _AWS_QUOTAS_PAGE),
+    # ListSecrets: raised to 100 requests per second ("AWS Secrets Manager increases API requests per second
+    # limits", AWS What's New, 2022-11-11, https://aws.amazon.com/about-aws/whats-new/2022/11/
+    # aws-secrets-manager-increases-api-requests-per-second-limits/)
+    Quota(
+        "ListSecretsPerSecond",
+        100,
+        1.0,
+        "region",
+        "AWS What's New 2022-11-11, https://aws.amazon.com/about-aws/whats-new/2022/11/"
+        "aws-secrets-manager-increases-api-requests-per-second-limits/",
+    ),
+    # The rows for CreateSecret, DeleteSecret, ListSecretVersionIds and GetRandomPassword were not in the copies of
+    # the quotas page that could be read here; they are modelled at the page's control-plane rate, 50 per second
+    # each. Check them against the live page before relying on them.
+    Quota("CreateSecretPerSecond", 50, 1.0, "region", _AWS_QUOTAS_PAGE, "row not verified: 50/s assumed"),
+    Quota("DeleteSecretPerSecond", 50, 1.0, "region", _AWS_QUOTAS_PAGE, "row not verified: 50/s assumed"),
+    Quota("ListSecretVersionIdsPerSecond", 50, 1.0, "region", _AWS_QUOTAS_PAGE, "row not verified: 50/s assumed"),
+    Quota("GetRandomPasswordPerSecond", 50, 1.0, "region", _AWS_QUOTAS_PAGE, "row not verified: 50/s assumed"),
+)
+
+#: which quota each Secrets Manager operation counts against
+AWS_OPERATION_QUOTAS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "PutSecretValue",
+            "RemoveRegionsFromReplication",
+            "ReplicateSecretToRegion",
+            "StopReplicationToReplica",
+            "UpdateSecret",
+            "UpdateSecretVersionStage",
+        ),
+        "WriteApisPerSecond",
+    ),
+    "GetSecretValue": "GetSecretValuePerSecond",
+    "DescribeSecret": "DescribeSecretPerSecond",
+    "RotateSecret": "RotateApisPerSecond",
+    "CancelRotateSecret": "RotateApisPerSecond",
+    "TagResource": "TagApisPerSecond",
+    "UntagResource": "TagApisPerSecond",
+    "RestoreSecret": "RestoreSecretPerSecond",
+    **dict.fromkeys(
+        ("DeleteResourcePolicy", "GetResourcePolicy", "PutResourcePolicy", "ValidateResourcePolicy"),
+        "ResourcePolicyApisPerSecond",
+    ),
+    "BatchGetSecretValue": "BatchGetSecretValuePerSecond",
+    "ListSecrets": "ListSecretsPerSecond",
+    "CreateSecret": "CreateSecretPerSecond",
+    "DeleteSecret": "DeleteSecretPerSecond",
+    "ListSecretVersionIds": "ListSecretVersionIdsPerSecond",
+    "GetRandomPassword": "GetRandomPasswordPerSecond",
+}
+
+#: the region of a SigV4 ``Authorization`` header: ``Credential=AKID/20250101/us-east-1/secretsmanager/aws4_request``
+_SIGV4_REGION = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/,\s]+)/")
+
+
 class FaultProxy:
     """Forwarding proxy with injected faults. Start with ``with`` or :meth:`start`; :meth:`stop` ends it."""
 
-    def __init__(self, upstream: str, *, seed: int = 0, aws_semantics: bool = False, page_size: int = 100) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        seed: int = 0,
+        aws_semantics: bool = False,
+        page_size: int = 100,
+        quota_scale: float | None = None,
+        quota_clock: Callable[[], float] | None = None,
+    ) -> None:
         parsed = urllib.parse.urlsplit(upstream)
         if parsed.hostname is None or parsed.port is None:
             raise ValueError(f"upstream must be http://host:port, got {upstream!r}")
@@ -112,6 +409,10 @@ class FaultProxy:
         self.bodies: list[tuple[str, dict[str, Any]]] = []
         self._filters: dict[str, Any] = {}
         self.aws = AwsSemantics(self, page_size=page_size) if aws_semantics else None
+        #: the quota mode's book (windows and counters), or ``None`` while the mode is off (the default)
+        self.quotas: QuotaBook | None = None
+        if quota_scale is not None:
+            self.enforce_quotas(scale=quota_scale, clock=quota_clock)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.url = ""
@@ -130,14 +431,66 @@ class FaultProxy:
         with self._lock:
             self._rates.append(_Rate(f, rate, operation))
 
+    def enforce_quotas(
+        self,
+        *,
+        scale: float = 1.0,
+        clock: Callable[[], float] | None = None,
+        limits: Mapping[str, int] | None = None,
+    ) -> QuotaBook:
+        """Refuse Secrets Manager calls beyond the documented per-API rates (:data:`AWS_QUOTAS`), per region.
+
+        ``scale`` multiplies every rate (``scale=10``: ten times the documented rate, each window a tenth as
+        long), ``limits`` overrides limits by quota name, ``clock`` replaces ``time.monotonic``; see
+        :class:`QuotaBook`. A refused call is not forwarded and gets what AWS answers a throttled call of a JSON
+        protocol service: HTTP 400 (``ThrottlingException`` "The request was denied due to request throttling",
+        "HTTP Status Code: 400", Secrets Manager API Reference, Common Errors,
+        https://docs.aws.amazon.com/secretsmanager/latest/apireference/CommonErrors.html) with the error type in
+        ``__type`` of an ``application/x-amz-json-1.1`` body and the message "Rate exceeded", as the service answers
+        a throttled call ("ThrottlingException: Rate exceeded ... status code: 400" in
+        https://github.com/external-secrets/external-secrets/issues/4065, ``"message": "Rate exceeded", "code":
+        "ThrottlingException" ... "statusCode": 400`` in
+        https://github.com/external-secrets/kubernetes-external-secrets/issues/491); no ``Retry-After``, which
+        AWS does not send. botocore retries it as a throttling error in every retry mode
+        (and ``adaptive`` mode slows its own sending after one); a test that wants the raw refusal sets
+        ``max_attempts`` to 1. Requests that are not Secrets Manager calls (no ``X-Amz-Target``) are not counted.
+        """
+        book = QuotaBook(AWS_QUOTAS, scale=scale, clock=clock, limits=limits)
+        with self._lock:
+            self.quotas = book
+        return book
+
+    def quotas_off(self) -> None:
+        """Leave quota mode: every call is forwarded again (the book, with its counters, is dropped)."""
+        with self._lock:
+            self.quotas = None
+
+    def _quota_refusal(self, operation: str, target: str, headers: Mapping[str, str]) -> Refusal | None:
+        book = self.quotas
+        if book is None or not target.startswith("secretsmanager."):
+            return None
+        quota = AWS_OPERATION_QUOTAS.get(operation)
+        if quota is None:
+            return None
+        match = _SIGV4_REGION.search(headers.get("Authorization", ""))
+        region = match.group(1) if match else "us-east-1"
+        refusal = book.admit([(quota, region)])
+        if refusal is not None:
+            with self._lock:
+                self.requests.append(operation)
+        return refusal
+
     def clear(self) -> None:
-        """Drop every scheduled fault and the request log."""
+        """Drop every scheduled fault and the request log (and empty the quota windows and counters)."""
         with self._lock:
             self._queue.clear()
             self._rates.clear()
             self.requests.clear()
             self.faults.clear()
             self.bodies.clear()
+            book = self.quotas
+        if book is not None:
+            book.reset()
 
     def count(self, operation: str) -> int:
         with self._lock:
@@ -207,6 +560,7 @@ class FaultProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -216,6 +570,11 @@ class FaultProxy:
                 body = self.rfile.read(length) if length else b""
                 target = self.headers.get("X-Amz-Target", "")
                 operation = target.rsplit(".", 1)[-1] if target else f"{self.command} {self.path}"
+                refusal = proxy._quota_refusal(operation, target, self.headers)
+                if refusal is not None:
+                    # throttled before anything else: not forwarded, and no queued fault is used up
+                    self._send_error(400, "ThrottlingException", "Rate exceeded")
+                    return
                 fault = proxy._choose(operation)
                 proxy._record(operation, body)
                 if fault is not None and fault.kind == "drop":
@@ -224,13 +583,7 @@ class FaultProxy:
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if fault is not None and fault.kind != "drop_after":
-                    payload = json.dumps({"__type": fault.error_type, "message": fault.message}).encode()
-                    self.send_response(fault.status)
-                    self.send_header("Content-Type", "application/x-amz-json-1.1")
-                    self.send_header("x-amzn-RequestId", "fault-proxy")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
+                    self._send_error(fault.status, fault.error_type, fault.message)
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 answer = None
@@ -252,6 +605,16 @@ class FaultProxy:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _send_error(self, status: int, error_type: str, message: str) -> None:
+                # an AWS JSON 1.1 error: the type in "__type", the text in "message"
+                payload = json.dumps({"__type": error_type, "message": message}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-amz-json-1.1")
+                self.send_header("x-amzn-RequestId", "fault-proxy")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
 

@@ -33,7 +33,12 @@ speaks the parts of the Secret Manager v1 REST API that rotator and its tests us
   no default retry), :attr:`SecretManagerServer.fail_rate` fails a
   seeded random share of them, :meth:`SecretManagerServer.deny` answers 403 ``PERMISSION_DENIED`` for an
   operation, and :attr:`SecretManagerServer.before` runs a hook before a request is served (to interleave a
-  concurrent writer deterministically).
+  concurrent writer deterministically);
+- a quota mode, off by default (:meth:`SecretManagerServer.enforce_quotas`, or ``quota_scale=`` when
+  constructing): the request-rate quotas of the Secret Manager quotas page (:data:`GCP_QUOTAS`) per project, per
+  secret and per secret version, over sliding windows (:class:`tests.servers.fault_proxy.QuotaBook`), a request
+  beyond one answered 429 ``RESOURCE_EXHAUSTED`` with the ``google.rpc.ErrorInfo`` of a rate quota, and served and
+  throttled counts per quota and scope in :attr:`SecretManagerServer.quotas`.
 
 Everything the server saw is in :attr:`SecretManagerServer.requests` as ``(method, operation, path, status)``.
 Bound to 127.0.0.1 on a free port; use :func:`running_secretmanager` (or ``start``/``stop``) from a fixture.
@@ -60,6 +65,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import google_crc32c
 
+from tests.servers.fault_proxy import Quota, QuotaBook, Refusal
 from tests.servers.loopback import serve, shut
 
 SECRET_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,255}$")
@@ -103,6 +109,149 @@ PERMISSIONS = {
     "DisableSecretVersion": "secretmanager.versions.disable",
     "DestroySecretVersion": "secretmanager.versions.destroy",
 }
+
+
+_QUOTAS_PAGE = "Secret Manager quotas and limits, https://cloud.google.com/secret-manager/quotas"
+
+#: Secret Manager's request-rate quotas, as "Secret Manager quotas and limits" lists them
+#: (https://cloud.google.com/secret-manager/quotas). The names are the ``quota_limit`` of the ErrorInfo a refusal
+#: carries. "These quotas apply to each Google Cloud project and are shared across all applications and IP addresses
+#: using that project" (same page): the project ones are counted per ``projects/P`` of the request path.
+GCP_QUOTAS: tuple[Quota, ...] = (
+    # "Access request | 90,000 per minute per project"; "An access request is any call to the access API method"
+    Quota("AccessRequestsPerMinutePerProject", 90_000, 60.0, "project", _QUOTAS_PAGE),
+    # "Read request | 600 per minute per project"; "A read request is any non-mutating operation (an operation that
+    # does not modify a secret version) except for access requests. Examples include listing secrets and fetching
+    # secret metadata."
+    Quota("ReadRequestsPerMinutePerProject", 600, 60.0, "project", _QUOTAS_PAGE),
+    # "Write request | 600 per minute per project"; "A write request is any mutating operation (an operation that
+    # modifies or deletes a secret or secret version). Examples include creating, updating, or deleting a secret, or
+    # adding, enabling, disabling, or destroying a secret version."
+    Quota("WriteRequestsPerMinutePerProject", 600, 60.0, "project", _QUOTAS_PAGE),
+    # "Soft-enforced rate limits for modifying secrets and secret versions": for "AddSecretVersion and UpdateSecret
+    # operations", "Global secret | 2 requests per second (2 qps) per secret, and 120 requests per minute (120 qpm)
+    # per secret". The two operations share one counter per secret here: the table gives one limit for both, and
+    # the shared reading is the stricter one. "Soft-enforcement allows us to continue serving requests beyond their
+    # quota as long as our backend systems can handle the load": the service may serve more; this server never
+    # does, so a client that fits here fits there.
+    Quota(
+        "AddOrUpdatePerSecondPerSecret", 2, 1.0, "secret", _QUOTAS_PAGE, "AddSecretVersion and UpdateSecret share it"
+    ),
+    Quota(
+        "AddOrUpdatePerMinutePerSecret", 120, 60.0, "secret", _QUOTAS_PAGE, "AddSecretVersion and UpdateSecret share it"
+    ),
+    # for "EnableSecretVersion, DisableSecretVersion, and DestroySecretVersion operations": "Global secret | 1 request
+    # per second (1 qps) per secret version, and 60 requests per minute (60 qpm) per secret version"
+    Quota("VersionStatePerSecondPerVersion", 1, 1.0, "secret version", _QUOTAS_PAGE),
+    Quota("VersionStatePerMinutePerVersion", 60, 60.0, "secret version", _QUOTAS_PAGE),
+)
+
+#: how a refusal names each quota: (quota metric, display name of the metric, display name of the limit)
+_QUOTA_LABELS = {
+    "AccessRequestsPerMinutePerProject": ("access_requests", "Access requests", "Access requests per minute"),
+    "ReadRequestsPerMinutePerProject": ("read_requests", "Read requests", "Read requests per minute"),
+    "WriteRequestsPerMinutePerProject": ("write_requests", "Write requests", "Write requests per minute"),
+    "AddOrUpdatePerSecondPerSecret": (
+        "secret_modifications",
+        "Secret modifications",
+        "Secret modifications per second per secret",
+    ),
+    "AddOrUpdatePerMinutePerSecret": (
+        "secret_modifications",
+        "Secret modifications",
+        "Secret modifications per minute per secret",
+    ),
+    "VersionStatePerSecondPerVersion": (
+        "version_state_changes",
+        "Secret version state changes",
+        "Secret version state changes per second per secret version",
+    ),
+    "VersionStatePerMinutePerVersion": (
+        "version_state_changes",
+        "Secret version state changes",
+        "Secret version state changes per minute per secret version",
+    ),
+}
+
+# the operation classes of the quotas page, as quoted beside GCP_QUOTAS: AccessSecretVersion is an access request,
+# every other non-mutating operation a read, every mutating one a write
+_READS = frozenset({"GetSecret", "GetSecretVersion", "ListSecretVersions"})
+_WRITES = frozenset(
+    {
+        "CreateSecret",
+        "UpdateSecret",
+        "DeleteSecret",
+        "AddSecretVersion",
+        "EnableSecretVersion",
+        "DisableSecretVersion",
+        "DestroySecretVersion",
+    }
+)
+
+
+def _quota_checks(op: str, args: list[str]) -> list[tuple[str, str]]:
+    """The (quota, scope key) pairs one request counts against (the operation classes of the quotas page)."""
+    project = f"projects/{args[0]}"
+    if op == "AccessSecretVersion":
+        checks = [("AccessRequestsPerMinutePerProject", project)]
+    elif op in _READS:
+        checks = [("ReadRequestsPerMinutePerProject", project)]
+    elif op in _WRITES:
+        checks = [("WriteRequestsPerMinutePerProject", project)]
+    else:
+        return []
+    if op in ("AddSecretVersion", "UpdateSecret"):
+        secret = f"{project}/secrets/{args[1]}"
+        checks += [("AddOrUpdatePerSecondPerSecret", secret), ("AddOrUpdatePerMinutePerSecret", secret)]
+    elif op in ("EnableSecretVersion", "DisableSecretVersion", "DestroySecretVersion"):
+        version = f"{project}/secrets/{args[1]}/versions/{args[2]}"
+        checks += [("VersionStatePerSecondPerVersion", version), ("VersionStatePerMinutePerVersion", version)]
+    return checks
+
+
+def _quota_exceeded(refusal: Refusal) -> _Reply:
+    """The answer to a request beyond a rate quota.
+
+    Over HTTP/REST "Google Cloud returns an HTTP 429 TOO MANY REQUESTS status code" (Troubleshoot quota errors,
+    https://cloud.google.com/docs/quotas/troubleshoot), in the JSON mapping of ``google.rpc.Status``
+    (``{"error": {"code", "message", "status", "details"}}``, API design guide, Errors,
+    https://cloud.google.com/apis/design/errors) with the canonical status ``RESOURCE_EXHAUSTED`` and an
+    ``ErrorInfo`` whose reason is ``RATE_LIMIT_EXCEEDED``: "The request is denied because there is not enough rate
+    quota for the consumer", with ``consumer``, ``service``, ``quota_metric`` and ``quota_limit`` in its metadata
+    (``google.api.ErrorReason``, google/api/error_reason.proto, https://github.com/googleapis/googleapis). The
+    message has the form Google's quota system writes ("Quota exceeded for quota metric ... and limit ... of
+    service ... for consumer ..."). Modelled, not documented for Secret Manager: the metric ids
+    (``secretmanager.googleapis.com/write_requests``...), the limit ids (the quota names of :data:`GCP_QUOTAS`),
+    ``quota_limit_value`` (the enforced limit, which the service also reports in its quota errors), and the same
+    answer for the per-secret soft limits, whose refusal no page shows. No ``Retry-After`` and no ``RetryInfo``
+    detail: no page promises either, so a client must back off on its own.
+
+    google-api-core turns a REST 429 into ``TooManyRequests`` (its HTTP mapping), not its subclass
+    ``ResourceExhausted`` (the gRPC one): the library's default retry of AccessSecretVersion
+    (``if_exception_type(ResourceExhausted, ServiceUnavailable)``) does not retry it over REST; rotator's store
+    passes ``retry=None`` and retries 429s itself.
+    """
+    metric, metric_name, limit_name = _QUOTA_LABELS.get(refusal.quota.name, (refusal.quota.name, "", ""))
+    consumer = refusal.key.split("/secrets/")[0]
+    message = (
+        f"Quota exceeded for quota metric '{metric_name}' and limit '{limit_name}' of service "
+        f"'secretmanager.googleapis.com' for consumer '{consumer.replace('projects/', 'project_number:')}'."
+    )
+    details = [
+        {
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "RATE_LIMIT_EXCEEDED",
+            "domain": "googleapis.com",
+            "metadata": {
+                "consumer": consumer,
+                "service": "secretmanager.googleapis.com",
+                "quota_metric": f"secretmanager.googleapis.com/{metric}",
+                "quota_limit": refusal.quota.name,
+                "quota_limit_value": str(refusal.quota.limit),
+            },
+        },
+    ]
+    return _Reply(429, {"error": {"code": 429, "message": message, "status": "RESOURCE_EXHAUSTED", "details": details}})
 
 
 def _now() -> str:
@@ -205,7 +354,9 @@ def _error(status: int, message: str, code: str | None = None) -> _Reply:
 class SecretManagerServer:
     """The state and the request handling; :meth:`start` serves it on ``127.0.0.1:<free port>``."""
 
-    def __init__(self, *, seed: int = 0) -> None:
+    def __init__(
+        self, *, seed: int = 0, quota_scale: float | None = None, quota_clock: Callable[[], float] | None = None
+    ) -> None:
         self._lock = threading.RLock()
         self.secrets: dict[str, Secret] = {}
         self.requests: list[tuple[str, str, str, int]] = []
@@ -220,6 +371,11 @@ class SecretManagerServer:
         self._random = random.Random(seed)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        #: the quota mode's book (windows and counters), or ``None`` while the mode is off (the default)
+        self.quotas: QuotaBook | None = None
+        self._quota_setup = (quota_scale, quota_clock)
+        if quota_scale is not None:
+            self.enforce_quotas(scale=quota_scale, clock=quota_clock)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -266,6 +422,30 @@ class SecretManagerServer:
             for _ in range(times):
                 self.faults.append(Fault(status, method, op, after))
 
+    def enforce_quotas(
+        self,
+        *,
+        scale: float = 1.0,
+        clock: Callable[[], float] | None = None,
+        limits: dict[str, int] | None = None,
+    ) -> QuotaBook:
+        """Refuse requests beyond Secret Manager's request-rate quotas (:data:`GCP_QUOTAS`) with 429.
+
+        ``scale`` multiplies every rate (``scale=10``: ten times the documented rate, each window a tenth as
+        long), ``limits`` overrides limits by quota name, ``clock`` replaces ``time.monotonic``; see
+        :class:`~tests.servers.fault_proxy.QuotaBook`. Quotas are checked before injected faults and denials; a
+        refused request is not carried out and uses no quota.
+        """
+        book = QuotaBook(GCP_QUOTAS, scale=scale, clock=clock, limits=limits)
+        with self._lock:
+            self.quotas = book
+        return book
+
+    def quotas_off(self) -> None:
+        """Leave quota mode (the book, with its counters, is dropped)."""
+        with self._lock:
+            self.quotas = None
+
     def deny(self, op: str) -> None:
         """Answer 403 ``PERMISSION_DENIED`` to every ``op`` request (e.g. ``"UpdateSecret"``)."""
         if op not in PERMISSIONS:
@@ -286,6 +466,9 @@ class SecretManagerServer:
             self.fail_rate = 0.0
             self.before = None
             self.stale_for = 0.0
+            # quota mode as constructed: off, or on with fresh windows and counters
+            scale, clock = self._quota_setup
+            self.quotas = None if scale is None else QuotaBook(GCP_QUOTAS, scale=scale, clock=clock)
 
     def secret(self, project: str, secret_id: str) -> Secret:
         """The stored secret (for assertions), raising KeyError when absent."""
@@ -335,6 +518,11 @@ class SecretManagerServer:
             try:
                 if op == "Unknown":
                     raise _error(404, f"Method not found: {method} {path}", "NOT_FOUND")
+                book = self.quotas
+                if book is not None:
+                    refusal = book.admit(_quota_checks(op, args))
+                    if refusal is not None:
+                        raise _quota_exceeded(refusal)
                 late = self._maybe_fail(method, op)
                 if op in self.denied:
                     resource = f"projects/{args[0]}" + (f"/secrets/{args[1]}" if len(args) > 1 else "")
