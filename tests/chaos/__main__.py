@@ -11,9 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.chaos.window_world import run_window_scenario
 from tests.chaos.world import run_scenario
 
-SCENARIOS = ("kill", "concurrent", "stall", "faults", "reload")
+SCENARIOS = ("kill", "concurrent", "stall", "faults", "reload", "window")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         rounds = args.stall_rounds if scenario == "stall" and args.stall_rounds is not None else args.rounds
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=f"chaos-{scenario}-") as tmp:
-            fig = run_scenario(Path(tmp), scenario, rounds, seed=args.seed)
+            fig = (
+                run_window_scenario(Path(tmp), rounds, seed=args.seed)
+                if scenario == "window"
+                else run_scenario(Path(tmp), scenario, rounds, seed=args.seed)
+            )
         print(f"{fig.line(scenario)} seconds={time.monotonic() - started:.0f}", flush=True)
         for v in fig.violations[:20]:
             print(f"  violation: {v}")
