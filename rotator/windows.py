@@ -61,8 +61,8 @@ MAX_GAP_STEPS = 4_000
 
 def _dow_names(field: str) -> str:
     """A crontab(5) day-of-week field as the explicit list of day names it means (``1-5`` -> ``mon,tue,wed,
-    thu,fri``; ``0`` and ``7`` are Sunday; ``*/2`` steps from Sunday), so APScheduler, which numbers the week
-    from Monday and reads steps on named ranges its own way, is never left to interpret it."""
+    thu,fri``; ``0`` and ``7`` are Sunday; ``*/2`` steps from Sunday), so APScheduler, whose week starts on
+    Monday and which reads steps on named ranges its own way, is never left to interpret it."""
     names = {d: i for i, d in enumerate(_DAYS[:7])}
 
     def number(token: str) -> int:

@@ -252,6 +252,7 @@ class Sim:
             self.check_plan(policy, obs, now, opts, p)
             return p
 
+        # a spy, not a stub: the engine still gets the real planner's answer; each one is checked on the way
         with mock.patch.object(engine_mod, "plan", plan):
             yield
 

@@ -64,17 +64,23 @@ def policy_json(summary: dict[str, Any]) -> dict[str, Any]:
     return dict(p)
 
 
+def _ecs_service(aws: AwsRollouts, *, desired: int) -> Any:
+    """Cluster ``prod`` with service ``checkout`` (``desired`` tasks), its first deployment complete; the client."""
+    ecs = boto3.client("ecs", region_name=REGION, endpoint_url=aws.url)
+    ecs.create_cluster(clusterName="prod")
+    ecs.register_task_definition(family="app", containerDefinitions=[{"name": "app", "image": "x", "memory": 128}])
+    ecs.create_service(cluster="prod", serviceName="checkout", taskDefinition="app", desiredCount=desired)
+    aws.ecs_complete("prod/checkout")
+    return ecs
+
+
 def test_ecs_a_rotation_restarts_the_service_once_and_revokes_after_the_rollout(
     world: tuple[Harness, AwsRollouts], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h, aws = world
     for k, v in TEST_ENV.items():
         monkeypatch.setenv(k, v)
-    ecs = boto3.client("ecs", region_name=REGION, endpoint_url=aws.url)
-    ecs.create_cluster(clusterName="prod")
-    ecs.register_task_definition(family="app", containerDefinitions=[{"name": "app", "image": "x", "memory": 128}])
-    ecs.create_service(cluster="prod", serviceName="checkout", taskDefinition="app", desiredCount=2)
-    aws.ecs_complete("prod/checkout")
+    ecs = _ecs_service(aws, desired=2)
     reload = [{"type": "ecs", "cluster": "prod", "services": ["checkout"], "region": REGION, "endpoint_url": aws.url}]
     cfg = h.write_config([policy(reload)])
 
@@ -112,11 +118,7 @@ def test_ecs_a_failed_rollout_keeps_the_old_key_and_is_started_again_after_reloa
     h, aws = world
     for k, v in TEST_ENV.items():
         monkeypatch.setenv(k, v)
-    ecs = boto3.client("ecs", region_name=REGION, endpoint_url=aws.url)
-    ecs.create_cluster(clusterName="prod")
-    ecs.register_task_definition(family="app", containerDefinitions=[{"name": "app", "image": "x", "memory": 128}])
-    ecs.create_service(cluster="prod", serviceName="checkout", taskDefinition="app", desiredCount=1)
-    aws.ecs_complete("prod/checkout")
+    ecs = _ecs_service(aws, desired=1)
     reload = [{"type": "ecs", "cluster": "prod", "services": ["checkout"], "region": REGION, "endpoint_url": aws.url}]
     cfg = h.write_config([policy(reload)], alerts={"on_success": False})
     once(h, cfg, 0)
@@ -152,11 +154,7 @@ def _ecs_stalled(world: tuple[Harness, AwsRollouts], monkeypatch: pytest.MonkeyP
     h, aws = world
     for k, v in TEST_ENV.items():
         monkeypatch.setenv(k, v)
-    ecs = boto3.client("ecs", region_name=REGION, endpoint_url=aws.url)
-    ecs.create_cluster(clusterName="prod")
-    ecs.register_task_definition(family="app", containerDefinitions=[{"name": "app", "image": "x", "memory": 128}])
-    ecs.create_service(cluster="prod", serviceName="checkout", taskDefinition="app", desiredCount=1)
-    aws.ecs_complete("prod/checkout")
+    ecs = _ecs_service(aws, desired=1)
     reload = [{"type": "ecs", "cluster": "prod", "services": ["checkout"], "region": REGION, "endpoint_url": aws.url}]
     cfg = h.write_config(
         [policy(reload)], alerts={"on_success": False, "notifiers": [{"type": "webhook", "url": rx.url}]}
