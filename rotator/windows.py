@@ -12,16 +12,19 @@ freeze:                                                      # no rotation start
 
 A window opens at each time its cron expression fires, in its ``timezone`` (an IANA name, through ``zoneinfo``),
 and stays open for ``duration``. The expression is parsed and stepped by APScheduler's ``CronTrigger`` (a
-dependency already), so daylight-saving changes are handled as that library handles them (3.11, measured in
-tests/test_config_window.py): a wall time the spring change skips opens at the offset before the change (02:30
-in Berlin opens at 01:30 UTC, 03:30 on the clock), one the autumn change repeats opens twice. Two places where
-APScheduler 3 departs from standard cron (crontab(5)) are mended here rather than left to surprise:
+dependency already), and daylight-saving changes follow cron(8) (measured in tests/test_config_window.py and
+tests/test_windows_memo.py): a wall time the spring change skips opens at the change (02:30 in Berlin opens at
+01:00 UTC, 03:00 on the clock, that day), one the autumn change repeats opens twice (as APScheduler steps it).
+Three places where APScheduler 3 departs from standard cron are mended here rather than left to surprise:
 
 - numeric days of the week follow crontab(5), ``0`` and ``7`` = Sunday, ``1`` = Monday; APScheduler 3 reads
   ``0`` as Monday (agronholm/apscheduler#286, fixed only in 4.0), so numbers are turned into day names first;
 - crontab(5) fires when *either* a restricted day of month *or* a restricted day of week matches; APScheduler
   requires both. A window restricting both is refused with the fix, rather than opening on other days than
-  the user reads.
+  the user reads;
+- a skipped wall time: APScheduler opens it at the offset before the change when searching from before the
+  change, and never when searching from the half hour after it, so two searches could disagree on the next
+  opening (see _fire_at_or_after).
 
 Everything here is pure: the planner passes ``now`` in, nothing reads a clock.
 """
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -57,6 +60,7 @@ HORIZON = timedelta(days=400)
 MAX_STEPS = 1_000
 #: the most window openings the config check steps through (a window every minute for 400 days has 576,000)
 MAX_GAP_STEPS = 4_000
+ZERO = timedelta(0)
 
 
 def _dow_names(field: str) -> str:
@@ -203,9 +207,66 @@ def _fmt(t: datetime) -> str:
 
 
 def _fire_at_or_after(window: WindowConfig, t: datetime) -> datetime | None:
+    """The first opening at or after ``t``: one consistent sequence of instants, whatever ``t`` a search starts
+    from (gate's memo and the planner's purity rest on that: a later search never finds an opening an earlier
+    one stepped over, nor the reverse; tests/test_windows_memo.py checks it against openings built without
+    APScheduler's search).
+
+    APScheduler searches in wall time from ``t``'s wall time, and a wall time that a spring change skips is
+    not one sequence there: searched from before a one-hour change, 02:30 in Berlin comes back at the old
+    offset (01:30 UTC, 03:30 on the clock), searched from the half hour after the change it is never found, and
+    across Lord Howe's half-hour change it is never found at all. Here a wall time a change skips opens at the
+    change itself (01:00 UTC, 03:00 on the clock), as cron(8) runs a job whose time was skipped right after the
+    change: APScheduler's answer is taken for every wall time that exists, and a spring change between ``t``
+    and that answer whose skipped stretch the expression matches comes first."""
     trig = trigger(window.cron, window.timezone)
+    tz = trig.timezone
     fire: datetime | None = trig.get_next_fire_time(None, t)
-    return fire.astimezone(UTC) if fire is not None else None
+    found = fire.astimezone(UTC) if fire is not None else None
+    for change in _spring_changes(tz, t, found if found is not None else t + HORIZON):
+        if _matches_skipped(window, tz, change):
+            return change
+    return found
+
+
+#: a zone's changes are further apart than this (Morocco's around Ramadan: about a month), so a stretch this long
+#: holds at most one, found by comparing the offsets at its ends
+_CHANGE_STEP = timedelta(days=7)
+
+
+def _offset(tz: tzinfo, t: datetime) -> timedelta:
+    return t.astimezone(tz).utcoffset() or ZERO
+
+
+def _spring_changes(tz: tzinfo, start: datetime, end: datetime) -> list[datetime]:
+    """The instants in ``[start, end]`` at which ``tz`` moves its clock forward, each to the whole second."""
+    out = []
+    a = start - timedelta(seconds=1)  # a change at start itself counts
+    while a < end:
+        b = min(a + _CHANGE_STEP, end)
+        if _offset(tz, b) > _offset(tz, a):
+            lo, hi = int(a.timestamp()), int(b.timestamp()) + 1
+            later = _offset(tz, datetime.fromtimestamp(hi, UTC))
+            while hi - lo > 1:  # zones change on whole seconds (whole minutes, in fact)
+                mid = (lo + hi) // 2
+                if _offset(tz, datetime.fromtimestamp(mid, UTC)) == later:
+                    hi = mid
+                else:
+                    lo = mid
+            change = datetime.fromtimestamp(hi, UTC)
+            if start <= change <= end:
+                out.append(change)
+        a = b
+    return out
+
+
+def _matches_skipped(window: WindowConfig, tz: tzinfo, change: datetime) -> bool:
+    """Whether the expression matches a wall time in the stretch that the spring change at ``change`` skips
+    (stepped on a clock without changes: the wall times read as UTC)."""
+    skipped_from = (change + _offset(tz, change - timedelta(seconds=1))).replace(tzinfo=None)
+    skipped_to = (change + _offset(tz, change)).replace(tzinfo=None)
+    hit = trigger(window.cron, "UTC").get_next_fire_time(None, skipped_from.replace(tzinfo=UTC))
+    return hit is not None and hit.replace(tzinfo=None) < skipped_to
 
 
 def open_at(window: WindowConfig, t: datetime) -> datetime | None:

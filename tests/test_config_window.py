@@ -159,13 +159,16 @@ def test_rotator_validate_exits_2_and_names_every_field(tmp_path: Path) -> None:
     assert "freeze[0]: ends (2030-12-19T00:00:00Z) before it starts" in run.stderr
 
 
-def test_daylight_saving_changes_open_a_window_as_apscheduler_does() -> None:
-    """The docstring of rotator.windows states this; the test keeps it true across APScheduler upgrades."""
+def test_daylight_saving_changes_open_a_window_as_cron_does() -> None:
+    """The docstring of rotator.windows and docs/windows.md state this; the test keeps it true across APScheduler
+    upgrades. A skipped wall time opens at the change, whether searched from before it or from the change."""
     from rotator.windows import _fire_at_or_after
 
     w = WindowConfig(cron="30 2 * * *", duration=timedelta(hours=1), timezone="Europe/Berlin")
     spring = _fire_at_or_after(w, datetime(2027, 3, 28, tzinfo=UTC))  # 02:30 does not exist in Berlin that day
-    assert spring == datetime(2027, 3, 28, 1, 30, tzinfo=UTC)
+    assert spring == datetime(2027, 3, 28, 1, 0, tzinfo=UTC)  # 02:00 CET -> 03:00 CEST
+    assert _fire_at_or_after(w, spring) == spring
+    assert _fire_at_or_after(w, spring + timedelta(seconds=1)) == datetime(2027, 3, 29, 0, 30, tzinfo=UTC)
     first = _fire_at_or_after(w, datetime(2027, 10, 31, tzinfo=UTC))  # 02:30 happens twice that day
     assert first == datetime(2027, 10, 31, 0, 30, tzinfo=UTC)
     again = _fire_at_or_after(w, first + timedelta(seconds=1))
