@@ -438,6 +438,8 @@ class RawConfig(BaseModel):
     concurrency: int = Field(8, ge=1, le=64)
     #: reloads (restarts) started per pass across every policy: a mass rotation is never a restart storm
     reloads_per_pass: int = Field(20, ge=1, le=10000)
+    #: client-side request-rate limits per quota scope (rotator/quotas.py); false: none (refusals still retried)
+    rate_limits: bool = True
     pass_timeout: Duration = timedelta(minutes=5)
     drift_check_every: Duration | Literal["never"] = timedelta(hours=1)
     verify_for: Duration = timedelta(hours=1)
@@ -529,6 +531,7 @@ class Config:
     alerts: Any = None  # rotator.notify.AlertsConfig (validated here, defined there)
     leader_election: LeaderElectionConfig = field(default_factory=LeaderElectionConfig)
     reloads_per_pass: int = 20
+    rate_limits: bool = True
 
     def policy(self, name: str) -> Policy:
         # a dict built on first use: the engine looks a policy up once per policy in a pass
@@ -985,6 +988,7 @@ def _from_mapping(data: Any, *, source: str | None) -> Config:
         alerts=alerts,
         leader_election=raw.leader_election,
         reloads_per_pass=raw.reloads_per_pass,
+        rate_limits=raw.rate_limits,
     )
 
 

@@ -59,6 +59,7 @@ from rotator.model import (
     TargetObservation,
 )
 from rotator.planner import Options, expired, plan
+from rotator.quotas import RateLimits
 from rotator.report import UNSERVED as UNSERVED
 from rotator.report import ActionResult as ActionResult
 from rotator.report import PassReport as PassReport
@@ -194,8 +195,11 @@ class Engine:
         rng: random.Random | None = None,
         preflight: Callable[[KeyIssuer], None] | None = None,
         reloads: Reloader | None = None,
+        limits: RateLimits | None = None,
     ) -> None:
         self.config = config
+        #: the process's request quotas (the stores charge them; the engine orders work by them)
+        self.limits = limits if limits is not None else RateLimits(enabled=config.rate_limits)
         self.reloads = reloads
         self.monotonic = monotonic
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - a start delay, not cryptography

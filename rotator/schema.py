@@ -475,6 +475,9 @@ FIELD_DESCRIPTIONS: dict[type, dict[str, str]] = {
         "concurrency": "Policies handled at once in a pass (1-64).",
         "reloads_per_pass": "Reloads (restarts) started per pass across every policy (1-10000): a mass rotation "
         "is never a restart storm.",
+        "rate_limits": "Keep every service's documented request quotas on the client side (per GCP project and "
+        "secret, AWS region, Key Vault; a store's `quotas:` overrides them), adapting to refusals; false: send as "
+        "fast as the workers go (a refusal is still retried with backoff).",
         "pass_timeout": "The longest a pass may take (longer than 0s; orphan_after must exceed it).",
         "drift_check_every": "Re-read a steady policy's stores this often, to find a target changed behind "
         "rotator's back; `never` turns it off.",

@@ -31,6 +31,7 @@ FLOORS: list[set[str]] = [
         "rotator.keys",
         "rotator.durations",
         "rotator.windows",
+        "rotator.quotas",
         "rotator.httpio",
         "rotator.safe_yaml",
         "rotator.shard",

@@ -61,6 +61,7 @@ from rotator.errors import (
 )
 from rotator.model import IssuedKey, KeyInfo, Role, SecretText
 from rotator.observability import get_logger, record_call, redact_text
+from rotator.quotas import RateLimits
 
 __all__ = ["DEFAULT_BASE_URL", "MomentoIssuer"]
 
@@ -151,6 +152,7 @@ class MomentoIssuer:
         rng: random.Random | None = None,
         page_size: int = _MAX_PAGE,
         listing_timeout: float | None = None,
+        limits: RateLimits | None = None,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -183,6 +185,9 @@ class MomentoIssuer:
         self.listing_timeout = listing_timeout
         self.timeout = timeout
         self._sleep = sleep
+        #: the process's request quotas: the key API's are not documented, so its refusals (429, Retry-After)
+        #: pause every worker's requests to it (rotator/quotas.py)
+        self.limits = limits if limits is not None else RateLimits()
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter, not cryptography
         # one kept-alive connection per worker of a pass (concurrency is at most 64)
         self._client = httpio.pool(self.base_url, timeout=timeout, maxsize=POOL_CONNECTIONS)

@@ -22,6 +22,7 @@ from rotator.engine import Clock, Engine, system_clock
 from rotator.errors import ConfigError, ConfigIssue, KeyFormatError, RotatorError
 from rotator.issuers.base import KeyIssuer
 from rotator.model import SECRETS, SecretText
+from rotator.quotas import RateLimits
 from rotator.stores.base import SecretStore, StoreContext, TargetRef
 from rotator.stores.registry import open_store
 
@@ -120,15 +121,22 @@ def _check_not_expired(key: SecretText, source: SecretSource | None, now: dateti
         )
 
 
-def open_stores(config: Config, *, clock: Clock = system_clock, **injected: Any) -> dict[str, SecretStore]:
-    """Open every store a policy or the management key uses. Raises MissingExtraError with the pip command."""
+def open_stores(
+    config: Config, *, clock: Clock = system_clock, limits: RateLimits | None = None, **injected: Any
+) -> dict[str, SecretStore]:
+    """Open every store a policy or the management key uses, all charging one ``limits`` (the process's request
+    quotas). Raises MissingExtraError with the pip command."""
+    if limits is None:
+        limits = RateLimits(enabled=config.rate_limits)
     used = {t.store for p in config.policies for t in p.targets}
     mk = config.issuer.management_key
     if mk is not None and mk.store:
         used.add(mk.store)
     stores: dict[str, SecretStore] = {}
     for name in sorted(used):
-        context = StoreContext(clock=clock, pass_timeout=config.pass_timeout, options=dict(injected.get(name, {})))
+        context = StoreContext(
+            clock=clock, pass_timeout=config.pass_timeout, options=dict(injected.get(name, {})), limits=limits
+        )
         stores[name] = open_store(config.stores[name], context)
     return stores
 
@@ -165,7 +173,8 @@ def build(
     from rotator.issuers.momento import MomentoIssuer
 
     closers: list[Callable[[], None]] = []
-    stores = open_stores(config, clock=clock, **(store_options or {}))
+    limits = RateLimits(enabled=config.rate_limits)  # one for the process: every store, worker and the issuer
+    stores = open_stores(config, clock=clock, limits=limits, **(store_options or {}))
     closers.extend(s.close for s in stores.values())
     ic = config.issuer
     try:
@@ -225,6 +234,7 @@ def build(
             max_attempts=ic.max_attempts,
             page_size=ic.page_size,
             listing_timeout=config.pass_timeout.total_seconds(),
+            limits=limits,
         )
         closers.append(issuer.close)
         if preflight == "now":
@@ -267,6 +277,7 @@ def build(
         pickup=pickup,
         preflight=before_first_mutation,
         reloads=reloads,
+        limits=limits,
     )
     return App(config, engine, issuer, stores, closers)
 

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from rotator.errors import MissingExtraError
 from rotator.keys import PayloadFormat, shown
 from rotator.model import SecretState, SecretText
+from rotator.quotas import Charge, RateLimits
 
 #: the payload formats a target may store (``rotator.keys.render`` writes them)
 FORMATS: tuple[PayloadFormat, ...] = ("json", "env", "key")
@@ -124,7 +125,9 @@ class StoreContext:
 
     ``clock`` is the wall clock (UTC datetimes: the engine's, so a test or ``--now`` moves every store with
     it), ``monotonic`` measures durations, ``sleep`` waits (a backoff), ``pass_timeout`` is the longest a
-    pass may take (e.g. the age after which a temp file of a killed pass is stale), and ``options`` holds
+    pass may take (e.g. the age after which a temp file of a killed pass is stale), ``limits`` is the
+    process's one :class:`rotator.quotas.RateLimits` (every store and worker charges the same scopes: a store
+    with documented quotas charges each request there and reports each refusal), and ``options`` holds
     per-store keyword arguments a caller injects (a test's client, an endpoint), passed to the backend as
     they are.
     """
@@ -134,6 +137,7 @@ class StoreContext:
     sleep: Callable[[float], None] = time.sleep
     pass_timeout: timedelta = timedelta(minutes=5)
     options: dict[str, Any] = field(default_factory=dict)
+    limits: RateLimits = field(default_factory=RateLimits)
 
 
 @dataclass(frozen=True)
@@ -270,6 +274,13 @@ class SecretStore(Protocol):
         """
         ...
 
+    def publish_cost(self, ref: TargetRef) -> tuple[tuple[Charge, int], ...]:
+        """The requests publishing one key to ``ref`` makes (stage, the reads around it, promote), per quota
+        scope: what the engine orders work by (a scope with waiting workers gets no more of them while other
+        stores have work) and checks against ``pass_timeout`` before it starts a rotation. ``()``: the store
+        has no request quotas (the file store, a store that declares none)."""
+        ...
+
     def close(self) -> None:
         """Release connections. Idempotent."""
         ...
@@ -311,3 +322,6 @@ class StoreBase:
 
     def preflight(self, targets: Sequence[TargetRef]) -> list[PreflightProblem]:
         return []
+
+    def publish_cost(self, ref: TargetRef) -> tuple[tuple[Charge, int], ...]:
+        return ()
