@@ -78,6 +78,7 @@ from rotator.errors import (
 from rotator.keys import payload_key_id
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call
+from rotator.quotas import Charge, Quota, RateLimits, apply_overrides, check_overrides
 from rotator.stores.base import (
     ANY_CURRENT,
     POOL_CONNECTIONS,
@@ -93,6 +94,30 @@ from rotator.stores.base import (
 )
 
 SERVICE = "gcp-secretmanager"
+
+_QUOTAS_PAGE = "Secret Manager quotas and limits, https://cloud.google.com/secret-manager/quotas"
+#: Secret Manager's request-rate quotas (the quotas page), kept on the client side (rotator/quotas.py; a store's
+#: ``quotas:`` overrides them). Per project: "Access requests per minute" 90,000, "Read requests per minute" 600
+#: (every non-mutating call but AccessSecretVersion), "Write requests per minute" 600 (create, update, delete,
+#: add version, enable, disable, destroy); per secret (global secrets), AddSecretVersion and UpdateSecret together
+#: 2 per second and 120 per minute. Over quota: 429 RESOURCE_EXHAUSTED, no Retry-After. (Enable, disable and
+#: destroy are also limited per version, 1 per second: rotator changes a version's state once, not charged.)
+GCP_QUOTAS: tuple[Quota, ...] = (
+    Quota("secretmanager", "access", 90_000, 60.0, "project", _QUOTAS_PAGE),
+    Quota("secretmanager", "read", 600, 60.0, "project", _QUOTAS_PAGE),
+    Quota("secretmanager", "write", 600, 60.0, "project", _QUOTAS_PAGE),
+    Quota("secretmanager", "secret_writes", 2, 1.0, "secret", _QUOTAS_PAGE),
+    Quota("secretmanager", "secret_writes_per_minute", 120, 60.0, "secret", _QUOTAS_PAGE),
+)
+#: which project quota an operation counts against (AddSecretVersion and UpdateSecret also against the secret's)
+_OPERATION_QUOTA = {
+    "AccessSecretVersion": "access",
+    "GetSecret": "read",
+    "GetSecretVersion": "read",
+    "ListSecretVersions": "read",
+    "ListSecrets": "read",
+}
+_SECRET_WRITES = frozenset({"AddSecretVersion", "UpdateSecret"})
 
 PROJECT_ID_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]\Z")
 PROJECT_NUMBER_RE = re.compile(r"^[1-9][0-9]{0,19}\Z")
@@ -221,8 +246,12 @@ class StoreConfig(BaseModel):
     #: how long a promote may take to be seen by every reader of the alias ``current`` (aliases and metadata
     #: are eventually consistent): the grace period of the old key starts this long after the promote
     visibility_lag: Duration = timedelta(minutes=5)
+    #: overrides of the documented request quotas (GCP_QUOTAS): ``{write: "1200/1m"}`` after a quota increase,
+    #: ``null`` for none (only refusals pace it)
+    quotas: dict[str, str | None] = Field(default_factory=dict)
 
     _project = field_validator("project")(classmethod(lambda cls, v: _check_project(v)))
+    _quotas = field_validator("quotas")(classmethod(lambda cls, v: check_overrides(GCP_QUOTAS, v)))
 
     @field_validator("destroy_after")
     @classmethod
@@ -419,6 +448,7 @@ class GcpSecretManagerStore(StoreBase):
         *,
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], None] | None = None,
+        limits: RateLimits | None = None,
     ) -> None:
         from google.api_core import exceptions as gexc
         from google.auth import exceptions as auth_exc
@@ -436,6 +466,9 @@ class GcpSecretManagerStore(StoreBase):
         self._superseded: dict[str, deque[str]] = {}
         self._lock = threading.Lock()
         self._closed = False
+        #: the process's request quotas, and this store's (the documented ones, with the config's overrides)
+        self._limits = limits if limits is not None else RateLimits()
+        self._quotas = apply_overrides(GCP_QUOTAS, config.quotas)
         self._retryable = (
             gexc.TooManyRequests,
             gexc.ResourceExhausted,
@@ -467,6 +500,28 @@ class GcpSecretManagerStore(StoreBase):
             raise StoreConflict(str(exc), store=self.name, secret=ref.secret) from None
         return f"projects/{self._project(ref)}/secrets/{ref.secret}"
 
+    # -- request quotas ---------------------------------------------------------------------------------------
+
+    def _charges(self, op: str, ref: TargetRef) -> tuple[Charge, ...]:
+        """What one request of ``op`` on ``ref`` counts against: its project's access, read or write quota, and
+        for AddSecretVersion and UpdateSecret the secret's own."""
+        q = self._quotas
+        project = f"projects/{self._project(ref)}"
+        charges = [Charge(q[_OPERATION_QUOTA.get(op, "write")], project)]
+        if op in _SECRET_WRITES:
+            secret = f"{project}/secrets/{ref.secret}"
+            charges += [Charge(q["secret_writes"], secret), Charge(q["secret_writes_per_minute"], secret)]
+        return tuple(charges)
+
+    def publish_cost(self, ref: TargetRef) -> tuple[tuple[Charge, int], ...]:
+        """A publish (bench/store_calls.py counts it): GetSecret, UpdateSecret (the entry), AddSecretVersion,
+        AccessSecretVersion (the check by number), UpdateSecret (the conditional promote)."""
+        cost: dict[Charge, int] = {}
+        for op in ("GetSecret", "UpdateSecret", "AddSecretVersion", "AccessSecretVersion", "UpdateSecret"):
+            for c in self._charges(op, ref):
+                cost[c] = cost.get(c, 0) + 1
+        return tuple(cost.items())
+
     # -- one API call: retries, accounting, translation ------------------------------------------------------
 
     def _call(self, op: str, ref: TargetRef, fn: Callable[[], T], *, idempotent: bool = True) -> T:
@@ -485,14 +540,19 @@ class GcpSecretManagerStore(StoreBase):
 
         g, settings = self._g, self.config.retry
         attempts = 0
+        charges = self._charges(op, ref)
+        wait_until = time.monotonic() + settings.deadline.total_seconds()
 
         def attempt() -> T:
             nonlocal attempts
             attempts += 1
+            self._limits.acquire(charges, deadline=wait_until)  # every attempt counts against the quotas
             try:
                 result = fn()
             except g.GoogleAPICallError as exc:
                 record_call(SERVICE, op, exc.code if exc.code is not None else type(exc).__name__)
+                if isinstance(exc, g.TooManyRequests | g.ResourceExhausted):
+                    self._limits.throttled(charges)  # RESOURCE_EXHAUSTED carries no Retry-After
                 raise
             except self._auth.RefreshError as exc:
                 record_call(SERVICE, op, "RefreshError")
@@ -1358,6 +1418,7 @@ def open_store(
     client_options: dict[str, Any] | None = None,
     clock: Callable[[], datetime] | None = None,
     sleep: Callable[[float], None] | None = None,
+    limits: RateLimits | None = None,
     **_: Any,
 ) -> SecretStore:
     """Open the GCP store ``name``. Credentials: ``credentials`` if given, else ``credentials_file``, else
@@ -1399,7 +1460,7 @@ def open_store(
             store=name,
         ) from exc
     _widen_rest_pool(client)
-    return GcpSecretManagerStore(name, cfg, client, clock=clock, sleep=sleep)
+    return GcpSecretManagerStore(name, cfg, client, clock=clock, sleep=sleep, limits=limits)
 
 
 def _widen_rest_pool(client: Any) -> None:
@@ -1424,7 +1485,7 @@ def _widen_rest_pool(client: Any) -> None:
 
 
 def _open(spec: StoreSpec, context: StoreContext) -> SecretStore:
-    return open_store(spec.name, spec.config, **{"clock": context.clock, **context.options})
+    return open_store(spec.name, spec.config, **{"clock": context.clock, "limits": context.limits, **context.options})
 
 
 #: the ``gcp`` store type, registered under the entry point group ``rotator.stores``

@@ -27,6 +27,7 @@ from rotator.errors import (
     StoreUnavailable,
 )
 from rotator.model import SecretText
+from rotator.quotas import RateLimits
 from rotator.stores.base import TargetRef, VersionMeta
 from rotator.stores.gcp import GcpSecretManagerStore, StoreConfig, TargetOptions, key_id_in, open_store
 from tests.servers.gcp_secretmanager import DESTROYED, DISABLED, ENABLED, SecretManagerServer, running_secretmanager
@@ -58,7 +59,11 @@ def make_store(server: SecretManagerServer) -> Iterator[StoreFactory]:
     opened: list[GcpSecretManagerStore] = []
 
     def make(
-        *, clock: Callable[[], datetime] | None = None, sleep: Callable[[float], None] | None = None, **cfg: Any
+        *,
+        clock: Callable[[], datetime] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        limits: RateLimits | None = None,
+        **cfg: Any,
     ) -> GcpSecretManagerStore:
         body: dict[str, Any] = {
             "type": "gcp",
@@ -74,6 +79,7 @@ def make_store(server: SecretManagerServer) -> Iterator[StoreFactory]:
             client_options={"api_endpoint": server.endpoint},
             clock=clock,
             sleep=sleep,
+            limits=limits if limits is not None else RateLimits(enabled=False),  # the quotas: test_quotas_gcp.py
         )
         assert isinstance(s, GcpSecretManagerStore)
         opened.append(s)
