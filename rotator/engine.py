@@ -17,6 +17,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -59,7 +60,7 @@ from rotator.model import (
     TargetObservation,
 )
 from rotator.planner import Options, expired, plan
-from rotator.quotas import RateLimits
+from rotator.quotas import Charge, RateLimits
 from rotator.report import UNSERVED as UNSERVED
 from rotator.report import ActionResult as ActionResult
 from rotator.report import PassReport as PassReport
@@ -68,6 +69,8 @@ from rotator.report import mark_unserved as mark_unserved
 from rotator.stores.base import SecretStore, TargetRef, VersionMeta
 
 Clock = Callable[[], datetime]
+#: the share of a scope's requests before ``pass_timeout`` that the rotations a pass starts may plan to use
+ADMIT_SHARE = 0.8
 PickupRunner = Callable[[Policy, str, dict[str, SecretState]], tuple[PickupVerdict, ...]]
 #: progress(stage, done, total): called after each policy is planned ("plan") or carried out ("act")
 Progress = Callable[[str, int, int], None]
@@ -311,6 +314,8 @@ class Engine:
         report = self.observe(
             dry_run=dry_run, only=only, force=force, emergency=emergency, read_targets=read_targets, progress=progress
         )
+        if report.error is None:
+            self.admit(report, deadline.remaining())
         if report.error is None and any(pr.plan is not None and pr.plan.actions for pr in report.policies):
             self.preflight_once()  # a ConfigError (exit 2) here comes before anything changed
         if not dry_run and report.error is None:
@@ -507,8 +512,130 @@ class Engine:
                     pass
             else:
                 busy.append(pr)
-        self._each(busy, one)
+        self._each_by_scope(busy, one, lambda pr: self._scopes_of(self.config.policy(pr.policy), stores))
         return report
+
+    # -- request quotas: admission and ordering -----------------------------------------------------
+
+    def _cost(self, policy: Policy, stores: dict[str, SecretStore]) -> dict[Charge, int]:
+        """The requests publishing a new key to every target of ``policy`` makes, per quota scope (what each
+        store declares)."""
+        cost: dict[Charge, int] = {}
+        for t in policy.targets:
+            store = stores.get(t.store)
+            if store is None:
+                continue
+            for charge, n in store.publish_cost(self.ref(policy, t)):
+                cost[charge] = cost.get(charge, 0) + n
+        return cost
+
+    def _scopes_of(self, policy: Policy, stores: dict[str, SecretStore]) -> tuple[Charge, ...]:
+        return tuple(self._cost(policy, stores))
+
+    def admit(self, report: PassReport, seconds_left: float | None) -> None:
+        """Start only the rotations this pass can finish publishing before ``pass_timeout`` at the quotas of the
+        scopes they write to; the rest wait for the next pass, their plans saying why (``rotator plan`` shows
+        the same). The most urgent go first (the key that expires soonest); a forced or emergency rotation is
+        never held back, and each scope admits at least one rotation a pass, so every policy gets its turn.
+
+        The budget of a scope is its rate (requests per second, as adapted) x the seconds left x
+        ``ADMIT_SHARE``: the rest of the window is for the reads, retires and retries of the same pass."""
+        if not self.limits.enabled or seconds_left is None:
+            return
+        starting = [
+            pr
+            for pr in report.policies
+            if pr.plan is not None
+            and any(isinstance(a, CreateKey) for a in pr.plan.actions)
+            and not (pr.opts is not None and (pr.opts.force or pr.opts.emergency))
+        ]
+        if not starting:
+            return
+        _, stores = self._views(report.dry_run)
+        far = datetime.max.replace(tzinfo=UTC)
+
+        def urgency(pr: PolicyReport) -> datetime:
+            current = next((k for k in pr.keys if pr.plan is not None and k.key_id == pr.plan.current_key), None)
+            return current.expires_at if current is not None and current.expires_at is not None else far
+
+        used: dict[Charge, int] = {}
+        admitted_in: set[Charge] = set()
+        for pr in sorted(starting, key=urgency):
+            policy = self.config.policy(pr.policy)
+            cost = self._cost(policy, stores)
+            short: list[str] = []
+            for charge, n in cost.items():
+                rate = self.limits.rate(charge)
+                if rate is None:
+                    continue
+                budget = int(rate * max(seconds_left, 0.0) * ADMIT_SHARE)
+                if used.get(charge, 0) + n > budget and charge in admitted_in:
+                    short.append(f"{charge} allows about {budget} requests before pass_timeout")
+            if short:
+                assert pr.plan is not None
+                why = (
+                    f"! rotation waits for the next pass: publishing it needs {sum(cost.values())} requests and "
+                    f"{'; '.join(short)} (those already started in this pass use them)"
+                )
+                pr.plan = replace(
+                    pr.plan,
+                    actions=tuple(a for a in pr.plan.actions if not isinstance(a, CreateKey)),
+                    notes=(*pr.plan.notes, why),
+                )
+                with structlog.contextvars.bound_contextvars(policy=pr.policy):
+                    log.warning(why.lstrip("! "), phase=pr.plan.phase)
+                continue
+            for charge, n in cost.items():
+                used[charge] = used.get(charge, 0) + n
+                admitted_in.add(charge)
+
+    def _each_by_scope(
+        self,
+        items: list[PolicyReport],
+        fn: Callable[[PolicyReport], PolicyReport],
+        scopes: Callable[[PolicyReport], tuple[Charge, ...]],
+    ) -> list[PolicyReport]:
+        """:meth:`_each`, but a free worker takes the first policy none of whose quota scopes has a worker
+        waiting in it: a throttled scope (a GCP project at its write quota) gets no more workers while policies
+        whose targets are elsewhere wait, and its own policies go on as its window allows."""
+        if len(items) <= 1 or self.config.concurrency == 1 or not self.limits.enabled:
+            return self._each(items, fn)
+        charges = [scopes(pr) for pr in items]
+        if not any(charges):
+            return self._each(items, fn)
+        # taken in turns across the sets of stores the policies write to (round robin): the first workers spread
+        # over the stores, and no store's policies are all queued behind another's
+        groups: dict[tuple[str, ...], int] = {}
+        turn: list[tuple[int, int, int]] = []
+        for i, pr in enumerate(items):
+            key = tuple(sorted({t.store for t in self.config.policy(pr.policy).targets}))
+            groups[key] = groups.get(key, 0) + 1
+            turn.append((groups[key], list(groups).index(key), i))
+        pending = [i for *_, i in sorted(turn)]
+        results: list[PolicyReport | None] = [None] * len(items)
+        cond = threading.Condition()
+
+        def take() -> int | None:
+            with cond:
+                while pending:
+                    for n, i in enumerate(pending):
+                        if not self.limits.saturated(charges[i]):
+                            return pending.pop(n)
+                    cond.wait(0.02)  # every scope with work left has a worker waiting: look again shortly
+                return None
+
+        def worker() -> None:
+            while (i := take()) is not None:
+                try:
+                    results[i] = fn(items[i])
+                finally:
+                    with cond:
+                        cond.notify_all()
+
+        with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(items))) as pool:
+            for f in [pool.submit(worker) for _ in range(min(self.config.concurrency, len(items)))]:
+                f.result()
+        return [r if r is not None else items[i] for i, r in enumerate(results)]
 
     def _reload_budget(self, report: PassReport) -> set[int]:
         """The planned reloads this pass leaves to the next one: past ``reloads_per_pass`` across the fleet,

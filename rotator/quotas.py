@@ -40,8 +40,12 @@ if TYPE_CHECKING:
 #: the share of a documented limit a client keeps to (limits of 20 or more): what arrives at the service a little
 #: later or sooner than it was sent must not make a full window look over-full there
 HEADROOM = 0.95
-#: a window is kept this much longer than documented, for the same reason (and at least 20 ms)
+#: a window is kept this much longer than documented, for the same reason, plus the longest recent request time
+#: (at least 20 ms): a request reaches the service at some moment before its answer comes back, so the service's
+#: window may start that much later than the client's
 WINDOW_SLACK = 0.02
+#: how fast the remembered longest request time fades (per request answered)
+LAG_DECAY = 0.98
 #: the cut on a refusal, and the step back up per quiet period (a share of the documented limit)
 DECREASE = 0.7
 INCREASE = 0.1
@@ -104,6 +108,8 @@ class _Scope:
     last_refusal: float = -math.inf
     last_change: float = -math.inf
     waiting: int = 0
+    lag: float = 0.02
+    bucket_lag: float = 0.02
     admitted: int = 0
     refused: int = 0
     waited: float = 0.0
@@ -155,7 +161,7 @@ class RateLimits:
         s = self._scope(charge)
         if s.limit is None:
             return None
-        return _effective(s.limit) / _window(s.quota)
+        return _effective(s.limit) / _window(s.quota, s.bucket_lag)
 
     def saturated(self, charges: Iterable[Charge]) -> bool:
         """Whether a worker is waiting in any of these scopes now (one more request there would wait too)."""
@@ -212,6 +218,21 @@ class RateLimits:
                 s.waiting -= 1
         return waited
 
+    def answered(self, charges: Sequence[Charge], seconds: float) -> None:
+        """A request charged with ``charges`` was answered ``seconds`` after it was sent: its scopes' windows are
+        kept that much longer while such times last (the service counted it somewhere in between)."""
+        if not self.enabled:
+            return
+        for charge in charges:
+            s = self._scopes.get(charge.id)
+            if s is None or s.bucket is None:
+                continue
+            with s.lock:
+                s.lag = max(0.02, seconds, s.lag * LAG_DECAY)
+                if abs(s.lag - s.bucket_lag) > 0.1 * s.bucket_lag:  # the window is set again on a change of 10%
+                    s.bucket_lag = s.lag
+                    s.bucket = _bucket(s.quota, s.limit, keep=s.bucket, lag=s.bucket_lag)
+
     def throttled(self, charges: Sequence[Charge], retry_after: float | None = None) -> None:
         """The service refused a request charged with ``charges``: cut their limits and pause their scopes."""
         if not self.enabled:
@@ -227,7 +248,7 @@ class RateLimits:
                     new = max(1, math.floor(s.limit * DECREASE))
                     if new < s.limit:
                         s.limit, s.last_change = new, now
-                        s.bucket = _bucket(s.quota, new, keep=s.bucket)
+                        s.bucket = _bucket(s.quota, new, keep=s.bucket, lag=s.bucket_lag)
                 if retry_after is not None:
                     pause = max(0.0, min(retry_after, 600.0))
                 else:
@@ -245,7 +266,7 @@ class RateLimits:
         s.refusals_in_a_row = 0
         s.limit = min(documented, s.limit + max(1, math.ceil(documented * INCREASE)))
         s.last_change = now
-        s.bucket = _bucket(s.quota, s.limit, keep=s.bucket)
+        s.bucket = _bucket(s.quota, s.limit, keep=s.bucket, lag=s.bucket_lag)
 
     def stats(self) -> list[dict[str, Any]]:
         """Per scope: the quota, the limit in force, requests admitted and refused, seconds waited."""
@@ -271,18 +292,20 @@ def _effective(limit: int) -> int:
     return limit if limit < 20 else max(1, math.floor(limit * HEADROOM))
 
 
-def _window(q: Quota) -> float:
-    return q.window * (1 + WINDOW_SLACK) + 0.02
+def _window(q: Quota, lag: float = 0.02) -> float:
+    return q.window * (1 + WINDOW_SLACK) + lag
 
 
-def _bucket(q: Quota, limit: int | None, keep: InMemoryBucket | None = None) -> InMemoryBucket | None:
+def _bucket(
+    q: Quota, limit: int | None, keep: InMemoryBucket | None = None, lag: float = 0.02
+) -> InMemoryBucket | None:
     """The sliding-window log for ``limit`` requests per window (None: no window); ``keep``'s log carries over,
     so a cut limit counts the requests already sent."""
     if limit is None:
         return None
     from pyrate_limiter import InMemoryBucket, Rate
 
-    rate = Rate(_effective(limit), int(_window(q) * 1000))
+    rate = Rate(_effective(limit), int(_window(q, lag) * 1000))
     if keep is not None:
         keep.rates = [rate]
         return keep

@@ -547,10 +547,12 @@ class GcpSecretManagerStore(StoreBase):
             nonlocal attempts
             attempts += 1
             self._limits.acquire(charges, deadline=wait_until)  # every attempt counts against the quotas
+            sent = time.monotonic()
             try:
                 result = fn()
             except g.GoogleAPICallError as exc:
                 record_call(SERVICE, op, exc.code if exc.code is not None else type(exc).__name__)
+                self._limits.answered(charges, time.monotonic() - sent)
                 if isinstance(exc, g.TooManyRequests | g.ResourceExhausted):
                     self._limits.throttled(charges)  # RESOURCE_EXHAUSTED carries no Retry-After
                 raise
@@ -564,6 +566,7 @@ class GcpSecretManagerStore(StoreBase):
             except (OSError, self._auth.TransportError) as exc:
                 record_call(SERVICE, op, type(exc).__name__)
                 raise
+            self._limits.answered(charges, time.monotonic() - sent)
             record_call(SERVICE, op, 200)
             return result
 
