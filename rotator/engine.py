@@ -11,6 +11,7 @@ so a plan provably changes nothing.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import threading
 import time
@@ -18,13 +19,14 @@ import zlib
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
 from rotator import keys as keyfmt
 from rotator.config import Config, Policy, Target
+from rotator.durations import format_duration
 from rotator.errors import (
     ConfigError,
     ConfigIssue,
@@ -71,6 +73,8 @@ from rotator.stores.base import SecretStore, TargetRef, VersionMeta
 Clock = Callable[[], datetime]
 #: the share of a scope's requests before ``pass_timeout`` that the rotations a pass starts may plan to use
 ADMIT_SHARE = 0.8
+#: the most of a read quota the drift checks of a steady fleet may use
+DRIFT_SHARE = 0.5
 PickupRunner = Callable[[Policy, str, dict[str, SecretState]], tuple[PickupVerdict, ...]]
 #: progress(stage, done, total): called after each policy is planned ("plan") or carried out ("act")
 Progress = Callable[[str, int, int], None]
@@ -161,12 +165,13 @@ class _Counter:
             self.progress(self.stage, done, self.total)
 
 
-def drift_check_due(config: Config, policy: str, now: datetime) -> bool:
-    """Whether this pass should re-read a steady policy's stores: once per ``drift_check_every``, at a time
-    of the period derived from the policy name, so that checks spread over time and need no state."""
-    every = config.drift_check_every
-    if every is None:
+def drift_check_due(config: Config, policy: str, now: datetime, every: timedelta | None = None) -> bool:
+    """Whether this pass should re-read a steady policy's stores: once per ``drift_check_every`` (or the
+    longer ``every`` the engine set for a read quota), at a time of the period derived from the policy name,
+    so that checks spread over time and need no state."""
+    if config.drift_check_every is None:
         return False
+    every = every or config.drift_check_every
     period = every.total_seconds()
     offset = zlib.crc32(policy.encode()) % max(int(period), 1)
     t = now.timestamp() + offset
@@ -218,6 +223,8 @@ class Engine:
         self._preflight = preflight
         self._preflight_lock = threading.Lock()
         self._options: dict[tuple[bool, bool, bool], Options] = {}
+        self._drift: dict[str, timedelta] | None = None
+        self._drift_lock = threading.Lock()
 
     # -- helpers -------------------------------------------------------------------------------------
 
@@ -517,6 +524,51 @@ class Engine:
 
     # -- request quotas: admission and ordering -----------------------------------------------------
 
+    def drift_period(self, policy: str) -> timedelta | None:
+        """How often a steady ``policy``'s stores are re-read: ``drift_check_every``, or longer where the
+        fleet's drift checks would use more than half of a read quota (the stores declare what an inspect
+        costs); None when drift checks are off. Worked out once, on the first pass, and logged."""
+        every = self.config.drift_check_every
+        if every is None:
+            return None
+        if self._drift is None:
+            with self._drift_lock:
+                if self._drift is None:
+                    self._drift = self._spread_drift_checks(every)
+        return self._drift.get(policy, every)
+
+    def _spread_drift_checks(self, every: timedelta) -> dict[str, timedelta]:
+        if not self.limits.enabled:
+            return {}
+        per_policy: dict[str, dict[Charge, int]] = {}
+        total: dict[Charge, int] = {}
+        for policy in self.config.policies:
+            cost: dict[Charge, int] = {}
+            for t in policy.targets:
+                store = self.stores.get(t.store)
+                for charge, n in store.inspect_cost(self.ref(policy, t)) if store is not None else ():
+                    cost[charge] = cost.get(charge, 0) + n
+                    total[charge] = total.get(charge, 0) + n
+            per_policy[policy.name] = cost
+        stretched: dict[Charge, timedelta] = {}
+        for charge, reads in total.items():
+            rate = self.limits.rate(charge)
+            if rate is None or reads / every.total_seconds() <= DRIFT_SHARE * rate:
+                continue
+            stretched[charge] = timedelta(seconds=math.ceil(reads / (DRIFT_SHARE * rate)))
+            log.warning(
+                "drift checks spread out: at drift_check_every they would use more than half of a read quota",
+                quota=str(charge),
+                reads_per_check_round=reads,
+                drift_check_every=format_duration(every),
+                every=format_duration(stretched[charge]),
+            )
+        if not stretched:
+            return {}
+        return {
+            name: max([every, *(stretched[c] for c in cost if c in stretched)]) for name, cost in per_policy.items()
+        }
+
     def _cost(self, policy: Policy, stores: dict[str, SecretStore]) -> dict[Charge, int]:
         """The requests publishing a new key to every target of ``policy`` makes, per quota scope (what each
         store declares)."""
@@ -673,7 +725,7 @@ class Engine:
     ) -> tuple[Plan, Options, datetime]:
         """The plan from the issuer's listing alone (pure: no I/O, no logging), and the options it was made with."""
         now = self.clock()
-        drift = read_targets or drift_check_due(self.config, policy.name, now)
+        drift = read_targets or drift_check_due(self.config, policy.name, now, self.drift_period(policy.name))
         opts = self._opts(drift, force, emergency)
         return plan(policy, Observation(tuple(mine_keys)), now, opts), opts, now
 

@@ -39,7 +39,9 @@ ISSUER_MUTATIONS: Mapping[str, Describe] = {
     "create_key": lambda *a, **k: "creating a key",
     "revoke_key": lambda key_id, *a, **k: f"revoking key {key_id}",
 }
-STORE_READS = frozenset({"name", "capabilities", "inspect", "read", "preflight", "publish_cost", "close"})
+STORE_READS = frozenset(
+    {"name", "capabilities", "inspect", "read", "preflight", "publish_cost", "inspect_cost", "close"}
+)
 STORE_MUTATIONS: Mapping[str, Describe] = {
     "stage": lambda ref, value, meta, *a, **k: f"staging key {meta.key_id} in {ref.id}",
     "promote": lambda ref, key_id, *a, **k: f"promoting key {key_id} in {ref.id}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,13 @@ def _policy(name: str, store: str) -> dict[str, Any]:
     }
 
 
-def _config(h: Harness, server: SecretManagerServer, policies: list[dict[str, Any]], **top: Any) -> Path:
+def _config(
+    h: Harness,
+    server: SecretManagerServer,
+    policies: list[dict[str, Any]],
+    quotas: dict[str, str] | None = None,
+    **top: Any,
+) -> Path:
     return h.write_config(
         policies,
         stores={
@@ -58,7 +65,7 @@ def _config(h: Harness, server: SecretManagerServer, policies: list[dict[str, An
                 "project": PROJECT,
                 "transport": "rest",
                 "endpoint": server.endpoint,
-                "quotas": {"write": "12/6s"},
+                "quotas": quotas or {"write": "12/6s"},
                 "retry": {"attempts": 12, "initial_backoff": 0.05, "max_backoff": 0.2},
             },
         },
@@ -129,3 +136,33 @@ def test_a_pass_starts_only_the_rotations_it_can_finish_before_pass_timeout(
         second = _pass(path, at(41), h)
         assert second.ok, second.to_json()
         assert all(h.live_ids(p["name"]) != first_keys[p["name"]] for p in gcp)
+
+
+def test_the_drift_checks_of_a_steady_fleet_use_at_most_half_the_read_quota(
+    tmp_path: Path, server: SecretManagerServer
+) -> None:
+    """30 steady GCP policies, drift_check_every 1m, a read quota of 20 a minute (1200/1h): checking each policy every
+    minute would read 30 a minute. The engine spreads the checks (to about every 3 minutes, and says so), so
+    that in an hour of passes the server sees at most 10 reads a minute, and every policy is still checked."""
+    with harness(tmp_path) as h:
+        gcp = [{**_policy(f"d{i}", "g"), "lifetime": "1d"} for i in range(30)]
+        setup = _config(h, server, gcp, concurrency=4, rate_limits=False)
+        assert _pass(setup, T0, h).ok
+        # 20 a minute, stated per hour: the passes run back to back on this machine's clock while the engine's
+        # clock steps a minute each, so the client's window must not be what holds the reads down here
+        path = _config(h, server, gcp, quotas={"read": "1200/1h"}, drift_check_every="1m", verify_for="1m")
+        now = [at(10)]
+        with build(
+            config_mod.load(path), clock=lambda: now[0], store_options={"g": {"credentials": AnonymousCredentials()}}
+        ) as app:
+            before = server.count("GetSecret")
+            for minute in range(60):
+                now[0] = at(10 + minute)
+                h.clock.set(now[0])
+                assert app.engine.run_pass().ok
+            reads = server.count("GetSecret") - before
+            period = app.engine.drift_period("d0")
+        assert period is not None and period >= timedelta(minutes=3), period
+        assert reads <= 10 * 60 + 30, reads  # half of 20 a minute, and one round of checks of slack
+        checked = {path.rsplit("/", 1)[-1] for (_, op, path, _) in server.requests if op == "GetSecret"}
+        assert {p["name"] for p in gcp} <= checked

@@ -281,6 +281,12 @@ class SecretStore(Protocol):
         has no request quotas (the file store, a store that declares none)."""
         ...
 
+    def inspect_cost(self, ref: TargetRef) -> tuple[tuple[Charge, int], ...]:
+        """The requests one :meth:`inspect` of ``ref`` makes, per quota scope: what a drift check of a steady
+        policy costs. The engine spreads drift checks so that a steady fleet uses at most half of any read
+        quota. ``()``: no request quotas."""
+        ...
+
     def close(self) -> None:
         """Release connections. Idempotent."""
         ...
@@ -324,4 +330,7 @@ class StoreBase:
         return []
 
     def publish_cost(self, ref: TargetRef) -> tuple[tuple[Charge, int], ...]:
+        return ()
+
+    def inspect_cost(self, ref: TargetRef) -> tuple[tuple[Charge, int], ...]:
         return ()

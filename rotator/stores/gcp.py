@@ -522,6 +522,10 @@ class GcpSecretManagerStore(StoreBase):
                 cost[c] = cost.get(c, 0) + 1
         return tuple(cost.items())
 
+    def inspect_cost(self, ref: TargetRef) -> tuple[tuple[Charge, int], ...]:
+        """An inspect is one GetSecret (the versions rotator wrote are in its annotations)."""
+        return tuple((c, 1) for c in self._charges("GetSecret", ref))
+
     # -- one API call: retries, accounting, translation ------------------------------------------------------
 
     def _call(self, op: str, ref: TargetRef, fn: Callable[[], T], *, idempotent: bool = True) -> T:
