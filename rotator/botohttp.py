@@ -22,6 +22,11 @@ connection ``EndpointConnectionError``, a proxy failure ``ProxyConnectionError``
 answer ``ConnectionClosedError``, and an answer above the cap :class:`ResponseTooLargeError` (an
 ``HTTPClientError``). Messages name the endpoint without its query or credentials, never a header or a body.
 
+Request quotas (issue 27): :func:`limit_calls` charges every HTTP attempt of a client against the process's
+:class:`rotator.quotas.RateLimits` before it is sent (a ``before-send`` handler registered first, so it runs before
+the bounded send), and reports each throttled answer back (a ``needs-retry`` handler, per attempt, like
+:func:`record_calls`).
+
 Imported by the AWS store, the SNS notifier and the ``ecs``/``lambda`` reload targets only, when botocore is
 there (the ``aws`` extra): it imports botocore at module level, and nothing heavier than urllib3 besides.
 :func:`client` makes a client the way all of them want it.
@@ -30,8 +35,9 @@ there (the ``aws`` extra): it imports botocore at module level, and nothing heav
 from __future__ import annotations
 
 import io
+import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -42,8 +48,24 @@ from botocore.httpsession import get_cert_path
 from urllib3 import exceptions as u3
 
 from rotator import httpio
+from rotator.quotas import Charge, RateLimits
 
-__all__ = ["BoundSend", "ResponseTooLargeError", "bound", "record_calls"]
+__all__ = ["THROTTLING_CODES", "BoundSend", "ResponseTooLargeError", "bound", "limit_calls", "record_calls"]
+
+#: the error codes of a request refused for its rate (botocore's throttling list without the codes that mean
+#: something else in Secrets Manager: ``LimitExceededException`` is a resource limit, such as too many versions)
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "SlowDown",
+    }
+)
 
 
 class ResponseTooLargeError(bex.HTTPClientError):  # type: ignore[misc]  # botocore is untyped
@@ -74,6 +96,43 @@ def record_calls(client: Any, service: str) -> None:
     client.meta.events.register(event, on_attempt, unique_id=f"rotator-calls-{service}-{id(client)}")
 
 
+def _retry_after(value: Any) -> float | None:
+    """Seconds from a ``Retry-After`` header of delta-seconds (AWS sends none; an HTTP date is not trusted)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def limit_calls(client: Any, limits: RateLimits, charges: Callable[[str], Sequence[Charge]]) -> None:
+    """Charge every HTTP attempt ``client`` makes, retries included, against ``limits`` before it is sent, and
+    report every throttled answer (:data:`THROTTLING_CODES`, or HTTP 429) with :meth:`RateLimits.throttled`.
+
+    ``charges(operation)`` names what one request of the operation (botocore's name: ``PutSecretValue``) counts
+    against; ``()``: nothing. The charge is a ``before-send`` handler registered first (botocore calls the
+    handlers of the most specific event name first, then those of one name in the order first, middle, last),
+    so it runs before :func:`bound`'s send; botocore emits the event once per attempt, after signing."""
+    service = client.meta.service_model.service_id.hyphenize()
+
+    def before_send(event_name: str = "", **_: Any) -> None:
+        limits.acquire(charges(event_name.rsplit(".", 1)[-1]))
+
+    def on_attempt(response: Any = None, operation: Any = None, **_: Any) -> None:
+        if response is None:
+            return
+        http, parsed = response
+        code = parsed.get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+        if code not in THROTTLING_CODES and getattr(http, "status_code", None) != 429:
+            return
+        headers = getattr(http, "headers", None) or {}
+        limits.throttled(charges(getattr(operation, "name", "")), retry_after=_retry_after(headers.get("Retry-After")))
+
+    events = client.meta.events
+    events.register_first(f"before-send.{service}", before_send, unique_id=f"rotator-limits-send-{id(client)}")
+    events.register(f"needs-retry.{service}", on_attempt, unique_id=f"rotator-limits-refusal-{id(client)}")
+
+
 def bound(client: Any, *, timeout: float, max_body: int) -> BoundSend:
     """Make ``client`` (a botocore client) send every request through :func:`rotator.httpio.fetch`: each HTTP
     attempt ends within ``timeout`` seconds in total and reads at most ``max_body`` bytes of answer.
@@ -96,10 +155,14 @@ def client(
     timeout: float,
     max_body: int,
     record_as: str,
+    limits: RateLimits | None = None,
+    charges: Callable[[str, str], Sequence[Charge]] | None = None,
     **kwargs: Any,
 ) -> tuple[Any, BoundSend]:
     """A botocore client of ``service`` (from ``session``, else a new ``boto3.session.Session``) that sends
-    through the bounded read (:func:`bound`) and records every attempt as ``record_as`` (:func:`record_calls`).
+    through the bounded read (:func:`bound`) and records every attempt as ``record_as`` (:func:`record_calls`);
+    with ``limits`` and ``charges`` (``(region, operation) -> charges``, the region the client signs for), every
+    attempt is charged there too (:func:`limit_calls`).
     Returns the client and its send: close both (the client first). Raises ImportError without boto3."""
     import boto3
 
@@ -111,6 +174,9 @@ def client(
     c = made.client(service, **args)
     send = bound(c, timeout=timeout, max_body=max_body)
     record_calls(c, record_as)
+    if limits is not None and charges is not None:
+        region = str(c.meta.region_name or "unknown")
+        limit_calls(c, limits, lambda operation: charges(region, operation))
     return c, send
 
 

@@ -28,6 +28,11 @@ Failures: 429, 5xx, connection errors and timeouts are retried with exponential 
 IssuerAuthError / IssuerPermissionError / IssuerNotFound. Messages carry the operation, the HTTP status and
 the ``code``/``message`` of the error body, never a response body, a header or a key.
 
+Request quotas (issue 27): the key API's rate limits are not documented, so :data:`MOMENTO_QUOTAS` has no limit:
+every attempt is charged against the process's :class:`rotator.quotas.RateLimits` (in the scope of the API's
+host; a no-op unless a refusal paused it), and a 429 pauses that scope for its ``Retry-After`` (capped at
+``backoff_max``, as the refused request's own wait is), so every worker waits, not just the refused one.
+
 Every HTTP attempt is recorded once with ``record_call("momento", op, status)`` (``status`` is the HTTP
 status, or ``"error"`` when no response arrived); op is one of ``create_key``, ``list_keys``,
 ``revoke_key``, ``list_roles``.
@@ -61,7 +66,7 @@ from rotator.errors import (
 )
 from rotator.model import IssuedKey, KeyInfo, Role, SecretText
 from rotator.observability import get_logger, record_call, redact_text
-from rotator.quotas import RateLimits
+from rotator.quotas import Charge, Quota, RateLimits
 
 __all__ = ["DEFAULT_BASE_URL", "MomentoIssuer"]
 
@@ -85,6 +90,12 @@ _RETRYABLE_ERRORS = (u3.NewConnectionError, u3.TimeoutError, u3.ProtocolError, u
 
 
 _HEADERS = {"Accept": "application/json", "User-Agent": "rotator"}
+
+#: the key API's request quotas: not documented, so only its refusals and their Retry-After pace it (one scope:
+#: the API's host)
+MOMENTO_QUOTAS: tuple[Quota, ...] = (
+    Quota("momento", "requests", None, 1.0, "issuer", "not documented: 429 and Retry-After are the source of truth"),
+)
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -133,7 +144,9 @@ class MomentoIssuer:
     ``management_key`` must be an Owner API key (v2 keys work as they are). It may be swapped later with
     :meth:`set_management_key` (self-rotation). ``base_url`` must be https, except for loopback hosts
     (the local emulator). ``sleep`` and ``rng`` are injectable so tests can record backoff delays.
-    ``page_size`` (1..100) is the ``limit`` asked for per page.
+    ``page_size`` (1..100) is the ``limit`` asked for per page. ``limits`` is the process's request quotas (the
+    runtime's, shared with every store and worker); without it the issuer has its own, which charges nothing when
+    ``sleep`` is injected (its waits are then only the ones a test records).
 
     Raises :class:`rotator.errors.ConfigError` for a bad ``base_url`` or retry settings. Thread-safe (urllib3's
     pool is; at most ``POOL_CONNECTIONS`` connections are kept open).
@@ -187,7 +200,9 @@ class MomentoIssuer:
         self._sleep = sleep
         #: the process's request quotas: the key API's are not documented, so its refusals (429, Retry-After)
         #: pause every worker's requests to it (rotator/quotas.py)
-        self.limits = limits if limits is not None else RateLimits()
+        self.limits = limits if limits is not None else RateLimits(enabled=sleep is time.sleep)
+        # one scope per key API host (with its port when it names one: two local emulators are two APIs)
+        self._charges = (Charge(MOMENTO_QUOTAS[0], (parts.netloc.rpartition("@")[2] or base_url).lower()),)
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter, not cryptography
         # one kept-alive connection per worker of a pass (concurrency is at most 64)
         self._client = httpio.pool(self.base_url, timeout=timeout, maxsize=POOL_CONNECTIONS)
@@ -396,6 +411,10 @@ class MomentoIssuer:
             auth = self._auth_header(op)
             if deadline is not None and time.monotonic() >= deadline:
                 raise self._too_slow(op, progress)
+            # every attempt is charged: a no-op unless a refusal paused the key API for every worker
+            self.limits.acquire(self._charges, deadline=deadline)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise self._too_slow(op, progress)
             try:
                 response = self._send(method, path, params, json, auth, deadline)
             except httpio.BodyTooLarge as exc:
@@ -432,9 +451,15 @@ class MomentoIssuer:
                 detail = _error_detail(response)
                 last = f"HTTP {status}" + (f" {detail}" if detail else "")
                 last_status = status
+                retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+                if status == 429:
+                    # every worker pauses, not only this one (for as long as this one waits, at most)
+                    self.limits.throttled(
+                        self._charges, retry_after=None if retry_after is None else min(retry_after, self.backoff_max)
+                    )
                 if attempt == self.max_attempts:
                     raise self._unavailable(op, attempt, last, last_status)
-                delay = self._backoff(attempt, _parse_retry_after(response.headers.get("Retry-After")))
+                delay = self._backoff(attempt, retry_after)
             # the logger is looked up per use: binding one at import time would freeze structlog's
             # configuration (and its redaction processor) as it was then
             get_logger(component="issuer.momento").info(

@@ -34,6 +34,13 @@ One writer per secret: a secret whose native rotation runs another Lambda, or ro
 (recognised by ``ROTATOR_LAMBDA_ARN``), is never staged or promoted by a pass; a pass still inspects it and
 retires old keys. The native rotation steps use :meth:`AwsSecretsManagerStore.put_pending` and ``finish``.
 
+Request quotas (issue 27): every HTTP attempt, retries included, is charged against the process's
+:class:`rotator.quotas.RateLimits` before it is sent, in the quota of its operation (:data:`AWS_QUOTAS`,
+:data:`OPERATION_QUOTAS`) for the region its client signs for; a ``ThrottlingException`` cuts the region's limit
+and pauses it for every worker (:func:`rotator.botohttp.limit_calls`). The store's ``quotas:`` overrides the
+documented rates. botocore's ``adaptive`` retry mode stays on: it slows one client after a refusal, the limiter
+keeps every worker of the process inside the documented rates before one is refused.
+
 API-call accounting: a botocore ``needs-retry.secrets-manager`` event handler calls
 :func:`rotator.observability.record_call` after every HTTP attempt, so one call retried twice counts three
 times; the status is the HTTP status, the AWS error code, or the connection error's class name.
@@ -59,7 +66,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rotator.errors import (
     MissingExtraError,
@@ -74,6 +81,7 @@ from rotator.errors import (
 from rotator.keys import payload_key_id
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, redact_text
+from rotator.quotas import Charge, Quota, RateLimits, apply_overrides, check_overrides
 from rotator.stores.base import (
     ANY_CURRENT,
     POOL_CONNECTIONS,
@@ -101,6 +109,69 @@ CURRENT, PENDING, PREVIOUS = "AWSCURRENT", "AWSPENDING", "AWSPREVIOUS"
 
 #: tags rotator puts on the secrets it creates; users may not set them through ``tags``
 TAG_MANAGED_BY, TAG_POLICY = "managed-by", "rotator-policy"
+
+# ---- request quotas ------------------------------------------------------------------------------------------
+
+_QUOTAS_PAGE = (
+    "AWS Secrets Manager quotas, https://docs.aws.amazon.com/secretsmanager/latest/userguide/reference_limits.html"
+)
+_WHATS_NEW_2025 = (
+    "AWS What's New 2025-03-04, https://aws.amazon.com/about-aws/whats-new/2025/03/"
+    "aws-secrets-manager-increases-api-requests-seconds/"
+)
+#: Secrets Manager's per-API request rates, kept on the client side (rotator/quotas.py; the store's ``quotas:``
+#: overrides them). "Each quota is specific to each region", and "Secrets Manager throttles the account of the
+#: identity that makes the requests" (the quotas page): one scope is one region of the store's account. Over a
+#: rate: HTTP 400 ``ThrottlingException`` "Rate exceeded", no Retry-After. The numbers are those of
+#: tests/servers/fault_proxy.py's AWS_QUOTAS, which quotes the pages.
+AWS_QUOTAS: tuple[Quota, ...] = (
+    # "Combined rate of PutSecretValue, RemoveRegionsFromReplication, ReplicateSecretToRegion,
+    # StopReplicationToReplica, UpdateSecret, and UpdateSecretVersionStage API requests": 50 per second in each
+    # Region, not adjustable (the quotas page)
+    Quota("secretsmanager", "write", 50, 1.0, "region", _QUOTAS_PAGE),
+    # GetSecretValue up to 10,000 requests per second, DescribeSecret 40,000, in every Region ("AWS Secrets Manager
+    # increases API requests per second limits", AWS What's New, 2025-03-04); older copies of the quotas page list
+    # one combined DescribeSecret + GetSecretValue rate of 10,000/s
+    Quota("secretsmanager", "get", 10_000, 1.0, "region", _WHATS_NEW_2025),
+    Quota("secretsmanager", "describe", 40_000, 1.0, "region", _WHATS_NEW_2025),
+    # row not verified: CreateSecret, DeleteSecret and ListSecretVersionIds were not in the copies of the quotas page
+    # that could be read; modelled at the page's control-plane rate, 50 per second each (check the live page)
+    Quota("secretsmanager", "create", 50, 1.0, "region", _QUOTAS_PAGE + " (row not verified: 50/s assumed)"),
+    Quota("secretsmanager", "delete", 50, 1.0, "region", _QUOTAS_PAGE + " (row not verified: 50/s assumed)"),
+    Quota("secretsmanager", "list_versions", 50, 1.0, "region", _QUOTAS_PAGE + " (row not verified: 50/s assumed)"),
+    # TagResource and UntagResource combined: 50 per second in each Region, not adjustable (the quotas page)
+    Quota("secretsmanager", "tag", 50, 1.0, "region", _QUOTAS_PAGE),
+    # RotateSecret and CancelRotateSecret combined: 50 per second in each Region, not adjustable (the quotas page)
+    Quota("secretsmanager", "rotate", 50, 1.0, "region", _QUOTAS_PAGE),
+)
+
+#: the quota each Secrets Manager operation (botocore's name) counts against; other operations are not charged
+OPERATION_QUOTAS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "PutSecretValue",
+            "UpdateSecret",
+            "UpdateSecretVersionStage",
+            "RemoveRegionsFromReplication",
+            "ReplicateSecretToRegion",
+            "StopReplicationToReplica",
+        ),
+        "write",
+    ),
+    "GetSecretValue": "get",
+    "DescribeSecret": "describe",
+    "CreateSecret": "create",
+    "DeleteSecret": "delete",
+    "ListSecretVersionIds": "list_versions",
+    "TagResource": "tag",
+    "UntagResource": "tag",
+    "RotateSecret": "rotate",
+    "CancelRotateSecret": "rotate",
+}
+
+#: what one publish costs on the due pass of a secret rotator already writes (see :meth:`publish_cost`)
+PUBLISH_CALLS: tuple[tuple[str, int], ...] = (("write", 2), ("describe", 1), ("get", 1))
+
 
 # ---- names, ARNs, regions ------------------------------------------------------------------------------
 
@@ -252,11 +323,22 @@ class StoreConfig(BaseModel):
     kms_key_id: str | None = None
     tags: dict[str, str] = {}
     replica_regions: list[str] = []
+    quotas: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="Overrides of the documented request rates per region (write 50/1s, get 10000/1s, describe "
+        '40000/1s, create, delete, list_versions, tag, rotate 50/1s), e.g. write: "25/1s" to leave room for another '
+        "client; null: no limit, only refusals pace it.",
+    )
 
     @field_validator("region")
     @classmethod
     def _region(cls, v: str | None) -> str | None:
         return None if v is None else _check_region(v)
+
+    @field_validator("quotas")
+    @classmethod
+    def _quotas(cls, v: dict[str, str | None]) -> dict[str, str | None]:
+        return check_overrides(AWS_QUOTAS, v)
 
     @field_validator("endpoint_url")
     @classmethod
@@ -453,6 +535,7 @@ class AwsSecretsManagerStore(StoreBase):
         botocore_config: Any = None,
         clock: Callable[[], float] = time.monotonic,
         request_timeout: float = REQUEST_TIMEOUT,
+        limits: RateLimits | None = None,
     ) -> None:
         from botocore import exceptions as bex  # the extra is known to be installed here
         from botocore.config import Config
@@ -481,6 +564,9 @@ class AwsSecretsManagerStore(StoreBase):
         self._native: dict[tuple[tuple[str | None, str], str], str | None] = {}
         # versions found without a value (a rotation's AWSPENDING before createSecret): (secret key, version) -> when
         self._empty: dict[tuple[tuple[str | None, str], str], float] = {}
+        #: the process's request quotas, and this store's (the documented ones, with the config's overrides)
+        self._limits = limits if limits is not None else RateLimits()
+        self._quotas = apply_overrides(AWS_QUOTAS, config.quotas)
         self._log = get_logger(store=name)
 
     def __repr__(self) -> str:
@@ -518,11 +604,44 @@ class AwsSecretsManagerStore(StoreBase):
                     timeout=self._request_timeout,
                     max_body=MAX_ANSWER,
                     record_as=SERVICE,
+                    limits=self._limits,
+                    charges=self._charges,
                     **self._client_kwargs,
                 )
                 self._sends.append(send)
                 self._clients[region] = client
             return client
+
+    # -- request quotas ---------------------------------------------------------------------------------------
+
+    def _charges(self, region: str, operation: str) -> tuple[Charge, ...]:
+        """What one HTTP attempt of ``operation`` (``PutSecretValue``) in ``region`` counts against."""
+        name = OPERATION_QUOTAS.get(operation)
+        return () if name is None else (Charge(self._quotas[name], region),)
+
+    def _scope_region(self, ref: TargetRef, opts: TargetOptions) -> str:
+        """The region the target's requests are signed for: the one its client resolved (boto3's chain when
+        neither the target nor the store names one), as :func:`rotator.botohttp.client` keys the charges."""
+        region = self._region(ref, opts)
+        if region is not None:
+            return region
+        try:
+            return str(self._client(None).meta.region_name or "unknown")
+        except self._bex.BotoCoreError:
+            return "unknown"  # no region anywhere: the first call says so
+
+    def publish_cost(self, ref: TargetRef) -> tuple[tuple[Charge, int], ...]:
+        """The requests one publish makes on the due pass, per quota of the target's region: inspect's
+        DescribeSecret, stage's PutSecretValue (the describe is cached), the read-back's GetSecretValue, and
+        promote's conditional UpdateSecretVersionStage (cached describe again): 2 writes, 1 describe, 1 get.
+        Creating a missing secret adds a CreateSecret; a retry or a refused promote adds a describe and a write."""
+        region = self._scope_region(ref, self._options(ref))
+        return tuple((Charge(self._quotas[name], region), n) for name, n in PUBLISH_CALLS)
+
+    def inspect_cost(self, ref: TargetRef) -> tuple[tuple[Charge, int], ...]:
+        """One :meth:`inspect`: a DescribeSecret (a ListSecretVersionIds too only if AWS left out
+        LastChangedDate, and a GetSecretValue per version written under a token Secrets Manager chose)."""
+        return ((Charge(self._quotas["describe"], self._scope_region(ref, self._options(ref))), 1),)
 
     def _invoke(self, ref: TargetRef, opts: TargetOptions, op: str, **params: Any) -> dict[str, Any]:
         """Call ``op`` on the target's regional client. Raises _ServiceError for service errors, StoreError else."""
@@ -1224,13 +1343,15 @@ def open_store(
     describe_ttl: float = 60.0,
     botocore_config: Any = None,
     request_timeout: float = REQUEST_TIMEOUT,
+    limits: RateLimits | None = None,
     **client_kwargs: Any,
 ) -> AwsSecretsManagerStore:
     """Open the AWS store ``name``.
 
     ``session`` is a ``boto3.session.Session`` (default: a new one with the configured profile);
     ``botocore_config`` (a ``botocore.config.Config``) is merged over rotator's retry settings;
-    ``request_timeout``: seconds one HTTP attempt may take in total;
+    ``request_timeout``: seconds one HTTP attempt may take in total; ``limits``: the process's request quotas
+    (the runtime's, from the StoreContext; default: the store's own);
     ``client_kwargs`` go to ``session.client("secretsmanager", ...)``. Raises MissingExtraError without boto3.
     """
     try:
@@ -1249,11 +1370,12 @@ def open_store(
         describe_ttl=describe_ttl,
         botocore_config=botocore_config,
         request_timeout=request_timeout,
+        limits=limits,
     )
 
 
 def _open(spec: StoreSpec, context: StoreContext) -> SecretStore:
-    return open_store(spec.name, spec.config, **context.options)
+    return open_store(spec.name, spec.config, **{"limits": context.limits, **context.options})
 
 
 #: the ``aws`` store type, registered under the entry point group ``rotator.stores``

@@ -43,6 +43,12 @@ versions (plus 1 when the secret does not exist yet, to tell "never created" fro
 of the old key plus 1 ``PATCH`` of the current version's ``rotator-tracks`` tag: 3 + 3. Without a recent
 inspect in this process, stage, promote and retire look first (one ``GET``). A steady-state pass makes no
 call at all (the engine does not read the stores then).
+
+Request quotas (issue 27): the same policy charges each attempt against the process's
+:class:`rotator.quotas.RateLimits` before it is sent, in the vault's scope (:data:`KEYVAULT_QUOTAS`: a
+``set_secret`` is a CREATE, everything else one of "all other transactions"), and reports a 429 with its
+``Retry-After``: the vault's limit is cut and every worker pauses, not only the refused one. The store's
+``quotas:`` overrides the documented limits.
 """
 
 from __future__ import annotations
@@ -71,6 +77,7 @@ from rotator.errors import (
 )
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call
+from rotator.quotas import Charge, Quota, RateLimits, apply_overrides, check_overrides
 from rotator.stores.base import (
     ANY_CURRENT,
     POOL_CONNECTIONS,
@@ -109,6 +116,22 @@ _SECRET_NAME_RE = re.compile(r"^[0-9a-zA-Z-]{1,127}\Z")
 _RESERVED_CLIENT_OPTIONS = frozenset(
     {"credential", "vault_url", "policies", "per_retry_policies", "retry_policy", "logging_enable", "api_version"}
 )
+
+_LIMITS_PAGE = "Azure Key Vault service limits, https://learn.microsoft.com/azure/key-vault/general/service-limits"
+#: The vault's secret transaction limits, kept on the client side (rotator/quotas.py; the store's ``quotas:``
+#: overrides them): "Secrets, managed storage account keys, and vault transactions", "Maximum transactions allowed
+#: in 10 seconds, per vault per region": "Secret CREATE secret | 300" and "All other transactions | 4,000" (the
+#: limits page; the numbers of tests/servers/azure_keyvault.py's KV_QUOTAS). One scope is one vault (its host
+#: name). Over a limit: 429 ``Throttled``, maybe with ``Retry-After``. Not kept: the subscription-wide limit, "five
+#: times per key vault limit" (same page), which binds several vaults of one subscription only.
+KEYVAULT_QUOTAS: tuple[Quota, ...] = (
+    # every PUT /secrets/{name} is a CREATE: it creates a version, and the page does not tell a secret's first
+    # version from a new one (the stricter reading)
+    Quota("keyvault", "create", 300, 10.0, "vault", _LIMITS_PAGE),
+    Quota("keyvault", "other", 4_000, 10.0, "vault", _LIMITS_PAGE),
+)
+#: what one publish costs on the due pass (see :meth:`AzureKeyVaultStore.publish_cost`)
+PUBLISH_CALLS: tuple[tuple[str, int], ...] = (("create", 1), ("other", 3))
 
 CredentialKind = Literal["default", "environment", "managed_identity", "workload_identity", "azure_cli"]
 
@@ -212,6 +235,16 @@ class StoreConfig(BaseModel):
     retry_backoff_max: float = Field(default=60.0, ge=0, le=600)
     timeout: float = Field(default=30.0, gt=0, le=600)
     metadata_cache_seconds: float = Field(default=300.0, ge=0, le=3600)
+    quotas: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="Overrides of the vault's documented transaction limits (create 300/10s, other 4000/10s), "
+        'e.g. create: "150/10s" when other clients write to the vault too; null: no limit, only refusals pace it.',
+    )
+
+    @field_validator("quotas")
+    @classmethod
+    def _quotas(cls, v: dict[str, str | None]) -> dict[str, str | None]:
+        return check_overrides(KEYVAULT_QUOTAS, v)
 
     @field_validator("vault_url")
     @classmethod
@@ -340,20 +373,36 @@ def _transport(options: Mapping[str, Any]) -> Any:
     return RequestsTransport(session=session, session_owner=True, **options)
 
 
-def _call_recorder() -> Any:
-    """An azure-core policy that records one call per HTTP attempt (placed after the retry policy)."""
+def _retry_after(value: Any) -> float | None:
+    """Seconds from a ``Retry-After`` header of delta-seconds, else None."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if seconds >= 0 and seconds != float("inf") else None
+
+
+def _call_recorder(limits: RateLimits | None = None, charges: Callable[[str], tuple[Charge, ...]] | None = None) -> Any:
+    """An azure-core policy that records one call per HTTP attempt (placed after the retry policy); with
+    ``limits``, it charges each attempt there first (``charges(op)``) and reports a 429 with its Retry-After."""
     from azure.core.pipeline import PipelineRequest, PipelineResponse
     from azure.core.pipeline.policies import HTTPPolicy
 
     class CallRecorder(HTTPPolicy[Any, Any]):
         def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
             op = operation_name(request.http_request.method, request.http_request.url)
+            charged = charges(op) if limits is not None and charges is not None else ()
+            if limits is not None:
+                limits.acquire(charged)  # every attempt counts: the retry policy sits before this one
             try:
                 response = self.next.send(request)
             except Exception as exc:
                 record_call(SERVICE, op, type(exc).__name__)
                 raise
-            record_call(SERVICE, op, response.http_response.status_code)
+            status = response.http_response.status_code
+            record_call(SERVICE, op, status)
+            if status == 429 and limits is not None:
+                limits.throttled(charged, retry_after=_retry_after(response.http_response.headers.get("Retry-After")))
             return response
 
     return CallRecorder()
@@ -539,7 +588,15 @@ class AzureKeyVaultStore(StoreBase):
     #: before the write (docs/design-notes.md: the window that leaves)
     capabilities = StoreCapabilities(stage_makes_current=True, compare_and_set="read-then-write")
 
-    def __init__(self, name: str, config: StoreConfig, *, credential: Any = None, **client_options: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: StoreConfig,
+        *,
+        credential: Any = None,
+        limits: RateLimits | None = None,
+        **client_options: Any,
+    ) -> None:
         try:
             from azure.keyvault.secrets import SecretClient
         except ImportError as exc:
@@ -559,7 +616,15 @@ class AzureKeyVaultStore(StoreBase):
             **config.client_options,
             **client_options,
         }
-        options["per_retry_policies"] = [*options.get("per_retry_policies", []), _call_recorder()]
+        #: the process's request quotas, and this store's (the documented ones, with the config's overrides), in
+        #: the scope of this vault
+        self._limits = limits if limits is not None else RateLimits()
+        self._quotas = apply_overrides(KEYVAULT_QUOTAS, config.quotas)
+        self._scope = (urlsplit(config.vault_url).netloc or config.vault_url).lower()
+        options["per_retry_policies"] = [
+            *options.get("per_retry_policies", []),
+            _call_recorder(self._limits, self._charges),
+        ]
         options["retry_policy"] = _retry_policy(config)
         if "transport" not in options:
             options["transport"] = _transport(options)
@@ -574,6 +639,25 @@ class AzureKeyVaultStore(StoreBase):
 
     def __repr__(self) -> str:
         return f"AzureKeyVaultStore(name={self.name!r}, vault_url={self.vault_url!r})"
+
+    # ---- request quotas ---------------------------------------------------------------------------------
+
+    def _charges(self, op: str) -> tuple[Charge, ...]:
+        """What one HTTP attempt of ``op`` (:func:`operation_name`) counts against: a ``set_secret`` is a
+        CREATE, anything else one of the vault's other transactions."""
+        return (Charge(self._quotas["create" if op == "set_secret" else "other"], self._scope),)
+
+    def publish_cost(self, ref: TargetRef) -> tuple[tuple[Charge, int], ...]:
+        """The transactions one publish makes on the due pass: inspect's ``GET`` of the latest version, the
+        engine's second look right before staging (``stage_makes_current``), the ``set_secret`` (a CREATE), the
+        read-back ``GET``; promote finds the key latest and sends nothing: 1 create, 3 others. A secret that does
+        not exist yet adds a ``GET`` of the deleted secret; cleaning up later (retire) is not a publish."""
+        return tuple((Charge(self._quotas[name], self._scope), n) for name, n in PUBLISH_CALLS)
+
+    def inspect_cost(self, ref: TargetRef) -> tuple[tuple[Charge, int], ...]:
+        """One :meth:`inspect`: a ``GET`` of the latest version (one more for a secret that does not exist, and a
+        listing of its versions when the latest one does not say which it tracks)."""
+        return ((Charge(self._quotas["other"], self._scope), 1),)
 
     # ---- the contract -----------------------------------------------------------------------------------
 
@@ -1142,19 +1226,27 @@ def _unique_newest(versions: dict[str, _Version]) -> str | None:
     return tied[0].version if len(tied) == 1 else None
 
 
-def open_store(name: str, config: StoreConfig, *, credential: Any = None, **client_options: Any) -> AzureKeyVaultStore:
+def open_store(
+    name: str,
+    config: StoreConfig,
+    *,
+    credential: Any = None,
+    limits: RateLimits | None = None,
+    **client_options: Any,
+) -> AzureKeyVaultStore:
     """Open the Azure Key Vault store ``name``.
 
-    ``credential`` (any azure-core token credential) replaces the one ``config.credential`` names;
+    ``credential`` (any azure-core token credential) replaces the one ``config.credential`` names; ``limits``
+    is the process's request quotas (the runtime's, from the StoreContext; default: the store's own);
     ``client_options`` are merged over ``config.client_options`` and passed to ``SecretClient``.
     Raises MissingExtraError without ``momento-rotator[azure]``, ConfigError for an unusable credential setting.
     """
-    return AzureKeyVaultStore(name, config, credential=credential, **client_options)
+    return AzureKeyVaultStore(name, config, credential=credential, limits=limits, **client_options)
 
 
 def _open(spec: StoreSpec, context: StoreContext) -> SecretStore:
     assert isinstance(spec.config, StoreConfig)
-    return open_store(spec.name, spec.config, **context.options)
+    return open_store(spec.name, spec.config, **{"limits": context.limits, **context.options})
 
 
 #: the ``azure`` store type, registered under the entry point group ``rotator.stores``
