@@ -14,6 +14,8 @@ RUNS = [
     ["store_calls.py"],
     ["cold_start.py"],
     ["cold_start.py", "--lambda"],
+    # 1,000 rotations per store inside its (scaled) request quotas, limits on and off: ~12 minutes
+    ["quotas.py"],
 ]
 
 
