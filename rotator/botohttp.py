@@ -37,6 +37,7 @@ from __future__ import annotations
 import io
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -114,11 +115,17 @@ def limit_calls(client: Any, limits: RateLimits, charges: Callable[[str], Sequen
     handlers of the most specific event name first, then those of one name in the order first, middle, last),
     so it runs before :func:`bound`'s send; botocore emits the event once per attempt, after signing."""
     service = client.meta.service_model.service_id.hyphenize()
+    sent = threading.local()  # when this thread's attempt went out: botocore sends an attempt on its caller's thread
 
     def before_send(event_name: str = "", **_: Any) -> None:
         limits.acquire(charges(event_name.rsplit(".", 1)[-1]))
+        sent.at = time.monotonic()
 
     def on_attempt(response: Any = None, operation: Any = None, **_: Any) -> None:
+        at = getattr(sent, "at", None)
+        if at is not None:  # the service counted it somewhere between sending and now
+            limits.answered(charges(getattr(operation, "name", "")), time.monotonic() - at)
+            sent.at = None
         if response is None:
             return
         http, parsed = response

@@ -28,7 +28,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from rotator.engine import PassReport
@@ -118,6 +118,48 @@ class _LastSuccess(Collector):
             g = self._family()
             g.add_metric([], self.value)
             yield g
+
+
+class _Quotas(Collector):
+    """The request quotas the process keeps (rotator/quotas.py), read at scrape time from its RateLimits:
+    per service, quota and scope (a project, region or vault; one series for all the secrets of a per-secret
+    quota, so a fleet does not become as many series): the limit in force, requests admitted and refused, and
+    seconds the workers waited."""
+
+    def __init__(self) -> None:
+        self.limits: Any = None
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["service", "quota", "scope"]
+        limit = GaugeMetricFamily(
+            "rotator_quota_limit",
+            "Requests per window rotator allows itself in a quota scope now (the documented limit or its override, "
+            "cut after refusals and raised again after quiet periods); the window is rotator_quota_window_seconds.",
+            labels=labels,
+        )
+        window = GaugeMetricFamily("rotator_quota_window_seconds", "A quota's window.", labels=labels)
+        admitted = CounterMetricFamily("rotator_quota_requests", "Requests sent in a quota scope.", labels=labels)
+        refused = CounterMetricFamily(
+            "rotator_quota_refused", "Requests the service refused for quota (429, throttling).", labels=labels
+        )
+        waited = CounterMetricFamily(
+            "rotator_quota_wait_seconds", "Seconds workers waited for room in a quota scope.", labels=labels
+        )
+        totals: dict[tuple[str, str, str], list[float]] = {}
+        for row in self.limits.stats() if self.limits is not None else ():
+            key = (row["service"], row["quota"], "*" if row["per_secret"] else row["scope"])
+            t = totals.setdefault(key, [row["limit"] if row["limit"] is not None else -1, row["window"], 0, 0, 0])
+            t[2] += row["admitted"]
+            t[3] += row["refused"]
+            t[4] += row["waited_seconds"]
+        for key, (lim, win, adm, ref, wai) in sorted(totals.items()):
+            if lim >= 0:
+                limit.add_metric(list(key), lim)
+                window.add_metric(list(key), win)
+            admitted.add_metric(list(key), adm)
+            refused.add_metric(list(key), ref)
+            waited.add_metric(list(key), wai)
+        return [limit, window, admitted, refused, waited]
 
 
 class Metrics:
@@ -220,6 +262,8 @@ class Metrics:
             self.configure(config)
         self.expiry = _Expiry()
         r.register(self.expiry)
+        self.quotas = _Quotas()
+        r.register(self.quotas)
         API_CALLS.add_listener(self._on_call)
 
     def configure(self, config: Config) -> None:
@@ -229,6 +273,10 @@ class Metrics:
         self.interval.set(config.interval.total_seconds())
         alerts = config.alerts if isinstance(config.alerts, AlertsConfig) else AlertsConfig()
         self.alert_before.set(alerts.alert_before.total_seconds())
+
+    def watch(self, limits: Any) -> None:
+        """Export the request quotas of ``limits`` (the process's RateLimits) at every scrape."""
+        self.quotas.limits = limits
 
     def _on_call(self, service: str, operation: str, status: str) -> None:
         self.api_calls.labels(service, operation, status).inc()

@@ -11,7 +11,8 @@ Each scope is a sliding-window log from ``pyrate-limiter`` (``InMemoryBucket``: 
 ``window``), which is how the quotas pages state their limits ("600 per minute", "per 10 seconds"), so a client
 that keeps to it is never refused by a service that counts the same way. It adapts:
 
-- down on a refusal: the limit is cut to 70% (at least 1 per window), and the whole scope pauses for the
+- down on a refusal: the limit is cut to 70% (at least 1 per window; at most one cut a window), and the whole
+  scope pauses for the
   ``Retry-After`` (else 0.5 s, doubling on each refusal in a row, at most one window): every worker waits, not
   just the one refused, so a pass stops spending its time on requests the service refuses;
 - back up after a quiet period (two windows, at least 10 s, without a refusal): by a tenth of the documented
@@ -244,7 +245,9 @@ class RateLimits:
                 s.refused += 1
                 s.refusals_in_a_row += 1
                 s.last_refusal = now
-                if s.limit is not None:
+                if s.limit is not None and now - s.last_change >= s.quota.window:
+                    # once a window: the refusals of requests already on their way when the first came back are
+                    # the same news, and cutting for each would take a burst's limit down to 1
                     new = max(1, math.floor(s.limit * DECREASE))
                     if new < s.limit:
                         s.limit, s.last_change = new, now
@@ -277,6 +280,7 @@ class RateLimits:
                     "service": service,
                     "quota": name,
                     "scope": key,
+                    "per_secret": s.quota.scope in ("secret", "secret version"),
                     "documented": s.quota.limit,
                     "window": s.quota.window,
                     "limit": s.limit,

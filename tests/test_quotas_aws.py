@@ -49,8 +49,8 @@ POLICY = "quota-test"
 WORKERS = 12
 PUBLISHES = 4
 LIMIT = 20
-#: botocore's standard retries instead of the store's adaptive ones, where a test must see the shared limiter alone:
-#: adaptive mode slows one client after a refusal with a token bucket of its own
+#: botocore's standard retries, stated where a test must see the shared limiter alone (the store's own mode with
+#: rate limits on; adaptive mode would slow one client after a refusal with a token bucket of its own)
 STANDARD = Config(retries={"mode": "standard", "total_max_attempts": 8})
 
 

@@ -546,6 +546,7 @@ def _once(app: Any, only: list[str] | None, clock: Clock, *, shard: Any = None) 
 
     tty = sys.stdout.isatty()
     metrics = Metrics(app.config)
+    metrics.watch(app.engine.limits)
     # in a container `once` is PID 1, which ignores SIGTERM without a handler: finish the action in flight,
     # skip the rest (the next run picks it up) and exit 143
     stop = threading.Event()

@@ -73,6 +73,7 @@ class Daemon:
         self._leader_gauge: Any = None
         self.metrics = metrics or Metrics()
         self.metrics.configure(app.config)  # the interval and alert_before, which the alert rules compare with
+        self.metrics.watch(app.engine.limits)
         self.alerts = alerts if alerts is not None else AlertHub(app.config.alerts, clock=app.engine.clock)
         self._alert_sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alerts")
         self.http: HealthServer | None = None

@@ -38,8 +38,8 @@ Request quotas (issue 27): every HTTP attempt, retries included, is charged agai
 :class:`rotator.quotas.RateLimits` before it is sent, in the quota of its operation (:data:`AWS_QUOTAS`,
 :data:`OPERATION_QUOTAS`) for the region its client signs for; a ``ThrottlingException`` cuts the region's limit
 and pauses it for every worker (:func:`rotator.botohttp.limit_calls`). The store's ``quotas:`` overrides the
-documented rates. botocore's ``adaptive`` retry mode stays on: it slows one client after a refusal, the limiter
-keeps every worker of the process inside the documented rates before one is refused.
+documented rates. botocore's retry mode is then ``standard``: ``adaptive`` adds a limiter of its own per client that
+slows it hard after one refusal, on top of the shared one; with ``rate_limits: false`` it is ``adaptive``.
 
 API-call accounting: a botocore ``needs-retry.secrets-manager`` event handler calls
 :func:`rotator.observability.record_call` after every HTTP attempt, so one call retried twice counts three
@@ -49,7 +49,8 @@ HTTP: every attempt is sent through :func:`rotator.botohttp.bound` (:func:`rotat
 ``REQUEST_TIMEOUT`` seconds in total (botocore's own timeouts are per socket read, so an endpoint dripping a byte a
 second held a call for ever) and reads at most ``MAX_ANSWER`` bytes of answer, error answers included.
 
-Errors: botocore's ``adaptive`` retry mode (``max_attempts``, default 8) retries throttling, 5xx, dropped
+Errors: botocore's ``standard`` (``adaptive`` without rate limits) retry mode (``max_attempts``, default 8)
+retries throttling, 5xx, dropped
 connections, passed deadlines and oversized answers with backoff; what still fails becomes a
 :class:`rotator.errors.StoreError` naming the store, the secret, and for access denied the IAM action
 (``secretsmanager:<Operation>``).
@@ -545,10 +546,17 @@ class AwsSecretsManagerStore(StoreBase):
         self._session = session
         self._bex = bex
         self._client_kwargs = dict(client_kwargs or {})
+        self._limits = limits if limits is not None else RateLimits()
         base = Config(
             # total_max_attempts counts the first attempt too, like AWS_MAX_ATTEMPTS (botocore's
-            # "max_attempts" in this dict counts retries only)
-            retries={"mode": "adaptive", "total_max_attempts": config.max_attempts},
+            # "max_attempts" in this dict counts retries only). With rotator's limiter on, botocore's "standard"
+            # mode: the limiter paces every worker of the process and slows the region after a refusal, and
+            # "adaptive" would add a second, per-client limiter that slows one client hard after one refusal (2
+            # refusals stretched a 4.2 s batch to 10.5 s, tests/test_quotas_aws.py); off, "adaptive" as before
+            retries={
+                "mode": "standard" if self._limits.enabled else "adaptive",
+                "total_max_attempts": config.max_attempts,
+            },
             user_agent_extra="rotator",
             max_pool_connections=POOL_CONNECTIONS,  # one per worker of a pass (the default, 10, queues 16)
         )
@@ -565,7 +573,6 @@ class AwsSecretsManagerStore(StoreBase):
         # versions found without a value (a rotation's AWSPENDING before createSecret): (secret key, version) -> when
         self._empty: dict[tuple[tuple[str | None, str], str], float] = {}
         #: the process's request quotas, and this store's (the documented ones, with the config's overrides)
-        self._limits = limits if limits is not None else RateLimits()
         self._quotas = apply_overrides(AWS_QUOTAS, config.quotas)
         self._log = get_logger(store=name)
 

@@ -394,11 +394,14 @@ def _call_recorder(limits: RateLimits | None = None, charges: Callable[[str], tu
             charged = charges(op) if limits is not None and charges is not None else ()
             if limits is not None:
                 limits.acquire(charged)  # every attempt counts: the retry policy sits before this one
+            sent = time.monotonic()
             try:
                 response = self.next.send(request)
             except Exception as exc:
                 record_call(SERVICE, op, type(exc).__name__)
                 raise
+            if limits is not None:  # the vault counted it somewhere between sending and now
+                limits.answered(charged, time.monotonic() - sent)
             status = response.http_response.status_code
             record_call(SERVICE, op, status)
             if status == 429 and limits is not None:

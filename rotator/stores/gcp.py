@@ -246,9 +246,12 @@ class StoreConfig(BaseModel):
     #: how long a promote may take to be seen by every reader of the alias ``current`` (aliases and metadata
     #: are eventually consistent): the grace period of the old key starts this long after the promote
     visibility_lag: Duration = timedelta(minutes=5)
-    #: overrides of the documented request quotas (GCP_QUOTAS): ``{write: "1200/1m"}`` after a quota increase,
-    #: ``null`` for none (only refusals pace it)
-    quotas: dict[str, str | None] = Field(default_factory=dict)
+    quotas: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="Overrides of Secret Manager's documented request quotas (access 90000/1m, read 600/1m and "
+        "write 600/1m per project; secret_writes 2/1s and secret_writes_per_minute 120/1m per secret), e.g. "
+        'write: "1200/1m" after a quota increase; null: no limit, only refusals pace it.',
+    )
 
     _project = field_validator("project")(classmethod(lambda cls, v: _check_project(v)))
     _quotas = field_validator("quotas")(classmethod(lambda cls, v: check_overrides(GCP_QUOTAS, v)))
