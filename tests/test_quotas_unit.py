@@ -35,7 +35,7 @@ def limits() -> tuple[RateLimits, Clock]:
 
 
 def test_a_window_admits_its_limit_then_waits_for_the_oldest_to_leave() -> None:
-    lim, clock = limits()
+    lim, _clock = limits()
     c = Charge(WRITE, "p")
     for _ in range(10):
         assert lim.acquire([c]) == 0
@@ -71,7 +71,7 @@ def test_a_refusal_cuts_the_limit_pauses_every_worker_and_quiet_brings_it_back()
 
 
 def test_an_undocumented_quota_waits_only_after_a_refusal() -> None:
-    lim, clock = limits()
+    lim, _clock = limits()
     c = Charge(OPEN, "issuer.example")
     assert all(lim.acquire([c]) == 0 for _ in range(1000))
     assert lim.rate(c) is None
