@@ -122,7 +122,7 @@ def test_rates_read_as_the_config_writes_them(text: str, rate: tuple[int, float]
 
 
 def test_overrides_name_known_quotas_and_set_or_lift_limits() -> None:
-    with pytest.raises(ValueError, match="unknown quota 'wirte'.*secret_writes, write"):
+    with pytest.raises(ValueError, match=r"unknown quota 'wirte'.*secret_writes, write"):
         check_overrides([WRITE, SECRET], {"wirte": "1/s"})
     with pytest.raises(ValueError, match="write: '0/1m' is not a rate"):
         check_overrides([WRITE, SECRET], {"write": "0/1m"})
