@@ -622,12 +622,13 @@ class Engine:
                     continue
                 budget = int(rate * max(seconds_left, 0.0) * ADMIT_SHARE)
                 if used.get(charge, 0) + n > budget and charge in admitted_in:
-                    short.append(f"{charge} allows about {budget} requests before pass_timeout")
+                    left = max(0, budget - used.get(charge, 0))
+                    short.append(f"it needs {n} requests of the {charge}, which has about {left} left in this pass")
             if short:
                 assert pr.plan is not None
                 why = (
-                    f"! rotation waits for the next pass: publishing it needs {sum(cost.values())} requests and "
-                    f"{'; '.join(short)} (those already started in this pass use them)"
+                    "! rotation waits for the next pass: it would not finish publishing before pass_timeout: "
+                    + "; ".join(short)
                 )
                 pr.plan = replace(
                     pr.plan,

@@ -123,7 +123,10 @@ def test_a_pass_starts_only_the_rotations_it_can_finish_before_pass_timeout(
         preview = _pass(path, due, h, dry_run=True)
         waiting = [pr for pr in preview.policies if any("waits for the next pass" in n for n in pr.plan.notes)]
         assert len(waiting) == 3, [pr.plan.notes for pr in preview.policies]
-        assert "secretmanager write quota of project projects/test-project allows about" in waiting[0].plan.notes[-1]
+        assert (
+            "it needs 3 requests of the secretmanager write quota of project projects/test-project, which has about"
+            in waiting[0].plan.notes[-1]
+        )
 
         first = _pass(path, due, h)
         assert not first.deadline_passed and first.ok, first.to_json()
