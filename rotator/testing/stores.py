@@ -32,6 +32,7 @@ import pytest
 
 from rotator.errors import StoreConflict, StoreError, StoreNotFound, StorePreconditionFailed
 from rotator.model import SecretText
+from rotator.quotas import Charge
 from rotator.stores.base import (
     NativeRotation,
     PreflightProblem,
@@ -333,6 +334,15 @@ class StoreContract:
         assert isinstance(problems, list) and all(isinstance(p, PreflightProblem) for p in problems)
         if not caps.preflight:
             assert problems == []
+
+    def test_the_request_costs_it_declares_are_charges(self, store: SecretStore, make_ref: MakeRef) -> None:
+        """What a publish and an inspect cost, per quota scope (the engine orders and admits work by it)."""
+        ref = fresh(make_ref)
+        for cost in (store.publish_cost(ref), store.inspect_cost(ref)):
+            assert isinstance(cost, tuple)
+            for charge, n in cost:
+                assert isinstance(charge, Charge) and isinstance(n, int) and n >= 1
+                assert charge.quota.limit is None or charge.quota.limit >= 1
 
     def test_a_store_that_stages_as_current_says_so(self, store: SecretStore, make_ref: MakeRef) -> None:
         ref, k1, k2 = fresh(make_ref), key(), key()
