@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from rotator.errors import StoreConflict, StoreNotFound, StorePreconditionFailed, StoreUnavailable
 from rotator.model import SecretState, SecretText, StoredVersion
+from rotator.quotas import Charge
 from rotator.stores.base import (
     ANY_CURRENT,
     BaseTargetOptions,
@@ -194,6 +195,13 @@ class JsonDirStore:
 
     def preflight(self, targets: Sequence[TargetRef]) -> list[PreflightProblem]:
         return []
+
+    # a directory has no request quotas: nothing to charge (a cloud service's store declares its quotas here)
+    def publish_cost(self, ref: TargetRef) -> tuple[tuple[Charge, int], ...]:
+        return ()
+
+    def inspect_cost(self, ref: TargetRef) -> tuple[tuple[Charge, int], ...]:
+        return ()
 
     def close(self) -> None:
         return None
