@@ -173,3 +173,18 @@ policies:
     assert "stores.g.quotas" in msg
     assert "unknown quota 'writes'" in msg and "access, read, secret_writes" in msg
     assert "read: 'ten a minute' is not a rate such as \"600/1m\"" in msg
+
+
+def test_a_refusal_cuts_only_the_quota_the_service_names(server: SecretManagerServer) -> None:
+    """A secret's own 2-per-second limit refused (the client told it has none there): the refusal's ErrorInfo
+    names that quota, so the project's write limit stays whole (cutting it for a busy secret slowed a whole
+    mass rotation to half, bench/quotas.py), and the secret's scope pauses."""
+    book = server.enforce_quotas()
+    limits = RateLimits()
+    store = _store(server, limits, quotas={"secret_writes": None, "secret_writes_per_minute": None})
+    for n in range(3):
+        _publish(store, "hot", n)
+    assert book.throttled("AddOrUpdatePerSecondPerSecret") > 0
+    stats = {s["quota"]: s for s in limits.stats()}
+    assert stats["secret_writes"]["refused"] > 0
+    assert stats["write"]["refused"] == 0 and stats["write"]["limit"] == 600

@@ -118,6 +118,24 @@ _OPERATION_QUOTA = {
     "ListSecrets": "read",
 }
 _SECRET_WRITES = frozenset({"AddSecretVersion", "UpdateSecret"})
+#: the quota metric a refusal's ErrorInfo names (``secretmanager.googleapis.com/<metric>``) -> rotator's quotas
+_REFUSED_METRIC = {
+    "access_requests": ("access",),
+    "read_requests": ("read",),
+    "write_requests": ("write",),
+    "secret_modifications": ("secret_writes", "secret_writes_per_minute"),
+}
+
+
+def _refused(charges: tuple[Charge, ...], exc: Any) -> tuple[Charge, ...]:
+    """The charges of a refused request whose quota was full: the one its ErrorInfo's ``quota_metric`` names (a
+    secret's own limit must not cut the project's write limit, nor the reverse); all of them when the answer
+    names none that rotator knows."""
+    metadata = getattr(exc, "metadata", None)
+    metric = str(metadata.get("quota_metric", "")) if isinstance(metadata, dict) else ""
+    names = _REFUSED_METRIC.get(metric.rsplit("/", 1)[-1])
+    picked = tuple(c for c in charges if names is not None and c.quota.name in names)
+    return picked or charges
 
 PROJECT_ID_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]\Z")
 PROJECT_NUMBER_RE = re.compile(r"^[1-9][0-9]{0,19}\Z")
@@ -561,7 +579,8 @@ class GcpSecretManagerStore(StoreBase):
                 record_call(SERVICE, op, exc.code if exc.code is not None else type(exc).__name__)
                 self._limits.answered(charges, time.monotonic() - sent)
                 if isinstance(exc, g.TooManyRequests | g.ResourceExhausted):
-                    self._limits.throttled(charges)  # RESOURCE_EXHAUSTED carries no Retry-After
+                    # RESOURCE_EXHAUSTED carries no Retry-After; its ErrorInfo names the quota that was full
+                    self._limits.throttled(_refused(charges, exc))
                 raise
             except self._auth.RefreshError as exc:
                 record_call(SERVICE, op, "RefreshError")
