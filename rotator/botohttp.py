@@ -35,7 +35,6 @@ there (the ``aws`` extra): it imports botocore at module level, and nothing heav
 from __future__ import annotations
 
 import io
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -49,7 +48,7 @@ from botocore.httpsession import get_cert_path
 from urllib3 import exceptions as u3
 
 from rotator import httpio
-from rotator.quotas import Charge, RateLimits
+from rotator.quotas import Charge, RateLimits, retry_after_seconds
 
 __all__ = ["THROTTLING_CODES", "BoundSend", "ResponseTooLargeError", "bound", "limit_calls", "record_calls"]
 
@@ -97,15 +96,6 @@ def record_calls(client: Any, service: str) -> None:
     client.meta.events.register(event, on_attempt, unique_id=f"rotator-calls-{service}-{id(client)}")
 
 
-def _retry_after(value: Any) -> float | None:
-    """Seconds from a ``Retry-After`` header of delta-seconds (AWS sends none; an HTTP date is not trusted)."""
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
 def limit_calls(client: Any, limits: RateLimits, charges: Callable[[str], Sequence[Charge]]) -> None:
     """Charge every HTTP attempt ``client`` makes, retries included, against ``limits`` before it is sent, and
     report every throttled answer (:data:`THROTTLING_CODES`, or HTTP 429) with :meth:`RateLimits.throttled`.
@@ -133,7 +123,9 @@ def limit_calls(client: Any, limits: RateLimits, charges: Callable[[str], Sequen
         if code not in THROTTLING_CODES and getattr(http, "status_code", None) != 429:
             return
         headers = getattr(http, "headers", None) or {}
-        limits.throttled(charges(getattr(operation, "name", "")), retry_after=_retry_after(headers.get("Retry-After")))
+        limits.throttled(
+            charges(getattr(operation, "name", "")), retry_after=retry_after_seconds(headers.get("Retry-After"))
+        )
 
     events = client.meta.events
     events.register_first(f"before-send.{service}", before_send, unique_id=f"rotator-limits-send-{id(client)}")

@@ -149,8 +149,10 @@ class RateLimits:
                     scope = self._scopes[charge.id] = _Scope(q, _bucket(q, q.limit), q.limit)
         elif charge.quota.limit is not None and (scope.quota.limit is None or charge.quota.limit < scope.quota.limit):
             with scope.lock:  # two stores name one scope with different overrides: the smaller one holds
-                scope.quota, scope.limit, scope.bucket = charge.quota, charge.quota.limit, _bucket(
-                    charge.quota, charge.quota.limit
+                scope.quota, scope.limit, scope.bucket = (
+                    charge.quota,
+                    charge.quota.limit,
+                    _bucket(charge.quota, charge.quota.limit),
                 )
         return scope
 
@@ -315,6 +317,16 @@ def _bucket(
         keep.rates = [rate]
         return keep
     return InMemoryBucket([rate])
+
+
+def retry_after_seconds(value: Any) -> float | None:
+    """Seconds from a ``Retry-After`` header of delta-seconds, for :meth:`RateLimits.throttled`; None when absent,
+    negative, not finite or an HTTP date (a date is not trusted: it depends on two clocks agreeing)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 # -- configuration: a store's ``quotas:`` overrides -------------------------------------------------------------

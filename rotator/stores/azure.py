@@ -77,7 +77,7 @@ from rotator.errors import (
 )
 from rotator.model import SecretState, SecretText, StoredVersion
 from rotator.observability import get_logger, record_call
-from rotator.quotas import Charge, Quota, RateLimits, apply_overrides, check_overrides
+from rotator.quotas import Charge, Quota, RateLimits, apply_overrides, check_overrides, retry_after_seconds
 from rotator.stores.base import (
     ANY_CURRENT,
     POOL_CONNECTIONS,
@@ -373,15 +373,6 @@ def _transport(options: Mapping[str, Any]) -> Any:
     return RequestsTransport(session=session, session_owner=True, **options)
 
 
-def _retry_after(value: Any) -> float | None:
-    """Seconds from a ``Retry-After`` header of delta-seconds, else None."""
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return None
-    return seconds if seconds >= 0 and seconds != float("inf") else None
-
-
 def _call_recorder(limits: RateLimits | None = None, charges: Callable[[str], tuple[Charge, ...]] | None = None) -> Any:
     """An azure-core policy that records one call per HTTP attempt (placed after the retry policy); with
     ``limits``, it charges each attempt there first (``charges(op)``) and reports a 429 with its Retry-After."""
@@ -405,7 +396,9 @@ def _call_recorder(limits: RateLimits | None = None, charges: Callable[[str], tu
             status = response.http_response.status_code
             record_call(SERVICE, op, status)
             if status == 429 and limits is not None:
-                limits.throttled(charged, retry_after=_retry_after(response.http_response.headers.get("Retry-After")))
+                limits.throttled(
+                    charged, retry_after=retry_after_seconds(response.http_response.headers.get("Retry-After"))
+                )
             return response
 
     return CallRecorder()
