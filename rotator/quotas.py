@@ -42,12 +42,11 @@ if TYPE_CHECKING:
 #: little later or sooner than it was sent is covered by the window's slack and the request times (below); 0.95
 #: cost 5% of every pass at the quota (bench/quotas.py) and refused nothing more without it
 HEADROOM = 1.0
-#: a window is kept this much longer than documented, for the same reason, plus the longest recent request time
-#: (at least 20 ms): a request reaches the service at some moment before its answer comes back, so the service's
-#: window may start that much later than the client's
+#: a window is kept this much longer than documented (plus 20 ms), for the same reason: the clocks of client and
+#: service do not tick together
 WINDOW_SLACK = 0.02
-#: how fast the remembered longest request time fades (per request answered)
-LAG_DECAY = 0.98
+#: how fast the remembered request time fades (per request answered); it paces the engine's estimates (:meth:`rate`)
+LAG_DECAY = 0.9
 #: the cut on a refusal, and the step back up per quiet period (a share of the documented limit)
 DECREASE = 0.7
 INCREASE = 0.1
@@ -110,8 +109,7 @@ class _Scope:
     last_refusal: float = -math.inf
     last_change: float = -math.inf
     waiting: int = 0
-    lag: float = 0.02
-    bucket_lag: float = 0.02
+    lag: float = 0.02  # a moving mean of the request times: what a slot is held past its window, on average
     admitted: int = 0
     refused: int = 0
     waited: float = 0.0
@@ -136,6 +134,7 @@ class RateLimits:
         self._sleep = sleep
         self._scopes: dict[tuple[str, str, str], _Scope] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     # -- the scopes -----------------------------------------------------------------------------------------
 
@@ -165,7 +164,7 @@ class RateLimits:
         s = self._scope(charge)
         if s.limit is None:
             return None
-        return _effective(s.limit) / _window(s.quota, s.bucket_lag)
+        return _effective(s.limit) / (_window(s.quota) + s.lag)
 
     def saturated(self, charges: Iterable[Charge]) -> bool:
         """Whether a worker is waiting in any of these scopes now (one more request there would wait too)."""
@@ -202,9 +201,11 @@ class RateLimits:
                             if s.bucket is None:
                                 s.admitted += 1
                                 break
-                            item = RateItem(charge.key, int(now * 1000))
+                            log = s.bucket.items  # kept in time order: an answer may have moved an entry past now
+                            item = RateItem(charge.key, max(int(now * 1000), log[-1].timestamp if log else 0))
                             if s.bucket.put(item):
                                 s.admitted += 1
+                                self._sent(charge, item)
                                 if len(s.bucket.items) > 4 * (s.limit or 1):
                                     s.bucket.leak(int(now * 1000))
                                 break
@@ -223,19 +224,33 @@ class RateLimits:
         return waited
 
     def answered(self, charges: Sequence[Charge], seconds: float) -> None:
-        """A request charged with ``charges`` was answered ``seconds`` after it was sent: its scopes' windows are
-        kept that much longer while such times last (the service counted it somewhere in between)."""
+        """A request charged with ``charges`` (by :meth:`acquire`, in this thread) was answered ``seconds`` after it
+        was sent. The service counted it somewhere between its sending and its answer, so its slot in each window
+        is held until one window after the answer: the entry the log made at its sending moves to now. So a request
+        is counted from its sending to one window after its own answer, not after the slowest recent request's
+        (issue 27: 1-second windows lost a fifth of their pace that way). One still unanswered a window after its
+        sending leaves the log then, and is counted again from its answer."""
         if not self.enabled:
             return
+        sent = self._local.__dict__.setdefault("sent", {})
+        now = self._monotonic()
         for charge in charges:
             s = self._scopes.get(charge.id)
             if s is None or s.bucket is None:
                 continue
+            mine = sent.get(charge.id)
+            item = mine.pop() if mine else None
             with s.lock:
-                s.lag = max(0.02, seconds, s.lag * LAG_DECAY)
-                if abs(s.lag - s.bucket_lag) > 0.1 * s.bucket_lag:  # the window is set again on a change of 10%
-                    s.bucket_lag = s.lag
-                    s.bucket = _bucket(s.quota, s.limit, keep=s.bucket, lag=s.bucket_lag)
+                s.lag = max(0.02, s.lag * LAG_DECAY + seconds * (1 - LAG_DECAY))
+                _restamp(s.bucket, item, int(now * 1000))
+
+    def _sent(self, charge: Charge, item: Any) -> None:
+        """Remember this thread's last admitted entries per scope, for :meth:`answered` (a few: a request that
+        raised before its answer leaves one behind)."""
+        sent = self._local.__dict__.setdefault("sent", {})
+        mine = sent.setdefault(charge.id, [])
+        mine.append(item)
+        del mine[:-4]
 
     def throttled(self, charges: Sequence[Charge], retry_after: float | None = None) -> None:
         """The service refused a request charged with ``charges``: cut their limits and pause their scopes."""
@@ -254,7 +269,7 @@ class RateLimits:
                     new = max(1, math.floor(s.limit * DECREASE))
                     if new < s.limit:
                         s.limit, s.last_change = new, now
-                        s.bucket = _bucket(s.quota, new, keep=s.bucket, lag=s.bucket_lag)
+                        s.bucket = _bucket(s.quota, new, keep=s.bucket)
                 if retry_after is not None:
                     pause = max(0.0, min(retry_after, 600.0))
                 else:
@@ -272,7 +287,7 @@ class RateLimits:
         s.refusals_in_a_row = 0
         s.limit = min(documented, s.limit + max(1, math.ceil(documented * INCREASE)))
         s.last_change = now
-        s.bucket = _bucket(s.quota, s.limit, keep=s.bucket, lag=s.bucket_lag)
+        s.bucket = _bucket(s.quota, s.limit, keep=s.bucket)
 
     def stats(self) -> list[dict[str, Any]]:
         """Per scope: the quota, the limit in force, requests admitted and refused, seconds waited."""
@@ -299,20 +314,35 @@ def _effective(limit: int) -> int:
     return limit if limit < 20 else max(1, math.floor(limit * HEADROOM))
 
 
-def _window(q: Quota, lag: float = 0.02) -> float:
-    return q.window * (1 + WINDOW_SLACK) + lag
+def _window(q: Quota) -> float:
+    return q.window * (1 + WINDOW_SLACK) + 0.02
 
 
-def _bucket(
-    q: Quota, limit: int | None, keep: InMemoryBucket | None = None, lag: float = 0.02
-) -> InMemoryBucket | None:
+def _restamp(bucket: InMemoryBucket, item: Any, at_ms: int) -> None:
+    """Move ``item``'s entry in ``bucket``'s log (kept in time order) to ``at_ms``; an entry no longer there (its
+    request took longer than the window) is counted again from ``at_ms``; without an item, nothing moves."""
+    from bisect import insort
+
+    from pyrate_limiter import RateItem
+
+    if item is None:
+        return
+    items = bucket.items
+    for i in range(len(items) - 1, -1, -1):  # recent entries are at the end
+        if items[i] is item:
+            del items[i]
+            break
+    insort(items, RateItem(item.name, at_ms), key=lambda x: x.timestamp)
+
+
+def _bucket(q: Quota, limit: int | None, keep: InMemoryBucket | None = None) -> InMemoryBucket | None:
     """The sliding-window log for ``limit`` requests per window (None: no window); ``keep``'s log carries over,
     so a cut limit counts the requests already sent."""
     if limit is None:
         return None
     from pyrate_limiter import InMemoryBucket, Rate
 
-    rate = Rate(_effective(limit), int(_window(q, lag) * 1000))
+    rate = Rate(_effective(limit), int(_window(q) * 1000))
     if keep is not None:
         keep.rates = [rate]
         return keep

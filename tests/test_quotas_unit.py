@@ -146,3 +146,34 @@ def test_the_metrics_show_each_scope_and_fold_the_per_secret_ones() -> None:
     assert 'rotator_quota_requests_total{quota="secret_writes",scope="*",service="svc"} 3.0' in text
     assert 'rotator_quota_refused_total{quota="write",scope="projects/a",service="svc"} 1.0' in text
     assert "rotator_quota_wait_seconds_total" in text and "rotator_quota_window_seconds" in text
+
+
+def test_each_request_holds_its_slot_until_a_window_after_its_own_answer() -> None:
+    """The service counted a request somewhere between its sending and its answer: a slot is free again one
+    window after that request's answer, whatever other (slower) requests took."""
+    lim, clock = limits()
+    c = Charge(SECRET, "projects/a/secrets/s")  # 2 per second
+    start = clock.now
+    lim.acquire([c])
+    clock.now += 0.6
+    lim.answered([c], 0.6)  # a slow one: held until 0.6 s + the window
+    lim.acquire([c])
+    clock.now += 0.01
+    lim.answered([c], 0.01)  # a fast one: held until 0.61 s + the window
+    waited = lim.acquire([c])
+    assert 1.6 <= clock.now - start <= 1.7, waited  # the slow request's slot, counted from its answer, not its sending
+    lim.acquire([c])
+    assert clock.now - start <= 1.7  # the fast one's: a window after its answer, not held as long as the slow one
+
+    lim2, clock2 = limits()
+    start = clock2.now
+    for _ in range(2):
+        lim2.acquire([c])
+        clock2.now += 0.01
+        lim2.answered([c], 0.01)
+    lim2.acquire([c])
+    assert clock2.now - start <= 1.1  # fast answers free their slots a window after them: no one else's lag
+    clock2.now += 3.0
+    lim2.answered([c], 3.0)  # answered after the window had let it go: counted again from its answer
+    lim2.acquire([c])
+    assert lim2.acquire([c]) >= 0.9  # two in the window now: the late answer's and the one just sent
