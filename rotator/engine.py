@@ -42,6 +42,7 @@ from rotator.errors import (
     StoreIntegrityError,
     StorePreconditionFailed,
 )
+from rotator.flow import Flow
 from rotator.guards import Deadline, deadline_issuer, deadline_store, read_only_issuer, read_only_store
 from rotator.issuers.base import KeyIssuer
 from rotator.model import (
@@ -96,6 +97,7 @@ class Reloader(Protocol):
         expires_at: datetime | None,
         states: dict[str, SecretState],
     ) -> None: ...
+
 
 log = structlog.get_logger("rotator")
 
@@ -163,6 +165,140 @@ class _Counter:
             done = self.done
         with contextlib.suppress(Exception):  # a progress display must never break a pass
             self.progress(self.stage, done, self.total)
+
+
+PlanItem = tuple[int, Policy, tuple[Plan, Options, datetime]]
+
+
+class _Planned:
+    """A pass's first plans (from the issuer's listing alone): ``reports`` in policy order, None where the
+    policy is in ``rest`` (its plan needs its targets read: ``finish`` reads them and plans it)."""
+
+    def __init__(
+        self,
+        started: datetime,
+        reports: list[PolicyReport | None],
+        rest: list[PlanItem],
+        finish: Callable[[PlanItem], PolicyReport],
+        by_policy: dict[str | None, list[KeyInfo]],
+    ) -> None:
+        self.started, self.reports, self.rest, self.finish, self.by_policy = started, reports, rest, finish, by_policy
+
+    def report(self, dry_run: bool, finished: datetime) -> PassReport:
+        return PassReport(self.started, finished, dry_run, [r for r in self.reports if r is not None])
+
+
+class _Admission:
+    """Admits a pass's rotations one by one, most urgent first (:meth:`Engine.admit`).
+
+    The budget of a scope is its rate (requests per second, as adapted) x the seconds left x ``ADMIT_SHARE``:
+    the rest of the window is for the reads, retires and retries of the same pass. A rotation that would take
+    its scope past the budget waits for the next pass, unless it is the scope's first of the pass."""
+
+    def __init__(self, engine: Engine, stores: dict[str, SecretStore], seconds_left: float | None) -> None:
+        self.engine, self.stores, self.seconds_left = engine, stores, seconds_left
+        self.used: dict[Charge, int] = {}
+        self.admitted_in: set[Charge] = set()
+
+    def consider(self, pr: PolicyReport) -> None:
+        engine, seconds_left = self.engine, self.seconds_left
+        if not engine.limits.enabled or seconds_left is None or pr.plan is None:
+            return
+        if not any(isinstance(a, CreateKey) for a in pr.plan.actions):
+            return
+        if pr.opts is not None and (pr.opts.force or pr.opts.emergency):
+            return
+        cost = engine._cost(engine.config.policy(pr.policy), self.stores)
+        short: list[str] = []
+        for charge, n in cost.items():
+            rate = engine.limits.rate(charge)
+            if rate is None:
+                continue
+            budget = int(rate * max(seconds_left, 0.0) * ADMIT_SHARE)
+            if self.used.get(charge, 0) + n > budget and charge in self.admitted_in:
+                left = max(0, budget - self.used.get(charge, 0))
+                short.append(f"it needs {n} requests of the {charge}, which has about {left} left in this pass")
+        if short:
+            why = "! rotation waits for the next pass: it would not finish publishing before pass_timeout: "
+            pr.plan = replace(
+                pr.plan,
+                actions=tuple(a for a in pr.plan.actions if not isinstance(a, CreateKey)),
+                notes=(*pr.plan.notes, why + "; ".join(short)),
+            )
+            with structlog.contextvars.bound_contextvars(policy=pr.policy):
+                log.warning((why + "; ".join(short)).lstrip("! "), phase=pr.plan.phase)
+            return
+        for charge, n in cost.items():
+            self.used[charge] = self.used.get(charge, 0) + n
+            self.admitted_in.add(charge)
+
+
+class _ReloadBudget:
+    """The planned reloads a pass leaves to the next one (``held``, ids of actions): past ``reloads_per_pass``
+    across the fleet, in the order the plans are considered. An emergency's reloads are never held back;
+    signals (webhooks) do not count."""
+
+    def __init__(self, budget: int) -> None:
+        self.left = budget
+        self.held: set[int] = set()
+
+    def consider(self, pr: PolicyReport) -> None:
+        for a in pr.plan.actions if pr.plan is not None else ():
+            if not isinstance(a, Reload) or (pr.opts is not None and pr.opts.emergency) or not a.rollout:
+                continue
+            if self.left > 0:
+                self.left -= 1
+            else:
+                self.held.add(id(a))
+
+
+class _FreshOnce:
+    """The pass's second listing (:class:`_Fresh`), taken when the pass's first create or copy is about to run:
+    for a create, after the random start delay (so that two passes that start together see each other's new
+    keys). A listing taken for a copy, without the delay, is taken again before the pass's first create. A
+    failing listing is logged, and the creates and copies go ahead on the pass's first listing."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        issuer: KeyIssuer,
+        deadline: Deadline,
+        stop: threading.Event | None,
+        pre_create_delay: float,
+    ) -> None:
+        self.engine, self.issuer, self.deadline, self.stop = engine, issuer, deadline, stop
+        self.pre_create_delay = pre_create_delay
+        self.fresh = _Fresh(None)
+        self.listed = False
+        self.for_create = False
+        self._lock = threading.Lock()
+
+    def get(self, p: Plan) -> _Fresh:
+        creates = any(isinstance(a, CreateKey) for a in p.actions)
+        with self._lock:
+            if self.listed and (self.for_create or not creates):
+                return self.fresh
+            if creates and self.pre_create_delay > 0:
+                self.engine._start_delay(self.pre_create_delay, self.deadline, self.stop)
+            try:
+                self.fresh = _Fresh(self.issuer.list_keys())
+            except IssuerError as exc:
+                log.warning("could not list keys again before acting", error=_error_text(exc))
+            self.listed, self.for_create = True, self.for_create or creates
+            return self.fresh
+
+
+class _Acting:
+    """Acting on one pass's plans: ``one(report)`` carries out a policy's plan, ``skip(report)`` counts one
+    with nothing to do; ``stores`` are the views the actions write through."""
+
+    def __init__(
+        self,
+        stores: dict[str, SecretStore],
+        one: Callable[[PolicyReport], PolicyReport],
+        skip: Callable[[PolicyReport], None],
+    ) -> None:
+        self.stores, self.one, self.skip = stores, one, skip
 
 
 def drift_check_due(config: Config, policy: str, now: datetime, every: timedelta | None = None) -> bool:
@@ -318,15 +454,20 @@ class Engine:
         again, so that passes that started together do not both create a key for the same policy.
         """
         deadline = Deadline(self.config.pass_timeout.total_seconds(), self.monotonic)
-        report = self.observe(
-            dry_run=dry_run, only=only, force=force, emergency=emergency, read_targets=read_targets, progress=progress
-        )
-        if report.error is None:
-            self.admit(report, deadline.remaining())
-        if report.error is None and any(pr.plan is not None and pr.plan.actions for pr in report.policies):
-            self.preflight_once()  # a ConfigError (exit 2) here comes before anything changed
-        if not dry_run and report.error is None:
-            self.execute(report, stop=stop, progress=progress, deadline=deadline, pre_create_delay=pre_create_delay)
+        if dry_run:
+            report = self.observe(
+                dry_run=True, only=only, force=force, emergency=emergency, read_targets=read_targets, progress=progress
+            )
+            if report.error is None:
+                self.admit(report, deadline.remaining())
+            if report.error is None and any(pr.plan is not None and pr.plan.actions for pr in report.policies):
+                self.preflight_once()  # a ConfigError (exit 2) here comes before anything changed
+        else:
+            planned = self._first_plans(False, only, force, emergency, read_targets, progress)
+            if isinstance(planned, PassReport):
+                report = planned
+            else:
+                report = self._observe_and_act(planned, stop, progress, deadline, pre_create_delay)
         report.finished = self.clock()
         if not dry_run and report.error is None and not (stop is not None and stop.is_set()):
             report.unserved = mark_unserved(report)
@@ -363,6 +504,25 @@ class Engine:
         progress: Progress | None = None,
     ) -> PassReport:
         """The observe and plan half of a pass: reads only, and returns each policy's plan."""
+        planned = self._first_plans(dry_run, only, force, emergency, read_targets, progress)
+        if isinstance(planned, PassReport):
+            return planned
+        for item, pr in zip(planned.rest, self._each(planned.rest, planned.finish), strict=True):
+            planned.reports[item[0]] = pr
+        return planned.report(dry_run, self.clock())
+
+    def _first_plans(
+        self,
+        dry_run: bool,
+        only: Iterable[str] | None,
+        force: Iterable[str],
+        emergency: Iterable[str],
+        read_targets: bool,
+        progress: Progress | None,
+    ) -> _Planned | PassReport:
+        """List the issuer's keys and make every selected policy's first plan (from the listing alone); the
+        policies whose plan needs their targets read are left in ``rest``, for ``finish``. A failing listing is
+        the pass's report (every policy failed)."""
         started = self.clock()
         issuer, stores = self._views(dry_run)
         selected = set(only) if only is not None else None
@@ -408,7 +568,7 @@ class Engine:
         # thread pool only adds hand-offs for work that holds the GIL. Policies whose plan needs their targets
         # read (or has notes to log) go on to the pool, where the store reads overlap.
         planned: list[PolicyReport | None] = []
-        rest: list[tuple[int, Policy, tuple[Plan, Options, datetime]]] = []
+        rest: list[PlanItem] = []
         for policy in policies:
             got = first(policy)
             if isinstance(got, PolicyReport):
@@ -423,7 +583,7 @@ class Engine:
             with counter:
                 planned.append(self._report(policy, p, opts, by_policy.get(policy.name, ())))
 
-        def one(item: tuple[int, Policy, tuple[Plan, Options, datetime]]) -> PolicyReport:
+        def finish(item: PlanItem) -> PolicyReport:
             _, policy, (p, opts, now) = item
             with structlog.contextvars.bound_contextvars(policy=policy.name), counter:
                 try:
@@ -434,9 +594,65 @@ class Engine:
                     log.error("policy failed", error=_error_text(exc))
                     return PolicyReport(policy.name, None, error=_error_text(exc))
 
-        for (i, *_), pr in zip(rest, self._each(rest, one), strict=True):
-            planned[i] = pr
-        return PassReport(started, self.clock(), dry_run, [r for r in planned if r is not None])
+        return _Planned(started, planned, rest, finish, by_policy)
+
+    def _observe_and_act(
+        self,
+        planned: _Planned,
+        stop: threading.Event | None,
+        progress: Progress | None,
+        deadline: Deadline,
+        pre_create_delay: float,
+    ) -> PassReport:
+        """A real pass's two halves on one pool (:class:`rotator.flow.Flow`): a policy is acted on as soon as
+        its targets are read and its plan admitted, while the next policies are read. The reads go most urgent
+        first (the key that expires soonest, from the listing), and the plans are admitted in that order, so
+        the pass admits what :meth:`admit` would admit after reading the whole fleet. The preflight runs before
+        the first action; a ConfigError there comes before anything changed."""
+        report = PassReport(planned.started, planned.started, False, [])
+        _, stores = self._views(False)
+        admission = _Admission(self, stores, deadline.remaining())
+        budget = _ReloadBudget(self.config.reloads_per_pass)
+        acting = self._acting(report, stop, progress, deadline, pre_create_delay, len(planned.reports), budget.held)
+        for pr in planned.reports:
+            if pr is not None:
+                acting.skip(pr)  # planned from the listing alone: nothing to do
+        far = datetime.max.replace(tzinfo=UTC)
+
+        def urgency(item: PlanItem) -> tuple[datetime, int]:
+            i, policy, (p, _, _) = item
+            current = next((k for k in planned.by_policy.get(policy.name, ()) if k.key_id == p.current_key), None)
+            return (current.expires_at if current is not None and current.expires_at is not None else far, i)
+
+        def read(item: PlanItem) -> Callable[[], PolicyReport]:
+            def go() -> PolicyReport:
+                pr = planned.finish(item)
+                planned.reports[item[0]] = pr
+                return pr
+
+            return go
+
+        def release(pr: PolicyReport) -> bool:
+            admission.consider(pr)
+            budget.consider(pr)
+            if pr.plan is None or not pr.plan.actions:
+                acting.skip(pr)
+                return False
+            return True
+
+        flow: Flow[PolicyReport] = Flow(
+            self.config.concurrency,
+            reads=[read(item) for item in sorted(planned.rest, key=urgency)],
+            release=release,
+            act=acting.one,
+            scopes=lambda pr: self._scopes_of(self.config.policy(pr.policy), acting.stores),
+            saturated=self.limits.saturated if self.limits.enabled else None,
+            group=lambda pr: tuple(sorted({t.store for t in self.config.policy(pr.policy).targets})),
+            before_act=self.preflight_once,
+        )
+        flow.run()
+        report.policies = [r for r in planned.reports if r is not None]
+        return report
 
     def execute(
         self,
@@ -451,26 +667,49 @@ class Engine:
 
         Every action re-checks its precondition against state read at that moment and does nothing (a
         ``skipped`` result, logged) when it no longer holds: another pass may have acted since this one looked.
+        (A real pass runs this half overlapped with its reads: :meth:`_observe_and_act`.)
         """
-        issuer, stores = self._views(report.dry_run)
         if deadline is None:
             deadline = Deadline(None, self.monotonic)
+        budget = _ReloadBudget(self.config.reloads_per_pass)
+        acting = self._acting(report, stop, progress, deadline, pre_create_delay, len(report.policies), budget.held)
+        busy = []  # a policy with nothing to do needs no thread: only those with actions go to the pool
+        for pr in report.policies:
+            budget.consider(pr)
+            if pr.plan is None or not pr.plan.actions:
+                acting.skip(pr)
+            else:
+                busy.append(pr)
+        flow: Flow[PolicyReport] = Flow(
+            self.config.concurrency,
+            ready=busy,
+            release=lambda pr: True,
+            act=acting.one,
+            scopes=lambda pr: self._scopes_of(self.config.policy(pr.policy), acting.stores),
+            saturated=self.limits.saturated if self.limits.enabled else None,
+            group=lambda pr: tuple(sorted({t.store for t in self.config.policy(pr.policy).targets})),
+        )
+        flow.run()
+        return report
+
+    def _acting(
+        self,
+        report: PassReport,
+        stop: threading.Event | None,
+        progress: Progress | None,
+        deadline: Deadline,
+        pre_create_delay: float,
+        total: int,
+        held_back: set[int],
+    ) -> _Acting:
+        """What acting on one pass's plans shares: the views that refuse mutations past the deadline, the
+        pass's second listing, the progress count and the reloads held back (``held_back``, ids of actions)."""
+        issuer, stores = self._views(report.dry_run)
         if not report.dry_run:
             issuer = deadline_issuer(issuer, deadline)
             stores = {n: deadline_store(s, deadline) for n, s in stores.items()}
-        counter = _Counter(progress, "act", len(report.policies))
-        plans = [pr.plan for pr in report.policies if pr.plan is not None]
-        creates = any(isinstance(a, CreateKey) for p in plans for a in p.actions)
-        fresh = _Fresh(None)
-        if creates or any(isinstance(a, Publish) for p in plans for a in p.actions):
-            if creates and pre_create_delay > 0:
-                self._start_delay(pre_create_delay, deadline, stop)
-            try:
-                fresh = _Fresh(issuer.list_keys())
-            except IssuerError as exc:  # the creates and copies go ahead on the pass's first listing
-                log.warning("could not list keys again before acting", error=_error_text(exc))
-
-        held_back = self._reload_budget(report)
+        counter = _Counter(progress, "act", total)
+        fresh = _FreshOnce(self, issuer, deadline, stop, pre_create_delay)
 
         def one(pr: PolicyReport) -> PolicyReport:
             with structlog.contextvars.bound_contextvars(policy=pr.policy), counter:
@@ -503,7 +742,8 @@ class Engine:
                         report.deadline_passed = True
                         log.error("deadline passed: remaining actions left to the next pass", action=action.kind)
                         break
-                    result = self._act(policy, action, pr, known, fresh, issuer, stores)
+                    listing = fresh.get(pr.plan) if isinstance(action, CreateKey | Publish) else _Fresh(None)
+                    result = self._act(policy, action, pr, known, listing, issuer, stores)
                     pr.results.append(result)
                     reload_failed = reload_failed or (isinstance(action, Reload) and not result.ok)
                     if result.deadline:
@@ -511,16 +751,11 @@ class Engine:
                         break
                 return pr
 
-        # a policy with nothing to do needs no thread: only those with actions go to the pool
-        busy = []
-        for pr in report.policies:
-            if pr.plan is None or not pr.plan.actions:
-                with counter:
-                    pass
-            else:
-                busy.append(pr)
-        self._each_by_scope(busy, one, lambda pr: self._scopes_of(self.config.policy(pr.policy), stores))
-        return report
+        def skip(pr: PolicyReport) -> None:
+            with counter:
+                pass
+
+        return _Acting(stores, one, skip)
 
     # -- request quotas: admission and ordering -----------------------------------------------------
 
@@ -588,122 +823,18 @@ class Engine:
         """Start only the rotations this pass can finish publishing before ``pass_timeout`` at the quotas of the
         scopes they write to; the rest wait for the next pass, their plans saying why (``rotator plan`` shows
         the same). The most urgent go first (the key that expires soonest); a forced or emergency rotation is
-        never held back, and each scope admits at least one rotation a pass, so every policy gets its turn.
-
-        The budget of a scope is its rate (requests per second, as adapted) x the seconds left x
-        ``ADMIT_SHARE``: the rest of the window is for the reads, retires and retries of the same pass."""
-        if not self.limits.enabled or seconds_left is None:
-            return
-        starting = [
-            pr
-            for pr in report.policies
-            if pr.plan is not None
-            and any(isinstance(a, CreateKey) for a in pr.plan.actions)
-            and not (pr.opts is not None and (pr.opts.force or pr.opts.emergency))
-        ]
-        if not starting:
-            return
-        _, stores = self._views(report.dry_run)
+        never held back, and each scope admits at least one rotation a pass, so every policy gets its turn
+        (:class:`_Admission`; a real pass admits the same way, as its reads come in)."""
         far = datetime.max.replace(tzinfo=UTC)
 
         def urgency(pr: PolicyReport) -> datetime:
             current = next((k for k in pr.keys if pr.plan is not None and k.key_id == pr.plan.current_key), None)
             return current.expires_at if current is not None and current.expires_at is not None else far
 
-        used: dict[Charge, int] = {}
-        admitted_in: set[Charge] = set()
-        for pr in sorted(starting, key=urgency):
-            policy = self.config.policy(pr.policy)
-            cost = self._cost(policy, stores)
-            short: list[str] = []
-            for charge, n in cost.items():
-                rate = self.limits.rate(charge)
-                if rate is None:
-                    continue
-                budget = int(rate * max(seconds_left, 0.0) * ADMIT_SHARE)
-                if used.get(charge, 0) + n > budget and charge in admitted_in:
-                    left = max(0, budget - used.get(charge, 0))
-                    short.append(f"it needs {n} requests of the {charge}, which has about {left} left in this pass")
-            if short:
-                assert pr.plan is not None
-                why = (
-                    "! rotation waits for the next pass: it would not finish publishing before pass_timeout: "
-                    + "; ".join(short)
-                )
-                pr.plan = replace(
-                    pr.plan,
-                    actions=tuple(a for a in pr.plan.actions if not isinstance(a, CreateKey)),
-                    notes=(*pr.plan.notes, why),
-                )
-                with structlog.contextvars.bound_contextvars(policy=pr.policy):
-                    log.warning(why.lstrip("! "), phase=pr.plan.phase)
-                continue
-            for charge, n in cost.items():
-                used[charge] = used.get(charge, 0) + n
-                admitted_in.add(charge)
-
-    def _each_by_scope(
-        self,
-        items: list[PolicyReport],
-        fn: Callable[[PolicyReport], PolicyReport],
-        scopes: Callable[[PolicyReport], tuple[Charge, ...]],
-    ) -> list[PolicyReport]:
-        """:meth:`_each`, but a free worker takes the first policy none of whose quota scopes has a worker
-        waiting in it: a throttled scope (a GCP project at its write quota) gets no more workers while policies
-        whose targets are elsewhere wait, and its own policies go on as its window allows."""
-        if len(items) <= 1 or self.config.concurrency == 1 or not self.limits.enabled:
-            return self._each(items, fn)
-        charges = [scopes(pr) for pr in items]
-        if not any(charges):
-            return self._each(items, fn)
-        # taken in turns across the sets of stores the policies write to (round robin): the first workers spread
-        # over the stores, and no store's policies are all queued behind another's
-        groups: dict[tuple[str, ...], int] = {}
-        turn: list[tuple[int, int, int]] = []
-        for i, pr in enumerate(items):
-            key = tuple(sorted({t.store for t in self.config.policy(pr.policy).targets}))
-            groups[key] = groups.get(key, 0) + 1
-            turn.append((groups[key], list(groups).index(key), i))
-        pending = [i for *_, i in sorted(turn)]
-        results: list[PolicyReport | None] = [None] * len(items)
-        cond = threading.Condition()
-
-        def take() -> int | None:
-            with cond:
-                while pending:
-                    for n, i in enumerate(pending):
-                        if not self.limits.saturated(charges[i]):
-                            return pending.pop(n)
-                    cond.wait(0.02)  # every scope with work left has a worker waiting: look again shortly
-                return None
-
-        def worker() -> None:
-            while (i := take()) is not None:
-                try:
-                    results[i] = fn(items[i])
-                finally:
-                    with cond:
-                        cond.notify_all()
-
-        with ThreadPoolExecutor(max_workers=min(self.config.concurrency, len(items))) as pool:
-            for f in [pool.submit(worker) for _ in range(min(self.config.concurrency, len(items)))]:
-                f.result()
-        return [r if r is not None else items[i] for i, r in enumerate(results)]
-
-    def _reload_budget(self, report: PassReport) -> set[int]:
-        """The planned reloads this pass leaves to the next one: past ``reloads_per_pass`` across the fleet,
-        in policy order. An emergency's reloads are never held back; signals (webhooks) do not count."""
-        budget = self.config.reloads_per_pass
-        held: set[int] = set()
-        for pr in report.policies:
-            for a in pr.plan.actions if pr.plan is not None else ():
-                if not isinstance(a, Reload) or (pr.opts is not None and pr.opts.emergency) or not a.rollout:
-                    continue
-                if budget > 0:
-                    budget -= 1
-                else:
-                    held.add(id(a))
-        return held
+        _, stores = self._views(report.dry_run)
+        admission = _Admission(self, stores, seconds_left)
+        for pr in sorted(report.policies, key=urgency):
+            admission.consider(pr)
 
     def _start_delay(self, most: float, deadline: Deadline, stop: threading.Event | None) -> None:
         """Wait a random time up to ``most`` seconds (and never past half the time the pass has left)."""

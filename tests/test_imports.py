@@ -35,6 +35,7 @@ FLOORS: list[set[str]] = [
         "rotator.httpio",
         "rotator.safe_yaml",
         "rotator.shard",
+        "rotator.flow",
     },
     {
         "rotator.observability",
