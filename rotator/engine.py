@@ -2,7 +2,9 @@
 
 The engine holds no state of its own between passes: everything it needs is read from the issuer and the
 stores each time (a long-running process may cache the role table). Policies run concurrently, at most
-``concurrency`` at a time; within a policy, actions run in order: create, publish, retire, revoke.
+``concurrency`` at a time; within a policy, actions run in order: create, publish, retire, revoke. A real
+pass acts on a policy as soon as its targets are read and its plan admitted, while the next policies are read
+(:mod:`rotator.flow`): a mass rotation's writes do not wait for the whole fleet's reads.
 
 Dry runs (``rotator plan``) wrap the issuer and the stores in read-only views whose mutating methods raise,
 so a plan provably changes nothing.

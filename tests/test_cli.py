@@ -362,3 +362,29 @@ def test_readme_exit_code_table_matches_the_enum() -> None:
     table = readme[readme.index("| code | meaning |") :].split("\n\n")[0]
     codes = [int(c) for c in re.findall(r"^\| (\d+) \|", table, re.M)]
     assert codes == [int(c) for c in ExitCode]
+
+
+def test_the_progress_bar_shows_planning_and_rotating_side_by_side() -> None:
+    """A pass rotates its first policies while it still reads the next ones: the bar shows both stages on one
+    line, and ends the line only when both are complete (a plan's bar, only planning, when that is)."""
+    import io
+
+    from rotator.runtime.cli import ProgressBar
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Tty()
+    bar = ProgressBar(out, width=4)
+    bar("plan", 1, 2)
+    bar("act", 1, 2)
+    bar("plan", 2, 2)
+    assert not out.getvalue().endswith("\n")
+    bar("act", 2, 2)
+    lines = out.getvalue().split("\r")[1:]
+    assert lines[1] == "planned [##..] 1/2  rotated [##..] 1/2 policies", lines
+    assert lines[-1] == "planned [####] 2/2  rotated [####] 2/2 policies\n", lines
+    plan_only = Tty()
+    ProgressBar(plan_only, width=4, stages=("plan",))("plan", 3, 3)
+    assert plan_only.getvalue() == "\rplanned [####] 3/3 policies\n"

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rotator.config import Config, from_mapping
-from rotator.engine import Engine
+from rotator.engine import UNSERVED, Engine
 from rotator.model import KeyInfo
 from rotator.observability import API_CALLS
 from tests.support.crash import SimulatedCrash, count_calls, crash_after
@@ -104,7 +104,11 @@ class Sim:
         # a drift-checking pass: a target that missed a key in a failed pass may otherwise be caught up
         # only by a later drift check, by design
         report = self.engine.run_pass(read_targets=True)
-        assert report.ok, report.to_json()
+        # a policy backing off (no target ever held a key, two keys lost to crashes: the planner waits
+        # orphan_after before creating another, documented) is reported unserved, rightly: nothing else may fail
+        failed = [p for p in report.policies if not p.ok]
+        assert report.error is None and not report.deadline_passed, report.to_json()
+        assert all(p.error == UNSERVED and self.backing_off(p.policy) for p in failed), report.to_json()
         self.check_targets_live(where)
         if check_idempotent:
             with count_calls() as calls:

@@ -73,11 +73,11 @@ def _config(
     )
 
 
-def _pass(path: Path, now: Any, h: Harness, *, dry_run: bool = False) -> Any:
+def _pass(path: Path, now: Any, h: Harness, *, dry_run: bool = False, only: list[str] | None = None) -> Any:
     h.clock.set(now)
     cfg = config_mod.load(path)
     with build(cfg, clock=lambda: now, store_options={"g": {"credentials": AnonymousCredentials()}}) as app:
-        return app.engine.run_pass(dry_run=dry_run)
+        return app.engine.run_pass(dry_run=dry_run, only=only)
 
 
 def test_a_project_at_its_write_quota_does_not_hold_up_the_other_stores(
@@ -169,3 +169,31 @@ def test_the_drift_checks_of_a_steady_fleet_use_at_most_half_the_read_quota(
         assert reads <= 10 * 60 + 30, reads  # half of 20 a minute, and one round of checks of slack
         checked = {path.rsplit("/", 1)[-1] for (_, op, path, _) in server.requests if op == "GetSecret"}
         assert {p["name"] for p in gcp} <= checked
+
+
+def test_a_mass_rotation_writes_while_it_still_reads_the_rest_of_the_fleet(
+    tmp_path: Path, server: SecretManagerServer
+) -> None:
+    """Six GCP policies, all due, two workers, 12 writes per 3 s: the pass does not read every target before
+    its first write (which left the write quota idle for the whole read phase): the first rotation's writes
+    reach the service before the last policy's target is read, and the most urgent policies (the keys that
+    expire first, last in the config here) are read first. Every rotation still finishes, nothing throttled."""
+    with harness(tmp_path) as h:
+        gcp = [_policy(f"g{i}", "g") for i in range(6)]
+        setup = _config(h, server, gcp, concurrency=2, rate_limits=False)
+        for i, p in enumerate(reversed(gcp)):  # the last policy's key first: it expires first
+            assert _pass(setup, at(i), h, only=[p["name"]]).ok
+        first_keys = {p["name"]: h.live_ids(p["name"]) for p in gcp}
+        book = server.enforce_quotas(scale=20, limits={WRITES: 12})
+        path = _config(h, server, gcp, concurrency=2, pass_timeout="5m")
+        start = len(server.requests)
+        report = _pass(path, at(50), h)  # g0 (issued at minute 5) is due from minute 45, g5's key expires at 60
+        assert report.ok, report.to_json()
+        assert book.throttled() == 0, book.stats()
+        assert all(h.live_ids(p["name"]) != first_keys[p["name"]] for p in gcp)
+        ops = [(op, path.rsplit("/", 1)[-1]) for (_, op, path, _) in server.requests[start:]]
+        reads = [n for n, (op, _) in enumerate(ops) if op == "GetSecret"]
+        writes = [n for n, (op, _) in enumerate(ops) if op == "AddSecretVersion"]
+        assert len(writes) == 6, ops
+        assert writes[0] < reads[5], ops  # a new key was written before the sixth policy was read
+        assert {ops[reads[0]][1], ops[reads[1]][1]} == {"g5", "g4"}, ops  # the most urgent first

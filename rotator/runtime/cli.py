@@ -365,7 +365,10 @@ def _dispatch(args: argparse.Namespace, state: dict[str, Any]) -> int:
         if args.command == "plan":
             tty = sys.stdout.isatty() and not args.json
             report = app.engine.run_pass(
-                dry_run=True, only=args.policy, read_targets=args.all, progress=ProgressBar() if tty else None
+                dry_run=True,
+                only=args.policy,
+                read_targets=args.all,
+                progress=ProgressBar(stages=("plan",)) if tty else None,
             )
             _print_plan(report, config, clock(), as_json=not tty)
             return _pass_outcome(report, config)
@@ -395,21 +398,33 @@ def _pass_outcome(report: PassReport, config: Config, *, stopped: bool = False, 
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr, for people at a terminal."""
+    """A one-line progress bar on stderr, for people at a terminal: one bar per stage of the pass (``plan``:
+    policies planned; ``act``: policies carried out), side by side, since a pass acts on the first policies
+    while it still reads the next ones. The line ends when every one of ``stages`` is complete."""
 
-    def __init__(self, out: TextIO | None = None, width: int = 30) -> None:
+    LABELS = {"plan": "planned", "act": "rotated"}
+
+    def __init__(self, out: TextIO | None = None, width: int = 20, stages: tuple[str, ...] = ("plan", "act")) -> None:
         self.out = out or sys.stderr
         self.width = width
+        self.stages = stages
         self.enabled = self.out.isatty()
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         if not self.enabled or total == 0:
             return
-        filled = int(self.width * done / total)
-        label = "planning" if stage == "plan" else "rotating"
-        end = "\n" if done == total else ""
-        self.out.write(f"\r{label:9} [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} policies{end}")
-        self.out.flush()
+        with self._lock:
+            self._seen[stage] = max(self._seen.get(stage, (0, total)), (done, total))
+            bars = []
+            for s in self.stages:
+                d, t = self._seen.get(s, (0, total))
+                filled = int(self.width * d / t) if t else self.width
+                bars.append(f"{self.LABELS.get(s, s)} [{'#' * filled}{'.' * (self.width - filled)}] {d}/{t}")
+            complete = all(s in self._seen and self._seen[s][0] >= self._seen[s][1] for s in self.stages)
+            self.out.write("\r" + "  ".join(bars) + (" policies\n" if complete else " policies"))
+            self.out.flush()
 
 
 def _key_remedy(config: Config | None) -> str:
