@@ -41,7 +41,7 @@ def _read(name: str, events: list[str], delay: float = 0.0) -> Callable[[], str]
 
 def test_plans_are_released_in_read_order_however_the_reads_finish() -> None:
     events: list[str] = []
-    reads = [_read(f"p{i}", events, delay=0.05 * (4 - i)) for i in range(5)]  # the first read is the slowest
+    reads = [_read(f"p{i}", events, delay=0.1 * (4 - i)) for i in range(5)]  # the first read is the slowest
     _flow(5, events, reads=reads).run()
     finished = [e for e in events if e.startswith("read")]
     assert finished[0] == "read p4" and finished[-1] == "read p0", events  # they did finish out of order
