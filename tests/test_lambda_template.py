@@ -243,3 +243,17 @@ def test_reload_permissions_are_exactly_what_the_reload_targets_call_on_the_name
     assert re.match(fn_re, "arn:aws:lambda:eu-west-1:123456789012:function:checkout-worker")
     assert not re.match(fn_re, "arn:aws:lambda:eu-west-1:123456789012:function:*")
     assert not re.match(fn_re, "arn:aws:lambda:eu-west-1:123456789012:function:checkout-worker:prod")
+
+
+def test_the_readme_builds_the_package_from_the_wheel_pip_makes() -> None:
+    """deploy/aws-lambda/README.md's step 4 installs the wheel ``pip wheel`` wrote, found by a glob: the glob
+    must match the distribution's wheel name (``momento_rotator-...``; ``rotator-*.whl`` matched nothing once
+    the distribution was renamed). ``bench/cold_start.py --lambda`` runs the block itself."""
+    import tomllib
+
+    name = tomllib.loads((TEMPLATE.parents[2] / "pyproject.toml").read_text())["project"]["name"]
+    wheel = re.sub(r"[-_.]+", "_", name).lower()  # the wheel file name's normalisation (PEP 427 / PEP 503)
+    readme = (TEMPLATE.parent / "README.md").read_text()
+    step4 = readme.split("\n## 4.", 1)[1].split("\n## ", 1)[0]
+    globs = re.findall(r"build/lambda-wheels/(\S+?\.whl)", step4)
+    assert globs == [f"{wheel}-*.whl"], globs
