@@ -56,9 +56,21 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, json
 
 
 class _RedactingFilter(logging.Filter):
+    """The whole record through the redactor: its message, and the traceback (``exc_info``) and stack
+    (``stack_info``) the handler would format after the filters, folded into the message first."""
+
+    _formatter = logging.Formatter()
+
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact_text(record.getMessage())
-        record.args = ()
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + self._formatter.formatException(record.exc_info)
+        elif record.exc_text:
+            text += "\n" + record.exc_text
+        if record.stack_info:
+            text += "\n" + self._formatter.formatStack(record.stack_info)
+        record.msg = redact_text(text)
+        record.args, record.exc_info, record.exc_text, record.stack_info = (), None, None, None
         return True
 
 

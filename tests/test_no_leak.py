@@ -260,6 +260,33 @@ def test_the_redaction_processor_scrubs_what_rotator_logs_by_mistake() -> None:
     assert secret.reveal() == value
 
 
+def test_a_library_logging_an_exception_or_a_stack_goes_through_the_redactor_too() -> None:
+    """A library's stdlib record carries more than its message: the traceback of ``log.exception`` (the
+    exception's text may hold what a hostile peer sent back, a key included) and ``stack_info``. The handler
+    formats those after the filters ran, so the redactor must see them before."""
+    buf = io.StringIO()
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    saved_root = (list(root.handlers), root.level)
+    value = "yet-another-plain-secret-0043"
+    secret = SecretText(value)
+    try:
+        configure_logging("info", stream=buf, json=True)
+        try:
+            raise ValueError(f"peer answered {value}")
+        except ValueError:
+            logging.getLogger("urllib3.connectionpool").exception("request failed")
+        logging.getLogger("azure.core").warning("retrying", stack_info=True)
+    finally:
+        structlog.configure(**saved)
+        root.handlers, root.level = saved_root[0], saved_root[1]
+    text = buf.getvalue()
+    assert "request failed" in text and "ValueError: peer answered " + REDACTED in text, text
+    assert "retrying" in text and "Stack (most recent call last)" in text, text
+    assert value not in text
+    assert secret.reveal() == value
+
+
 def test_logs_are_json_lines_off_a_terminal_and_readable_on_one() -> None:
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
