@@ -220,11 +220,12 @@ def test_rotator_once_against_a_dripping_secrets_manager_exits_1_in_bounded_time
     tmp_path: Path, moto: MotoServer, proxy: HostileIssuer, raw: Any
 ) -> None:
     """A real ``rotator once`` whose ``aws`` store's endpoint drips its answers: with one attempt per call each
-    store call fails at the store's total deadline (``REQUEST_TIMEOUT``, 30 s; the pass makes two: the target's
-    inspect, and the publish's look before it writes), the pass exits 1 and the secret is as it was. Before the
-    bounded send the first DescribeSecret never ended."""
+    store call fails at the store's total deadline (its ``timeout``, 3 s here where the default is 30 s; the
+    pass makes two: the target's inspect, and the publish's look before it writes), the pass exits 1 and the
+    secret is as it was. Before the bounded send the first DescribeSecret never ended."""
     from rotator.stores.aws import REQUEST_TIMEOUT
 
+    timeout = 3.0
     secret = "checkout/momento"
     policy = {**CHECKOUT, "targets": [{"store": "aws", "secret": secret}]}
     with harness(tmp_path) as h:
@@ -237,14 +238,15 @@ def test_rotator_once_against_a_dripping_secrets_manager_exits_1_in_bounded_time
 
         proxy.on("POST", "/", drip_headers(0.05))
         proxy.calls.clear()
-        cfg = h.write_config([policy], stores={"aws": {**store, "endpoint_url": proxy.url}})
+        cfg = h.write_config([policy], stores={"aws": {**store, "endpoint_url": proxy.url, "timeout": "3s"}})
         t = time.monotonic()
         run = h.run("-c", str(cfg), "once", now=at(45), timeout=REQUEST_TIMEOUT * 4)  # the key is due at 39m
         took = time.monotonic() - t
         calls = proxy.count("POST", "/")
         assert run.returncode == 1, run.explain()
         assert 1 <= calls <= 3, calls
-        assert took < REQUEST_TIMEOUT * calls + 10, (took, calls)
+        # each call held for the configured 3 s, not the default 30 s (the first call alone would take that)
+        assert timeout * calls - 1 < took < timeout * calls + 10 < REQUEST_TIMEOUT, (took, calls)
         assert "DescribeSecret failed after retries: ReadTimeoutError" in run.stdout, run.explain()
         proxy.on("POST", "/", None)
         assert raw.describe_secret(SecretId=secret)["VersionIdsToStages"] == before

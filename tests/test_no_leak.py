@@ -15,6 +15,7 @@ import logging
 import re
 import traceback
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -240,20 +241,27 @@ def test_redact_text_scrubs_a_v1_key() -> None:
     assert v1 not in redact_text(f"key {v1}")
 
 
-def test_the_redaction_processor_scrubs_what_rotator_logs_by_mistake() -> None:
-    buf = io.StringIO()
+@contextmanager
+def _logging_saved() -> Iterator[None]:
+    """configure_logging may be called inside: structlog's config and the root logger are put back after."""
     saved = structlog.get_config()
     root = logging.getLogger()
     saved_root = (list(root.handlers), root.level)
-    value = "another-plain-secret-value-0042"
-    secret = SecretText(value)
     try:
-        configure_logging("info", stream=buf, json=True)
-        structlog.get_logger("rotator").info("oops", leaked=value, nested={"k": [value]}, error=f"failed: {value}")
-        logging.getLogger("httpx").warning("header was %s", value)
+        yield
     finally:
         structlog.configure(**saved)
         root.handlers, root.level = saved_root[0], saved_root[1]
+
+
+def test_the_redaction_processor_scrubs_what_rotator_logs_by_mistake() -> None:
+    buf = io.StringIO()
+    value = "another-plain-secret-value-0042"
+    secret = SecretText(value)
+    with _logging_saved():
+        configure_logging("info", stream=buf, json=True)
+        structlog.get_logger("rotator").info("oops", leaked=value, nested={"k": [value]}, error=f"failed: {value}")
+        logging.getLogger("httpx").warning("header was %s", value)
     text = buf.getvalue()
     assert value not in text
     assert text.count(REDACTED) == 4
@@ -265,21 +273,15 @@ def test_a_library_logging_an_exception_or_a_stack_goes_through_the_redactor_too
     exception's text may hold what a hostile peer sent back, a key included) and ``stack_info``. The handler
     formats those after the filters ran, so the redactor must see them before."""
     buf = io.StringIO()
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    saved_root = (list(root.handlers), root.level)
     value = "yet-another-plain-secret-0043"
     secret = SecretText(value)
-    try:
+    with _logging_saved():
         configure_logging("info", stream=buf, json=True)
         try:
             raise ValueError(f"peer answered {value}")
         except ValueError:
             logging.getLogger("urllib3.connectionpool").exception("request failed")
         logging.getLogger("azure.core").warning("retrying", stack_info=True)
-    finally:
-        structlog.configure(**saved)
-        root.handlers, root.level = saved_root[0], saved_root[1]
     text = buf.getvalue()
     assert "request failed" in text and "ValueError: peer answered " + REDACTED in text, text
     assert "retrying" in text and "Stack (most recent call last)" in text, text
@@ -292,18 +294,12 @@ def test_logs_are_json_lines_off_a_terminal_and_readable_on_one() -> None:
         def isatty(self) -> bool:
             return True
 
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    saved_root = (list(root.handlers), root.level)
     pipe, tty = io.StringIO(), Terminal()
-    try:
+    with _logging_saved():
         configure_logging("info", stream=pipe)
         structlog.get_logger("rotator").info("hello", policy="p")
         configure_logging("info", stream=tty)
         structlog.get_logger("rotator").info("hello", policy="p")
-    finally:
-        structlog.configure(**saved)
-        root.handlers, root.level = saved_root[0], saved_root[1]
     assert json.loads(pipe.getvalue())["policy"] == "p"
     with pytest.raises(ValueError):
         json.loads(tty.getvalue())

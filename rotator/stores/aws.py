@@ -46,8 +46,9 @@ API-call accounting: a botocore ``needs-retry.secrets-manager`` event handler ca
 times; the status is the HTTP status, the AWS error code, or the connection error's class name.
 
 HTTP: every attempt is sent through :func:`rotator.botohttp.bound` (:func:`rotator.httpio.fetch`): it ends within
-``REQUEST_TIMEOUT`` seconds in total (botocore's own timeouts are per socket read, so an endpoint dripping a byte a
-second held a call for ever) and reads at most ``MAX_ANSWER`` bytes of answer, error answers included.
+the store's ``timeout`` (``REQUEST_TIMEOUT`` seconds by default) in total (botocore's own timeouts are per socket
+read, so an endpoint dripping a byte a second held a call for ever) and reads at most ``MAX_ANSWER`` bytes of
+answer, error answers included.
 
 Errors: botocore's ``standard`` (``adaptive`` without rate limits) retry mode (``max_attempts``, default 8)
 retries throttling, 5xx, dropped
@@ -64,11 +65,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rotator.durations import Duration
 from rotator.errors import (
     MissingExtraError,
     StoreConflict,
@@ -321,6 +323,11 @@ class StoreConfig(BaseModel):
     endpoint_url: str | None = None
     profile: str | None = None
     max_attempts: int = 8
+    timeout: Duration = Field(
+        default=timedelta(seconds=REQUEST_TIMEOUT),
+        description="The most one HTTP attempt may take in total, connection and whole answer included (botocore's "
+        "own timeouts are per socket read); between 1s and 10m.",
+    )
     kms_key_id: str | None = None
     tags: dict[str, str] = {}
     replica_regions: list[str] = []
@@ -335,6 +342,13 @@ class StoreConfig(BaseModel):
     @classmethod
     def _region(cls, v: str | None) -> str | None:
         return None if v is None else _check_region(v)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= v <= timedelta(minutes=10):
+            raise ValueError("must be between 1s and 10m (e.g. 30s)")
+        return v
 
     @field_validator("quotas")
     @classmethod
@@ -535,7 +549,7 @@ class AwsSecretsManagerStore(StoreBase):
         describe_ttl: float = 60.0,
         botocore_config: Any = None,
         clock: Callable[[], float] = time.monotonic,
-        request_timeout: float = REQUEST_TIMEOUT,
+        request_timeout: float | None = None,
         limits: RateLimits | None = None,
     ) -> None:
         from botocore import exceptions as bex  # the extra is known to be installed here
@@ -563,7 +577,7 @@ class AwsSecretsManagerStore(StoreBase):
         self._botocore_config = base.merge(botocore_config) if botocore_config is not None else base
         self._describe_ttl = describe_ttl
         self._clock = clock
-        self._request_timeout = request_timeout
+        self._request_timeout = config.timeout.total_seconds() if request_timeout is None else request_timeout
         self._lock = threading.Lock()
         self._clients: dict[str | None, Any] = {}
         self._sends: list[Any] = []  # the clients' bounded HTTP sends (rotator.botohttp), closed with them
@@ -1349,7 +1363,7 @@ def open_store(
     session: Any = None,
     describe_ttl: float = 60.0,
     botocore_config: Any = None,
-    request_timeout: float = REQUEST_TIMEOUT,
+    request_timeout: float | None = None,
     limits: RateLimits | None = None,
     **client_kwargs: Any,
 ) -> AwsSecretsManagerStore:
@@ -1357,8 +1371,8 @@ def open_store(
 
     ``session`` is a ``boto3.session.Session`` (default: a new one with the configured profile);
     ``botocore_config`` (a ``botocore.config.Config``) is merged over rotator's retry settings;
-    ``request_timeout``: seconds one HTTP attempt may take in total; ``limits``: the process's request quotas
-    (the runtime's, from the StoreContext; default: the store's own);
+    ``request_timeout``: seconds one HTTP attempt may take in total (default: the config's ``timeout``);
+    ``limits``: the process's request quotas (the runtime's, from the StoreContext; default: the store's own);
     ``client_kwargs`` go to ``session.client("secretsmanager", ...)``. Raises MissingExtraError without boto3.
     """
     try:

@@ -865,3 +865,24 @@ def test_store_config_accepts_the_documented_fields() -> None:
         }
     )
     assert cfg.max_attempts == 4 and cfg.replica_regions == ["eu-central-1"]
+
+
+def test_the_timeout_bounds_each_attempt_and_is_checked() -> None:
+    """``timeout`` is what one HTTP attempt may take in total (the bounded send's deadline): 30 s by default, as
+    configured otherwise, and a value outside 1s..10m is refused naming the field."""
+    import boto3
+
+    from rotator.stores.aws import REQUEST_TIMEOUT, StoreConfig, open_store
+
+    session = boto3.session.Session(region_name=REGION)
+    default = open_store("sm", StoreConfig(type="aws", region=REGION), session=session)
+    short = open_store("sm", {"type": "aws", "region": REGION, "timeout": "5s"}, session=session)
+    try:
+        assert default._request_timeout == REQUEST_TIMEOUT == 30.0
+        assert short._request_timeout == 5.0
+    finally:
+        default.close()
+        short.close()
+    for bad in ("0s", "11m"):
+        with pytest.raises(ValidationError, match="timeout"):
+            StoreConfig(type="aws", region=REGION, timeout=bad)
