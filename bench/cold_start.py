@@ -131,8 +131,9 @@ def main(cases: dict[str, str] | None = None) -> None:
     lambda_config, management_key, emulator = dict(LAMBDA_CONFIG), "unused", None
     flags: tuple[str, ...] = ()
     package_env: dict[str, str] = {}
-    work = Path(tempfile.mkdtemp(prefix="rotator-lambda-package-"))
+    work: Path | None = None
     if args.lambda_ and not args.here:
+        work = Path(tempfile.mkdtemp(prefix="rotator-lambda-package-"))
         t0 = time.perf_counter()
         dist = lambda_package(work)
         size = sum(f.stat().st_size for f in dist.rglob("*") if f.is_file())
@@ -168,7 +169,8 @@ def main(cases: dict[str, str] | None = None) -> None:
             rss[name].append(r)
     if emulator is not None:
         emulator.stop()
-    shutil.rmtree(work, ignore_errors=True)
+    if work is not None:
+        shutil.rmtree(work, ignore_errors=True)
     first = next(iter(cases))
     base_w, base_r = statistics.median(walls[first]), statistics.median(rss[first])
     width = max(len(k) for k in cases)

@@ -303,6 +303,16 @@ class _Acting:
         self.stores, self.one, self.skip = stores, one, skip
 
 
+_FAR = datetime.max.replace(tzinfo=UTC)
+
+
+def _expiry(keys: Iterable[KeyInfo], key_id: str | None) -> datetime:
+    """When key ``key_id`` of ``keys`` expires (the far future when it is not there or never expires): the
+    order of urgency, for the reads of a pass and for its admission."""
+    current = next((k for k in keys if k.key_id == key_id), None) if key_id is not None else None
+    return current.expires_at if current is not None and current.expires_at is not None else _FAR
+
+
 def drift_check_due(config: Config, policy: str, now: datetime, every: timedelta | None = None) -> bool:
     """Whether this pass should re-read a steady policy's stores: once per ``drift_check_every`` (or the
     longer ``every`` the engine set for a read quota), at a time of the period derived from the policy name,
@@ -608,8 +618,8 @@ class Engine:
     ) -> PassReport:
         """A real pass's two halves on one pool (:class:`rotator.flow.Flow`): a policy is acted on as soon as
         its targets are read and its plan admitted, while the next policies are read. The reads go most urgent
-        first (the key that expires soonest, from the listing), and the plans are admitted in that order, so
-        the pass admits what :meth:`admit` would admit after reading the whole fleet. The preflight runs before
+        first (the key that expires soonest, from the listing), and the plans are admitted in that order (as
+        :meth:`admit` orders them), not in the order the reads happen to finish. The preflight runs before
         the first action; a ConfigError there comes before anything changed."""
         report = PassReport(planned.started, planned.started, False, [])
         _, stores = self._views(False)
@@ -619,12 +629,10 @@ class Engine:
         for pr in planned.reports:
             if pr is not None:
                 acting.skip(pr)  # planned from the listing alone: nothing to do
-        far = datetime.max.replace(tzinfo=UTC)
 
         def urgency(item: PlanItem) -> tuple[datetime, int]:
             i, policy, (p, _, _) = item
-            current = next((k for k in planned.by_policy.get(policy.name, ()) if k.key_id == p.current_key), None)
-            return (current.expires_at if current is not None and current.expires_at is not None else far, i)
+            return _expiry(planned.by_policy.get(policy.name, ()), p.current_key), i
 
         def read(item: PlanItem) -> Callable[[], PolicyReport]:
             def go() -> PolicyReport:
@@ -642,17 +650,12 @@ class Engine:
                 return False
             return True
 
-        flow: Flow[PolicyReport] = Flow(
-            self.config.concurrency,
+        self._flow(
+            acting,
             reads=[read(item) for item in sorted(planned.rest, key=urgency)],
             release=release,
-            act=acting.one,
-            scopes=lambda pr: self._scopes_of(self.config.policy(pr.policy), acting.stores),
-            saturated=self.limits.saturated if self.limits.enabled else None,
-            group=lambda pr: tuple(sorted({t.store for t in self.config.policy(pr.policy).targets})),
             before_act=self.preflight_once,
-        )
-        flow.run()
+        ).run()
         report.policies = [r for r in planned.reports if r is not None]
         return report
 
@@ -682,17 +685,20 @@ class Engine:
                 acting.skip(pr)
             else:
                 busy.append(pr)
-        flow: Flow[PolicyReport] = Flow(
+        self._flow(acting, ready=busy, release=lambda pr: True).run()
+        return report
+
+    def _flow(self, acting: _Acting, **work: Any) -> Flow[PolicyReport]:
+        """The pass's pool (:class:`rotator.flow.Flow`) acting through ``acting``, ordered by the quota scopes
+        each policy's targets write to; ``work``: the reads, the ready plans, ``release`` and ``before_act``."""
+        return Flow(
             self.config.concurrency,
-            ready=busy,
-            release=lambda pr: True,
             act=acting.one,
             scopes=lambda pr: self._scopes_of(self.config.policy(pr.policy), acting.stores),
             saturated=self.limits.saturated if self.limits.enabled else None,
             group=lambda pr: tuple(sorted({t.store for t in self.config.policy(pr.policy).targets})),
+            **work,
         )
-        flow.run()
-        return report
 
     def _acting(
         self,
@@ -827,15 +833,9 @@ class Engine:
         the same). The most urgent go first (the key that expires soonest); a forced or emergency rotation is
         never held back, and each scope admits at least one rotation a pass, so every policy gets its turn
         (:class:`_Admission`; a real pass admits the same way, as its reads come in)."""
-        far = datetime.max.replace(tzinfo=UTC)
-
-        def urgency(pr: PolicyReport) -> datetime:
-            current = next((k for k in pr.keys if pr.plan is not None and k.key_id == pr.plan.current_key), None)
-            return current.expires_at if current is not None and current.expires_at is not None else far
-
         _, stores = self._views(report.dry_run)
         admission = _Admission(self, stores, seconds_left)
-        for pr in sorted(report.policies, key=urgency):
+        for pr in sorted(report.policies, key=lambda pr: _expiry(pr.keys, pr.plan.current_key if pr.plan else None)):
             admission.consider(pr)
 
     def _start_delay(self, most: float, deadline: Deadline, stop: threading.Event | None) -> None:
