@@ -618,9 +618,9 @@ class Engine:
     ) -> PassReport:
         """A real pass's two halves on one pool (:class:`rotator.flow.Flow`): a policy is acted on as soon as
         its targets are read and its plan admitted, while the next policies are read. The reads go most urgent
-        first (the key that expires soonest, from the listing), and the plans are admitted in that order (as
-        :meth:`admit` orders them), not in the order the reads happen to finish. The preflight runs before
-        the first action; a ConfigError there comes before anything changed."""
+        first (the key that expires soonest, from the listing) within each set of stores, in turns across the
+        sets, and the plans are admitted in that order, not in the order the reads happen to finish. The
+        preflight runs before the first action; a ConfigError there comes before anything changed."""
         report = PassReport(planned.started, planned.started, False, [])
         _, stores = self._views(False)
         admission = _Admission(self, stores, deadline.remaining())
@@ -633,6 +633,17 @@ class Engine:
         def urgency(item: PlanItem) -> tuple[datetime, int]:
             i, policy, (p, _, _) = item
             return _expiry(planned.by_policy.get(policy.name, ()), p.current_key), i
+
+        # most urgent first within each set of stores, and in turns across the sets (as the acts are taken): the
+        # first reads, and so the first acts, spread over the stores, and no store's policies all wait behind
+        # another's at its quota
+        groups: dict[tuple[str, ...], int] = {}
+        turns: list[tuple[int, int, PlanItem]] = []
+        for item in sorted(planned.rest, key=urgency):
+            g = tuple(sorted({t.store for t in item[1].targets}))
+            groups[g] = groups.get(g, 0) + 1
+            turns.append((groups[g], list(groups).index(g), item))
+        order = [item for _, _, item in sorted(turns, key=lambda t: t[:2])]
 
         def read(item: PlanItem) -> Callable[[], PolicyReport]:
             def go() -> PolicyReport:
@@ -652,7 +663,7 @@ class Engine:
 
         self._flow(
             acting,
-            reads=[read(item) for item in sorted(planned.rest, key=urgency)],
+            reads=[read(item) for item in order],
             release=release,
             before_act=self.preflight_once,
         ).run()
